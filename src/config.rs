@@ -1,0 +1,316 @@
+//! Configuration: command-line flags, `TANDEM_*` environment variables and an optional TOML
+//! file, in that order of precedence, over documented defaults. [`Settings`] is what a
+//! source may set (every field optional); [`Config`] is the validated result the server
+//! runs with. Nothing else in the crate reads flags, the environment or the file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::room::RoomConfig;
+use crate::session::SessionConfig;
+use crate::storage::FlushPolicy;
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:4321";
+/// Default data directory (the sled database).
+pub const DEFAULT_DATA_DIR: &str = "./tandem-data";
+/// Default largest WebSocket frame / message / HTTP update body: 16 MiB. actix's own
+/// default (64 KiB) is smaller than the SyncStep2 of a real document.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Default idle time before a room without sessions is deactivated.
+pub const DEFAULT_ROOM_IDLE_SECS: f64 = 30.0;
+/// Default number of logged updates that triggers a snapshot.
+pub const DEFAULT_SNAPSHOT_EVERY_UPDATES: u64 = 1000;
+/// Default longest time between snapshots of a changing room.
+pub const DEFAULT_SNAPSHOT_INTERVAL_SECS: f64 = 60.0;
+/// Default interval between heartbeats (ping + keepalive when quiet); must stay under the
+/// stock client's 30 s reconnect timer.
+pub const DEFAULT_HEARTBEAT_INTERVAL_SECS: f64 = 10.0;
+/// Default silence after which a session is considered dead.
+pub const DEFAULT_HEARTBEAT_TIMEOUT_SECS: f64 = 30.0;
+/// Default flush policy.
+pub const DEFAULT_FLUSH: &str = "batch";
+
+/// Settings from one source; every field is optional so sources can be layered.
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Settings {
+    /// Address to listen on [default: 127.0.0.1:4321]
+    #[arg(long, env = "TANDEM_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory of the embedded sled database [default: ./tandem-data]
+    #[arg(long, env = "TANDEM_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// When updates become durable: "batch" (flush every group commit, before anyone sees
+    /// the update) or "interval:MS" (background flush every MS ms; a crash may lose that
+    /// window) [default: batch]
+    #[arg(long, env = "TANDEM_FLUSH")]
+    pub flush: Option<String>,
+    /// Largest WebSocket frame, reassembled message or HTTP update body, in bytes
+    /// [default: 16777216]
+    #[arg(long, env = "TANDEM_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Seconds a room without sessions stays active before it is deactivated [default: 30]
+    #[arg(long, env = "TANDEM_ROOM_IDLE_SECS")]
+    pub room_idle_secs: Option<f64>,
+    /// Logged updates that trigger a snapshot (which compacts the log) [default: 1000]
+    #[arg(long, env = "TANDEM_SNAPSHOT_EVERY_UPDATES")]
+    pub snapshot_every_updates: Option<u64>,
+    /// Longest seconds between snapshots of a changing room [default: 60]
+    #[arg(long, env = "TANDEM_SNAPSHOT_INTERVAL_SECS")]
+    pub snapshot_interval_secs: Option<f64>,
+    /// Seconds between heartbeats: a ping, plus a keepalive message when the session was
+    /// otherwise quiet [default: 10]
+    #[arg(long, env = "TANDEM_HEARTBEAT_INTERVAL_SECS")]
+    pub heartbeat_interval_secs: Option<f64>,
+    /// Seconds of silence (not even a pong) after which a session is closed [default: 30]
+    #[arg(long, env = "TANDEM_HEARTBEAT_TIMEOUT_SECS")]
+    pub heartbeat_timeout_secs: Option<f64>,
+    /// Threads that run room actors [default: number of CPUs]
+    #[arg(long, env = "TANDEM_ROOM_THREADS")]
+    pub room_threads: Option<usize>,
+    /// Threads that run HTTP and WebSocket sessions [default: number of CPUs]
+    #[arg(long, env = "TANDEM_HTTP_THREADS")]
+    pub http_threads: Option<usize>,
+}
+
+impl Settings {
+    /// Reads settings from a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::File {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Fills every field this source left unset from `fallback`.
+    pub fn or(self, fallback: Settings) -> Settings {
+        Settings {
+            listen: self.listen.or(fallback.listen),
+            data_dir: self.data_dir.or(fallback.data_dir),
+            flush: self.flush.or(fallback.flush),
+            max_message_bytes: self.max_message_bytes.or(fallback.max_message_bytes),
+            room_idle_secs: self.room_idle_secs.or(fallback.room_idle_secs),
+            snapshot_every_updates: self
+                .snapshot_every_updates
+                .or(fallback.snapshot_every_updates),
+            snapshot_interval_secs: self
+                .snapshot_interval_secs
+                .or(fallback.snapshot_interval_secs),
+            heartbeat_interval_secs: self
+                .heartbeat_interval_secs
+                .or(fallback.heartbeat_interval_secs),
+            heartbeat_timeout_secs: self
+                .heartbeat_timeout_secs
+                .or(fallback.heartbeat_timeout_secs),
+            room_threads: self.room_threads.or(fallback.room_threads),
+            http_threads: self.http_threads.or(fallback.http_threads),
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The config file cannot be read or parsed.
+    #[error("config file {path}: {reason}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A value is out of range or malformed.
+    #[error("invalid {name}: {reason}")]
+    Invalid {
+        /// The setting.
+        name: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The validated configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// The sled directory.
+    pub data_dir: PathBuf,
+    /// When updates become durable.
+    pub flush: FlushPolicy,
+    /// Largest frame, message or update body.
+    pub max_message_bytes: usize,
+    /// Room behaviour.
+    pub room: RoomConfig,
+    /// Session behaviour.
+    pub session: SessionConfig,
+    /// Threads for room actors.
+    pub room_threads: usize,
+    /// Threads for HTTP and sessions.
+    pub http_threads: usize,
+}
+
+fn seconds(name: &'static str, value: f64, min: f64, max: f64) -> Result<Duration, ConfigError> {
+    if !(min..=max).contains(&value) {
+        return Err(ConfigError::Invalid {
+            name,
+            reason: format!("{value} is outside {min}..={max} seconds"),
+        });
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+fn parse_flush(text: &str) -> Result<FlushPolicy, ConfigError> {
+    let invalid = || ConfigError::Invalid {
+        name: "flush",
+        reason: format!("{text:?}; expected \"batch\" or \"interval:MS\" (MS in 1..=60000)"),
+    };
+    match text.split_once(':') {
+        None if text == "batch" => Ok(FlushPolicy::EveryBatch),
+        Some(("interval", ms)) => match ms.parse::<u64>() {
+            Ok(ms) if (1..=60_000).contains(&ms) => Ok(FlushPolicy::Interval(ms)),
+            _ => Err(invalid()),
+        },
+        _ => Err(invalid()),
+    }
+}
+
+impl Config {
+    /// Applies defaults to `settings` and validates the result.
+    pub fn from_settings(settings: Settings) -> Result<Config, ConfigError> {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = |name: &'static str, value: Option<usize>| match value.unwrap_or(cpus) {
+            n @ 1..=256 => Ok(n),
+            n => Err(ConfigError::Invalid {
+                name,
+                reason: format!("{n}; expected 1..=256"),
+            }),
+        };
+        let max_message_bytes = settings
+            .max_message_bytes
+            .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+        if !(1024..=1 << 30).contains(&max_message_bytes) {
+            return Err(ConfigError::Invalid {
+                name: "max-message-bytes",
+                reason: format!("{max_message_bytes}; expected 1024..=1073741824"),
+            });
+        }
+        let snapshot_every_updates = settings
+            .snapshot_every_updates
+            .unwrap_or(DEFAULT_SNAPSHOT_EVERY_UPDATES);
+        if snapshot_every_updates == 0 {
+            return Err(ConfigError::Invalid {
+                name: "snapshot-every-updates",
+                reason: "must be at least 1".into(),
+            });
+        }
+        let heartbeat_interval = seconds(
+            "heartbeat-interval-secs",
+            settings
+                .heartbeat_interval_secs
+                .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL_SECS),
+            0.05,
+            25.0,
+        )?;
+        let heartbeat_timeout = seconds(
+            "heartbeat-timeout-secs",
+            settings
+                .heartbeat_timeout_secs
+                .unwrap_or(DEFAULT_HEARTBEAT_TIMEOUT_SECS),
+            0.1,
+            3600.0,
+        )?;
+        if heartbeat_timeout <= heartbeat_interval {
+            return Err(ConfigError::Invalid {
+                name: "heartbeat-timeout-secs",
+                reason: "must be longer than heartbeat-interval-secs".into(),
+            });
+        }
+        Ok(Config {
+            listen: match settings.listen {
+                Some(addr) => addr,
+                None => DEFAULT_LISTEN.parse().expect("the default address parses"),
+            },
+            data_dir: settings
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            flush: parse_flush(settings.flush.as_deref().unwrap_or(DEFAULT_FLUSH))?,
+            max_message_bytes,
+            room: RoomConfig {
+                idle_timeout: seconds(
+                    "room-idle-secs",
+                    settings.room_idle_secs.unwrap_or(DEFAULT_ROOM_IDLE_SECS),
+                    0.01,
+                    86_400.0,
+                )?,
+                snapshot_every_updates,
+                snapshot_interval: seconds(
+                    "snapshot-interval-secs",
+                    settings
+                        .snapshot_interval_secs
+                        .unwrap_or(DEFAULT_SNAPSHOT_INTERVAL_SECS),
+                    0.01,
+                    86_400.0,
+                )?,
+            },
+            session: SessionConfig {
+                max_message_bytes,
+                heartbeat_interval,
+                heartbeat_timeout,
+            },
+            room_threads: threads("room-threads", settings.room_threads)?,
+            http_threads: threads("http-threads", settings.http_threads)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = Config::from_settings(Settings::default()).unwrap();
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.flush, FlushPolicy::EveryBatch);
+        assert_eq!(config.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES);
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let flags = Settings {
+            room_idle_secs: Some(5.0),
+            ..Settings::default()
+        };
+        let file: Settings = toml::from_str("room-idle-secs = 9\nflush = \"interval:20\"").unwrap();
+        let config = Config::from_settings(flags.or(file)).unwrap();
+        assert_eq!(config.room.idle_timeout, Duration::from_secs(5));
+        assert_eq!(config.flush, FlushPolicy::Interval(20));
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_their_name() {
+        let cases = [
+            ("flush = \"sometimes\"", "flush"),
+            ("heartbeat-interval-secs = 40", "heartbeat-interval-secs"),
+            ("max-message-bytes = 10", "max-message-bytes"),
+            ("snapshot-every-updates = 0", "snapshot-every-updates"),
+        ];
+        for (toml_text, name) in cases {
+            let settings: Settings = toml::from_str(toml_text).unwrap();
+            let err = Config::from_settings(settings).unwrap_err().to_string();
+            assert!(err.contains(name), "{toml_text}: {err}");
+        }
+        assert!(toml::from_str::<Settings>("no-such-key = 1").is_err());
+    }
+}

@@ -1,0 +1,93 @@
+//! The HTTP edge: the route table, the shared state handlers see, and the one place where
+//! errors become HTTP responses. The only module that knows actix-web's request types.
+//!
+//! Routes:
+//! - `GET /yjs/{room}` — WebSocket upgrade, y-websocket protocol ([`yjs`]);
+//! - `GET /rooms/{room}/state`, `POST /rooms/{room}/update` — the document over HTTP ([`api`]);
+//! - `GET /healthz`, `GET /readyz`, `GET /metrics` — operations ([`ops`]).
+
+mod api;
+mod ops;
+mod yjs;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use actix::Addr;
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse, ResponseError};
+use thiserror::Error;
+
+use crate::config::Config;
+use crate::registry::Registry;
+use crate::room::{RoomError, RoomName, RoomNameError};
+use crate::storage::Store;
+
+/// What every handler can reach.
+pub struct AppState {
+    /// The room registry.
+    pub registry: Addr<Registry>,
+    /// The store (for readiness).
+    pub store: Arc<dyn Store>,
+    /// The running configuration.
+    pub config: Config,
+    /// False once shutdown has begun.
+    pub ready: AtomicBool,
+}
+
+/// Registers every route.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/yjs/{room}", web::get().to(yjs::upgrade))
+        .route("/rooms/{room}/state", web::get().to(api::get_state))
+        .route("/rooms/{room}/update", web::post().to(api::post_update))
+        .route("/healthz", web::get().to(ops::healthz))
+        .route("/readyz", web::get().to(ops::readyz))
+        .route("/metrics", web::get().to(ops::metrics));
+}
+
+/// An error at the HTTP edge, with the status it maps to.
+#[derive(Debug, Error)]
+pub enum ApiError {
+    /// The room name in the path is invalid.
+    #[error("invalid room name: {0}")]
+    RoomName(#[from] RoomNameError),
+    /// The request body was refused.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The server cannot serve this now.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<RoomError> for ApiError {
+    fn from(e: RoomError) -> Self {
+        match e {
+            RoomError::Invalid(e) => ApiError::BadRequest(e.to_string()),
+            // Storage details stay in the log; the client learns only that it may retry.
+            RoomError::Store(e) => {
+                tracing::error!(error = %e, "storage failure during a request");
+                ApiError::Unavailable("storage unavailable; retry later".into())
+            }
+            RoomError::Unavailable(why) => ApiError::Unavailable(why),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::RoomName(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status_code())
+            .json(serde_json::json!({ "error": self.to_string() }))
+    }
+}
+
+/// Validates the `{room}` path segment.
+fn room_name(raw: &str) -> Result<RoomName, ApiError> {
+    Ok(RoomName::parse(raw)?)
+}

@@ -1,0 +1,31 @@
+//! Tandem: a stateful, actor-model server for live collaboration. Every room is an actor
+//! holding a Yjs document; stock y-websocket clients connect unchanged; every update is
+//! durable before anyone else sees it.
+//!
+//! # Layout
+//! Data flows one way: socket → session actor → room actor → CRDT merge → persist →
+//! broadcast. Layers depend downward only.
+//!
+//! - [`protocol`] — pure wire formats: lib0 primitives, y-websocket messages, close codes;
+//! - [`room`] — the room actor, its pure [`room::Document`] (the CRDT wrapper) and
+//!   [`room::RoomName`];
+//! - [`session`] — one actor per WebSocket: frames, heartbeat, close codes;
+//! - [`registry`] — room name → room actor; activation and deactivation;
+//! - [`storage`] — the [`storage::Store`] trait; sled (default) and in-memory;
+//! - [`http`] — routes, the WebSocket upgrade, the REST and ops endpoints;
+//! - [`config`] — flags, environment and TOML file, validated;
+//! - [`metrics`] — the Prometheus metrics;
+//! - [`server`] — wiring and ordered shutdown.
+
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod protocol;
+pub mod registry;
+pub mod room;
+pub mod server;
+pub mod session;
+pub mod storage;
+
+pub use config::{Config, Settings};
+pub use server::{run, run_with_store, ServerError};

@@ -1,0 +1,157 @@
+//! Metric names and the one process-wide registry, exported as Prometheus text at
+//! `/metrics`. Every metric is defined here, so the names in dashboards have one source.
+//! Holds no logic beyond counting.
+
+use std::sync::OnceLock;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Every metric Tandem exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Open WebSocket sessions.
+    pub connections: Gauge,
+    /// Room actors currently active.
+    pub rooms_active: Gauge,
+    /// Document updates received from clients (WebSocket and HTTP).
+    pub updates_in: Counter,
+    /// Document update frames sent to sessions (one per recipient).
+    pub updates_out: Counter,
+    /// Bytes received in WebSocket frames and HTTP update bodies.
+    pub bytes_in: Counter,
+    /// Bytes queued to WebSocket sessions.
+    pub bytes_out: Counter,
+    /// Sessions closed for a protocol violation.
+    pub protocol_errors: Counter,
+    /// Time from receiving an update to its being durable.
+    pub persist_seconds: Histogram,
+    /// Time to hand one broadcast to every recipient's outbox.
+    pub broadcast_seconds: Histogram,
+    /// Duration of one storage flush (group commit).
+    pub flush_seconds: Histogram,
+    /// Durability requests served by one flush.
+    pub flush_batch_size: Histogram,
+    /// Snapshots written.
+    pub snapshots: Counter,
+    /// Room activations (load from store).
+    pub activations: Counter,
+    /// Room deactivations after the idle timeout.
+    pub evictions: Counter,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs … ~6.5 s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::default();
+        let metrics = Self {
+            connections: Gauge::default(),
+            rooms_active: Gauge::default(),
+            updates_in: Counter::default(),
+            updates_out: Counter::default(),
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+            protocol_errors: Counter::default(),
+            persist_seconds: latency_histogram(),
+            broadcast_seconds: latency_histogram(),
+            flush_seconds: latency_histogram(),
+            flush_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            snapshots: Counter::default(),
+            activations: Counter::default(),
+            evictions: Counter::default(),
+            registry: Registry::default(),
+        };
+        let m = &metrics;
+        registry.register(
+            "tandem_connections",
+            "Open WebSocket sessions",
+            m.connections.clone(),
+        );
+        registry.register(
+            "tandem_rooms_active",
+            "Active room actors",
+            m.rooms_active.clone(),
+        );
+        registry.register(
+            "tandem_updates_in",
+            "Document updates received",
+            m.updates_in.clone(),
+        );
+        registry.register(
+            "tandem_updates_out",
+            "Document update frames sent",
+            m.updates_out.clone(),
+        );
+        registry.register(
+            "tandem_bytes_in",
+            "Bytes received from clients",
+            m.bytes_in.clone(),
+        );
+        registry.register(
+            "tandem_bytes_out",
+            "Bytes queued to clients",
+            m.bytes_out.clone(),
+        );
+        registry.register(
+            "tandem_protocol_errors",
+            "Sessions closed for a protocol violation",
+            m.protocol_errors.clone(),
+        );
+        registry.register(
+            "tandem_persist_seconds",
+            "Time from receiving an update to its being durable",
+            m.persist_seconds.clone(),
+        );
+        registry.register(
+            "tandem_broadcast_seconds",
+            "Time to hand one broadcast to every recipient",
+            m.broadcast_seconds.clone(),
+        );
+        registry.register(
+            "tandem_flush_seconds",
+            "Duration of one storage flush",
+            m.flush_seconds.clone(),
+        );
+        registry.register(
+            "tandem_flush_batch_size",
+            "Durability requests served by one flush",
+            m.flush_batch_size.clone(),
+        );
+        registry.register("tandem_snapshots", "Snapshots written", m.snapshots.clone());
+        registry.register(
+            "tandem_room_activations",
+            "Room activations",
+            m.activations.clone(),
+        );
+        registry.register(
+            "tandem_room_evictions",
+            "Idle room deactivations",
+            m.evictions.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The process-wide metrics.
+pub fn get() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}

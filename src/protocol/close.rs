@@ -1,0 +1,54 @@
+//! The WebSocket close codes Tandem sends, one constant each, so the README's table, the
+//! session actor and the tests name the same numbers. Pure data.
+//!
+//! Standard codes (RFC 6455 §7.4.1) are used where one fits; 4000–4099 are Tandem's own.
+
+/// A close code with the short, stable reason sent alongside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Close {
+    /// The numeric close code.
+    pub code: u16,
+    /// A short reason; the session may append detail after a colon.
+    pub reason: &'static str,
+}
+
+/// The server is shutting down; reconnect later (or to another node).
+pub const GOING_AWAY: Close = Close {
+    code: 1001,
+    reason: "server shutting down",
+};
+/// A text frame arrived on the binary Yjs endpoint.
+pub const UNSUPPORTED_DATA: Close = Close {
+    code: 1003,
+    reason: "binary frames only",
+};
+/// No frame (not even a pong) arrived within the heartbeat timeout.
+pub const HEARTBEAT_TIMEOUT: Close = Close {
+    code: 1001,
+    reason: "heartbeat timeout",
+};
+/// A frame or reassembled message exceeded the configured size limit.
+pub const MESSAGE_TOO_BIG: Close = Close {
+    code: 1009,
+    reason: "message too big",
+};
+/// The server failed (storage error); the client's state is intact and it may reconnect.
+pub const INTERNAL_ERROR: Close = Close {
+    code: 1011,
+    reason: "internal server error",
+};
+/// The frame is not a well-formed y-websocket message (framing, lengths, trailing bytes).
+pub const MALFORMED_MESSAGE: Close = Close {
+    code: 4000,
+    reason: "malformed message",
+};
+/// The frame's message type is not one a client may send.
+pub const UNKNOWN_MESSAGE_TYPE: Close = Close {
+    code: 4001,
+    reason: "unknown message type",
+};
+/// The document update could not be decoded or applied.
+pub const INVALID_UPDATE: Close = Close {
+    code: 4002,
+    reason: "invalid document update",
+};

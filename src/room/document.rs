@@ -1,0 +1,449 @@
+//! The CRDT wrapper: one Yjs document and its awareness states, with the few operations a
+//! room needs. Pure: no actors, no storage, no sockets; every method is synchronous and
+//! returns bytes ready to persist or send.
+//!
+//! It owns the rule "an update that changes nothing produces nothing": [`Document::apply_update`]
+//! returns the delta a transaction really made, or `None`. yrs is handed only payloads whose
+//! framing `protocol::ysync` already checked, and every call into yrs that reads client bytes
+//! runs under `catch_unwind`, so a yrs bug on hostile input becomes an error, not a dead thread.
+
+use std::collections::HashSet;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use thiserror::Error;
+use yrs::branch::BranchPtr;
+use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry};
+use yrs::sync::Awareness;
+use yrs::types::ToJson;
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{Any, ArrayRef, ClientID, Doc, Map, MapRef, Out, ReadTxn, StateVector, Transact, Update};
+
+use crate::protocol::ysync::{self, AwarenessEntry};
+
+/// Yjs client ids are at most 53 bits (they must fit a JavaScript number).
+const MAX_CLIENT_ID: u64 = (1 << 53) - 1;
+
+/// Why the document refused an input.
+#[derive(Debug, Error)]
+pub enum DocError {
+    /// The update bytes do not decode as a Yjs v1 update.
+    #[error("update does not decode: {0}")]
+    Decode(String),
+    /// The update decodes but cannot be integrated.
+    #[error("update cannot be applied: {0}")]
+    Apply(String),
+    /// The state vector does not decode.
+    #[error("state vector does not decode: {0}")]
+    StateVector(String),
+    /// The awareness update is malformed.
+    #[error("awareness update is invalid: {0}")]
+    Awareness(String),
+    /// yrs panicked on this input; the document may be inconsistent and must be reloaded.
+    #[error("the CRDT library panicked on this input")]
+    Panicked,
+}
+
+/// What an awareness update changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct AwarenessChange {
+    /// Client ids whose state the update set (not removed).
+    pub present: Vec<u64>,
+    /// Client ids the update removed.
+    pub removed: Vec<u64>,
+}
+
+/// A Yjs document plus its awareness states.
+pub struct Document {
+    awareness: Awareness,
+}
+
+impl Default for Document {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Document {
+    /// An empty document.
+    pub fn new() -> Self {
+        // The server never edits, so its own client id only has to be valid.
+        Self {
+            awareness: Awareness::new(Doc::new()),
+        }
+    }
+
+    /// Rebuilds a document from a snapshot and the updates logged after it.
+    pub fn load<'a>(
+        snapshot: Option<&'a [u8]>,
+        log: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<Self, DocError> {
+        let mut document = Self::new();
+        for update in snapshot.into_iter().chain(log) {
+            document.apply_update(update)?;
+        }
+        Ok(document)
+    }
+
+    fn doc(&self) -> &Doc {
+        self.awareness.doc()
+    }
+
+    /// Applies a v1 update. Returns the delta it made (a v1 update holding only what was new),
+    /// or `None` when the document already held everything in it.
+    ///
+    /// The delta, not the input, is what gets persisted and broadcast: it is never larger
+    /// and holds nothing a peer already has. An update whose dependencies are missing is
+    /// kept by yrs as pending and its raw bytes are returned so that it is persisted too.
+    pub fn apply_update(&mut self, update: &[u8]) -> Result<Option<Vec<u8>>, DocError> {
+        let doc = self.doc();
+        guard(|| {
+            let decoded = Update::decode_v1(update).map_err(|e| DocError::Decode(e.to_string()))?;
+            let mut txn = doc.transact_mut();
+            txn.apply_update(decoded)
+                .map_err(|e| DocError::Apply(e.to_string()))?;
+            let changed = txn.before_state() != txn.after_state() || !txn.delete_set().is_empty();
+            if changed {
+                Ok(Some(txn.encode_update_v1()))
+            } else if txn.has_missing_updates() {
+                // Not integrated yet (its dependencies are missing), but it is state a client
+                // gave us: keep it so that it survives a restart like any other update. (While
+                // anything is pending, a duplicate may be kept too: harmless, updates are idempotent.)
+                Ok(Some(update.to_vec()))
+            } else {
+                Ok(None)
+            }
+        })
+    }
+
+    /// This document's state vector, v1-encoded (the payload of a SyncStep1).
+    pub fn state_vector(&self) -> Vec<u8> {
+        self.doc().transact().state_vector().encode_v1()
+    }
+
+    /// What a peer with state vector `sv` lacks, as a v1 update (the payload of a SyncStep2).
+    pub fn diff(&self, sv: &[u8]) -> Result<Vec<u8>, DocError> {
+        let doc = self.doc();
+        guard(|| {
+            let sv =
+                StateVector::decode_v1(sv).map_err(|e| DocError::StateVector(e.to_string()))?;
+            Ok(doc.transact().encode_state_as_update_v1(&sv))
+        })
+    }
+
+    /// The whole document as one v1 update (what a snapshot stores).
+    pub fn snapshot(&self) -> Vec<u8> {
+        self.doc()
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default())
+    }
+
+    /// The document's root shared types as JSON (text as strings, maps as objects, arrays).
+    ///
+    /// The server never declares root types, so it infers each one: entries with keys make
+    /// a map; a sequence of only characters is text; any other sequence is an array (XML
+    /// elements render as XML strings).
+    pub fn to_json(&self) -> serde_json::Value {
+        let txn = self.doc().transact();
+        let mut roots = serde_json::Map::new();
+        for (name, value) in txn.root_refs() {
+            let any = match value {
+                Out::UndefinedRef(branch) => infer_root(&txn, branch),
+                typed => typed.to_json(&txn),
+            };
+            roots.insert(name.to_owned(), any_to_json(&any));
+        }
+        serde_json::Value::Object(roots)
+    }
+
+    /// Applies an awareness update payload. Returns which clients it set and removed.
+    pub fn apply_awareness(&mut self, payload: &[u8]) -> Result<AwarenessChange, DocError> {
+        let entries =
+            ysync::parse_awareness(payload).map_err(|e| DocError::Awareness(e.to_string()))?;
+        let mut update = AwarenessUpdate {
+            clients: Default::default(),
+        };
+        let mut change = AwarenessChange::default();
+        for entry in entries {
+            if entry.client_id > MAX_CLIENT_ID {
+                return Err(DocError::Awareness(format!(
+                    "client id {} exceeds 53 bits",
+                    entry.client_id
+                )));
+            }
+            if entry.json == "null" {
+                change.removed.push(entry.client_id);
+            } else {
+                change.present.push(entry.client_id);
+            }
+            update.clients.insert(
+                ClientID::new(entry.client_id),
+                AwarenessUpdateEntry {
+                    clock: entry.clock,
+                    json: entry.json.into(),
+                },
+            );
+        }
+        let awareness = &mut self.awareness;
+        guard(|| {
+            awareness
+                .apply_update(update)
+                .map_err(|e| DocError::Awareness(e.to_string()))
+        })?;
+        Ok(change)
+    }
+
+    /// Every present awareness state as one awareness payload, or `None` when there is none.
+    pub fn awareness_states(&self) -> Option<Vec<u8>> {
+        let states: Vec<(u64, u32, std::sync::Arc<str>)> = self
+            .awareness
+            .iter()
+            .filter_map(|(id, state)| Some((id.get(), state.clock, state.data.clone()?)))
+            .collect();
+        if states.is_empty() {
+            return None;
+        }
+        let entries: Vec<AwarenessEntry<'_>> = states
+            .iter()
+            .map(|(client_id, clock, json)| AwarenessEntry {
+                client_id: *client_id,
+                clock: *clock,
+                json,
+            })
+            .collect();
+        Some(ysync::encode_awareness(&entries))
+    }
+
+    /// Marks `clients` as gone and returns the awareness payload announcing it, or `None`
+    /// when none of them had a state.
+    pub fn remove_awareness(&mut self, clients: &HashSet<u64>) -> Option<Vec<u8>> {
+        let mut removed = Vec::new();
+        for &client_id in clients {
+            let id = ClientID::new(client_id);
+            let had_state = self
+                .awareness
+                .iter()
+                .any(|(other, state)| other == id && state.data.is_some());
+            if had_state {
+                self.awareness.remove_state(id);
+                let clock = self.awareness.meta(id).map_or(0, |(clock, _)| clock);
+                removed.push((client_id, clock));
+            }
+        }
+        if removed.is_empty() {
+            return None;
+        }
+        let entries: Vec<AwarenessEntry<'_>> = removed
+            .iter()
+            .map(|&(client_id, clock)| AwarenessEntry {
+                client_id,
+                clock,
+                json: "null",
+            })
+            .collect();
+        Some(ysync::encode_awareness(&entries))
+    }
+}
+
+/// Renders an untyped root as a map, text or array; see [`Document::to_json`].
+fn infer_root(txn: &yrs::Transaction<'_>, branch: BranchPtr) -> Any {
+    let map = MapRef::from(branch);
+    if map.len(txn) > 0 {
+        return map.to_json(txn);
+    }
+    let items = ArrayRef::from(branch).to_json(txn);
+    match &items {
+        Any::Array(values) if values.iter().all(|v| matches!(v, Any::String(_))) => {
+            let text: String = values
+                .iter()
+                .filter_map(|v| match v {
+                    Any::String(s) => Some(&**s),
+                    _ => None,
+                })
+                .collect();
+            Any::from(text)
+        }
+        _ => items,
+    }
+}
+
+fn any_to_json(any: &Any) -> serde_json::Value {
+    let mut text = String::new();
+    any.to_json(&mut text);
+    serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+}
+
+/// Runs a yrs call that reads client bytes, turning a panic into [`DocError::Panicked`].
+fn guard<T>(f: impl FnOnce() -> Result<T, DocError>) -> Result<T, DocError> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or(Err(DocError::Panicked))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use yrs::{Array, GetString, Text};
+
+    /// A client-side document that produces real updates.
+    fn edit(
+        client: u64,
+        base: &[u8],
+        f: impl FnOnce(&yrs::TextRef, &mut yrs::TransactionMut),
+    ) -> Vec<u8> {
+        let doc = Doc::with_client_id(client);
+        let text = doc.get_or_insert_text("text");
+        {
+            let mut txn = doc.transact_mut();
+            if !base.is_empty() {
+                txn.apply_update(Update::decode_v1(base).unwrap()).unwrap();
+            }
+        }
+        let before = doc.transact().state_vector();
+        {
+            let mut txn = doc.transact_mut();
+            f(&text, &mut txn);
+        }
+        let update = doc.transact().encode_state_as_update_v1(&before);
+        update
+    }
+
+    fn text_of(document: &Document) -> String {
+        document.to_json()["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    #[test]
+    fn duplicate_update_changes_nothing() {
+        let update = edit(1, &[], |t, txn| t.insert(txn, 0, "hello"));
+        let mut document = Document::new();
+        assert!(document.apply_update(&update).unwrap().is_some());
+        assert_eq!(document.apply_update(&update).unwrap(), None);
+        assert_eq!(text_of(&document), "hello");
+    }
+
+    #[test]
+    fn delete_only_update_is_a_change() {
+        let insert = edit(1, &[], |t, txn| t.insert(txn, 0, "hello"));
+        let delete = edit(2, &insert, |t, txn| t.remove_range(txn, 0, 2));
+        let mut document = Document::new();
+        document.apply_update(&insert).unwrap();
+        let delta = document
+            .apply_update(&delete)
+            .unwrap()
+            .expect("delete is a change");
+        assert!(!delta.is_empty());
+        assert_eq!(text_of(&document), "llo");
+    }
+
+    #[test]
+    fn snapshot_and_log_reload_the_same_state() {
+        let a = edit(1, &[], |t, txn| t.insert(txn, 0, "abc"));
+        let b = edit(2, &a, |t, txn| t.insert(txn, 3, "def"));
+        let mut document = Document::new();
+        document.apply_update(&a).unwrap();
+        let snapshot = document.snapshot();
+        let delta = document.apply_update(&b).unwrap().unwrap();
+        let reloaded = Document::load(Some(&snapshot), [delta.as_slice()]).unwrap();
+        assert_eq!(text_of(&reloaded), "abcdef");
+    }
+
+    #[test]
+    fn json_infers_untyped_roots() {
+        let doc = Doc::with_client_id(5);
+        let (t, m, a) = (
+            doc.get_or_insert_text("t"),
+            doc.get_or_insert_map("m"),
+            doc.get_or_insert_array("a"),
+        );
+        {
+            let mut txn = doc.transact_mut();
+            t.insert(&mut txn, 0, "hi");
+            m.insert(&mut txn, "k", 1.0);
+            a.push_back(&mut txn, 7.0);
+        }
+        let update = doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        let mut document = Document::new();
+        document.apply_update(&update).unwrap();
+        assert_eq!(
+            document.to_json(),
+            serde_json::json!({"t": "hi", "m": {"k": 1}, "a": [7]})
+        );
+    }
+
+    #[test]
+    fn garbage_update_is_an_error_not_a_panic() {
+        let mut document = Document::new();
+        for bad in [
+            &[0xff, 0xff, 0xff][..],
+            &[1, 1, 0xff, 0xff, 0xff, 0x0f, 0, 0x28],
+            &[5],
+        ] {
+            assert!(document.apply_update(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn diff_gives_a_peer_what_it_lacks() {
+        let a = edit(1, &[], |t, txn| t.insert(txn, 0, "shared"));
+        let mut document = Document::new();
+        document.apply_update(&a).unwrap();
+        let diff = document.diff(&StateVector::default().encode_v1()).unwrap();
+        let peer = Doc::new();
+        peer.transact_mut()
+            .apply_update(Update::decode_v1(&diff).unwrap())
+            .unwrap();
+        assert_eq!(
+            peer.get_or_insert_text("text").get_string(&peer.transact()),
+            "shared"
+        );
+    }
+
+    #[test]
+    fn awareness_removal_announces_only_known_states() {
+        let mut document = Document::new();
+        let payload = ysync::encode_awareness(&[AwarenessEntry {
+            client_id: 9,
+            clock: 1,
+            json: "{\"a\":1}",
+        }]);
+        let change = document.apply_awareness(&payload).unwrap();
+        assert_eq!(change.present, vec![9]);
+        assert!(document.awareness_states().is_some());
+        let removal = document.remove_awareness(&HashSet::from([9, 10])).unwrap();
+        let entries = ysync::parse_awareness(&removal).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!((entries[0].client_id, entries[0].json), (9, "null"));
+        assert!(entries[0].clock > 1);
+        assert!(document.awareness_states().is_none());
+    }
+
+    proptest! {
+        /// Concurrent edits from many clients merge to the same text in any order.
+        #[test]
+        fn merge_is_order_independent(
+            (inserts, order) in (1usize..12).prop_flat_map(|n| (
+                proptest::collection::vec("[a-z]{1,4}", n),
+                Just((0..n).collect::<Vec<usize>>()).prop_shuffle(),
+            )),
+        ) {
+            let updates: Vec<Vec<u8>> = inserts
+                .iter()
+                .enumerate()
+                .map(|(i, s)| edit(i as u64 + 1, &[], |t, txn| t.insert(txn, 0, s)))
+                .collect();
+            let mut forward = Document::new();
+            for u in &updates {
+                forward.apply_update(u).unwrap();
+            }
+            let mut shuffled = Document::new();
+            for &i in &order {
+                shuffled.apply_update(&updates[i]).unwrap();
+            }
+            prop_assert_eq!(text_of(&forward), text_of(&shuffled));
+        }
+    }
+}

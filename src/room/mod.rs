@@ -1,0 +1,626 @@
+//! The room actor: one per active room, owner of the room's [`Document`], its sessions and
+//! its durability queue. Data flows one way through it: a session's message is applied to
+//! the CRDT, the delta is appended to the store, and only once a flush has made it durable
+//! is it broadcast (encoded once, the same bytes to every other session).
+//!
+//! The room never touches sockets (sessions are type-erased [`Recipient`]s) nor sled
+//! (only the [`Store`] trait). Activation happens in `started` (load snapshot + log tail);
+//! deactivation after the idle timeout writes a final snapshot and tells the registry.
+
+pub mod document;
+mod name;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::Bytes;
+use thiserror::Error;
+use tokio::sync::oneshot;
+use tracing::{debug, error, info, warn};
+
+pub use document::{DocError, Document};
+pub use name::{RoomName, RoomNameError, MAX_ROOM_NAME_LEN};
+
+use crate::metrics;
+use crate::protocol::close::{self, Close};
+use crate::protocol::ysync::Message as SyncMessage;
+use crate::storage::{Store, StoreError};
+
+/// Identifies one session (connection) within the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId(pub u64);
+
+/// Why a room could not do what was asked.
+#[derive(Debug, Error)]
+pub enum RoomError {
+    /// The update or request was refused by the CRDT.
+    #[error(transparent)]
+    Invalid(#[from] DocError),
+    /// The store failed; nothing was acknowledged.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The room is shutting down or failed to activate.
+    #[error("room is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Room behaviour knobs (from the configuration).
+#[derive(Debug, Clone)]
+pub struct RoomConfig {
+    /// Deactivate a room after it has had no sessions for this long.
+    pub idle_timeout: Duration,
+    /// Write a snapshot after this many logged updates.
+    pub snapshot_every_updates: u64,
+    /// Write a snapshot at least this often while the room changes.
+    pub snapshot_interval: Duration,
+}
+
+/// Something for a session to do: send a frame or close.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub enum Outbound {
+    /// Send this binary frame.
+    Frame(Bytes),
+    /// Close with this code; the string adds detail to the reason.
+    Close(Close, String),
+}
+
+/// A session joins the room; the room greets it with SyncStep1 and the awareness states,
+/// and answers with its own address for the session's later messages.
+#[derive(Message)]
+#[rtype(result = "Result<Addr<Room>, RoomError>")]
+pub struct Join {
+    /// The joining session.
+    pub session: SessionId,
+    /// Where the room sends the session's frames.
+    pub outbox: Recipient<Outbound>,
+}
+
+/// A session left; its awareness states are removed and the removal broadcast.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Leave {
+    /// The session that left.
+    pub session: SessionId,
+}
+
+/// A decoded message from a session, with the frame it came in (relayed as is when it is
+/// an awareness update).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Receive {
+    /// The sender.
+    pub session: SessionId,
+    /// The decoded message.
+    pub message: SyncMessage,
+    /// The frame it was decoded from.
+    pub frame: Bytes,
+}
+
+/// A reply that arrives once the room's state up to now is durable.
+pub type DurableReply = oneshot::Receiver<Result<Bytes, RoomError>>;
+
+/// Apply an update from HTTP; the reply resolves once it is durable.
+#[derive(Message)]
+#[rtype(result = "Result<DurableReply, RoomError>")]
+pub struct ApplyUpdate {
+    /// A v1 Yjs update.
+    pub update: Bytes,
+}
+
+/// Read the document: the whole state as one v1 update, or its root types as JSON.
+#[derive(Message)]
+#[rtype(result = "Result<DurableReply, RoomError>")]
+pub struct ReadState {
+    /// JSON instead of a binary update.
+    pub json: bool,
+}
+
+/// Close every session with "going away", write a final snapshot, flush, stop.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+/// Sent to the registry when a room actor stops, so it forgets the address.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Deactivated {
+    /// The room.
+    pub name: RoomName,
+    /// Which activation stopped (a newer one may already be registered).
+    pub activation: u64,
+}
+
+/// What to do once the room's log is durable up to a sequence number.
+enum AfterFlush {
+    Broadcast {
+        frame: Bytes,
+        except: Option<SessionId>,
+    },
+    Send {
+        to: SessionId,
+        frame: Bytes,
+    },
+    Reply {
+        tx: oneshot::Sender<Result<Bytes, RoomError>>,
+        body: Bytes,
+    },
+}
+
+struct Pending {
+    seq: u64,
+    since: Instant,
+    action: AfterFlush,
+}
+
+struct SessionEntry {
+    outbox: Recipient<Outbound>,
+    /// Awareness client ids this session has announced.
+    clients: HashSet<u64>,
+}
+
+/// The room actor.
+pub struct Room {
+    name: RoomName,
+    activation: u64,
+    store: Arc<dyn Store>,
+    registry: Recipient<Deactivated>,
+    config: RoomConfig,
+    document: Document,
+    sessions: HashMap<SessionId, SessionEntry>,
+    /// Highest sequence number appended to the log.
+    last_seq: u64,
+    /// Highest sequence number known durable.
+    durable_seq: u64,
+    /// Sequence number the last snapshot covers.
+    snapshot_seq: u64,
+    last_snapshot_at: Instant,
+    pending: VecDeque<Pending>,
+    flushing: bool,
+    empty_since: Instant,
+    stopping: bool,
+}
+
+impl Room {
+    /// A room that loads its document from `store` when started.
+    pub fn new(
+        name: RoomName,
+        activation: u64,
+        store: Arc<dyn Store>,
+        registry: Recipient<Deactivated>,
+        config: RoomConfig,
+    ) -> Self {
+        Self {
+            name,
+            activation,
+            store,
+            registry,
+            config,
+            document: Document::new(),
+            sessions: HashMap::new(),
+            last_seq: 0,
+            durable_seq: 0,
+            snapshot_seq: 0,
+            last_snapshot_at: Instant::now(),
+            pending: VecDeque::new(),
+            flushing: false,
+            empty_since: Instant::now(),
+            stopping: false,
+        }
+    }
+
+    /// Loads the document: the snapshot, then the logged updates after it.
+    fn load(&mut self) -> Result<(), RoomError> {
+        let started = Instant::now();
+        let stored = self.store.load_doc(&self.name)?;
+        self.document = Document::load(
+            stored.snapshot.as_deref(),
+            stored.updates.iter().map(Vec::as_slice),
+        )?;
+        self.last_seq = stored.last_seq;
+        self.durable_seq = stored.last_seq;
+        self.snapshot_seq = stored.last_seq - stored.updates.len() as u64;
+        debug!(
+            room = %self.name,
+            log_entries = stored.updates.len(),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "room activated"
+        );
+        Ok(())
+    }
+
+    fn tick_interval(&self) -> Duration {
+        let shortest = self.config.idle_timeout.min(self.config.snapshot_interval);
+        (shortest / 4).clamp(Duration::from_millis(20), Duration::from_secs(1))
+    }
+
+    /// Applies an update; if it changed the document, logs it and queues its broadcast.
+    fn apply(
+        &mut self,
+        update: &[u8],
+        from: Option<SessionId>,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), RoomError> {
+        metrics::get().updates_in.inc();
+        let delta = match self.document.apply_update(update) {
+            Ok(Some(delta)) => delta,
+            Ok(None) => return Ok(()),
+            Err(DocError::Panicked) => {
+                // The document may be half-changed: rebuild it from what is logged.
+                error!(room = %self.name, "yrs panicked on an update; reloading the room");
+                if let Err(e) = self.load() {
+                    self.fail(&format!("reload after a yrs panic failed: {e}"), ctx);
+                }
+                return Err(DocError::Panicked.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.last_seq += 1;
+        if let Err(e) = self.store.append_update(&self.name, self.last_seq, &delta) {
+            self.fail(&format!("appending to the log failed: {e}"), ctx);
+            return Err(e.into());
+        }
+        let frame = SyncMessage::Update(delta.into()).encode();
+        self.after_durable(
+            AfterFlush::Broadcast {
+                frame,
+                except: from,
+            },
+            ctx,
+        );
+        if self.last_seq - self.snapshot_seq >= self.config.snapshot_every_updates {
+            self.snapshot();
+        }
+        Ok(())
+    }
+
+    /// Runs `action` once everything logged so far is durable.
+    fn after_durable(&mut self, action: AfterFlush, ctx: &mut Context<Self>) {
+        if self.durable_seq >= self.last_seq && self.pending.is_empty() {
+            self.perform(action);
+            return;
+        }
+        self.pending.push_back(Pending {
+            seq: self.last_seq,
+            since: Instant::now(),
+            action,
+        });
+        self.request_flush(ctx);
+    }
+
+    /// Starts a flush unless one is running; when it ends, releases what it covered.
+    fn request_flush(&mut self, ctx: &mut Context<Self>) {
+        if self.flushing || self.pending.is_empty() {
+            return;
+        }
+        self.flushing = true;
+        let upto = self.last_seq;
+        ctx.spawn(
+            self.store
+                .flush()
+                .into_actor(self)
+                .map(move |result, room, ctx| {
+                    room.flushing = false;
+                    match result {
+                        Ok(()) => {
+                            room.durable_seq = room.durable_seq.max(upto);
+                            room.release(ctx);
+                        }
+                        Err(e) => room.fail(&format!("flush failed: {e}"), ctx),
+                    }
+                }),
+        );
+    }
+
+    /// Performs every pending action the durable sequence number covers, in order.
+    fn release(&mut self, ctx: &mut Context<Self>) {
+        while self
+            .pending
+            .front()
+            .is_some_and(|p| p.seq <= self.durable_seq)
+        {
+            let Some(pending) = self.pending.pop_front() else {
+                break;
+            };
+            metrics::get()
+                .persist_seconds
+                .observe(pending.since.elapsed().as_secs_f64());
+            self.perform(pending.action);
+        }
+        self.request_flush(ctx);
+    }
+
+    fn perform(&mut self, action: AfterFlush) {
+        match action {
+            AfterFlush::Broadcast { frame, except } => self.broadcast(&frame, except),
+            AfterFlush::Send { to, frame } => self.send(to, frame),
+            AfterFlush::Reply { tx, body } => {
+                let _ = tx.send(Ok(body));
+            }
+        }
+    }
+
+    /// Hands the same frame to every session but `except`.
+    fn broadcast(&self, frame: &Bytes, except: Option<SessionId>) {
+        let started = Instant::now();
+        let mut sent = 0u64;
+        for (id, session) in &self.sessions {
+            if Some(*id) != except {
+                session.outbox.do_send(Outbound::Frame(frame.clone()));
+                sent += 1;
+            }
+        }
+        let m = metrics::get();
+        m.updates_out.inc_by(sent);
+        m.bytes_out.inc_by(sent * frame.len() as u64);
+        m.broadcast_seconds.observe(started.elapsed().as_secs_f64());
+    }
+
+    fn send(&self, to: SessionId, frame: Bytes) {
+        if let Some(session) = self.sessions.get(&to) {
+            metrics::get().bytes_out.inc_by(frame.len() as u64);
+            session.outbox.do_send(Outbound::Frame(frame));
+        }
+    }
+
+    /// Writes the whole state as a snapshot covering the log, which it replaces.
+    fn snapshot(&mut self) {
+        if self.last_seq == self.snapshot_seq {
+            return;
+        }
+        let state = self.document.snapshot();
+        match self.store.write_snapshot(&self.name, self.last_seq, &state) {
+            Ok(()) => {
+                debug!(room = %self.name, seq = self.last_seq, bytes = state.len(), "snapshot written");
+                self.snapshot_seq = self.last_seq;
+                self.last_snapshot_at = Instant::now();
+                metrics::get().snapshots.inc();
+            }
+            // The log still holds everything; the next snapshot will try again.
+            Err(e) => warn!(room = %self.name, error = %e, "snapshot failed"),
+        }
+    }
+
+    /// Removes a session, announcing the removal of the awareness states it carried.
+    fn remove_session(&mut self, id: SessionId) {
+        let Some(session) = self.sessions.remove(&id) else {
+            return;
+        };
+        if self.sessions.is_empty() {
+            self.empty_since = Instant::now();
+        }
+        if let Some(removal) = self.document.remove_awareness(&session.clients) {
+            let frame = SyncMessage::Awareness(removal.into()).encode();
+            self.broadcast(&frame, None);
+        }
+    }
+
+    /// Closes one session with `close` and forgets it.
+    fn close_session(&mut self, id: SessionId, close: Close, detail: String) {
+        if let Some(session) = self.sessions.get(&id) {
+            session.outbox.do_send(Outbound::Close(close, detail));
+        }
+        self.remove_session(id);
+    }
+
+    /// The store failed: nothing pending can be acknowledged. Close everyone and stop; the
+    /// next activation reloads from what the store holds.
+    fn fail(&mut self, why: &str, ctx: &mut Context<Self>) {
+        error!(room = %self.name, "{why}; closing the room");
+        for pending in self.pending.drain(..) {
+            if let AfterFlush::Reply { tx, .. } = pending.action {
+                let _ = tx.send(Err(RoomError::Unavailable(why.to_owned())));
+            }
+        }
+        for session in self.sessions.values() {
+            session
+                .outbox
+                .do_send(Outbound::Close(close::INTERNAL_ERROR, why.to_owned()));
+        }
+        self.sessions.clear();
+        self.stopping = true;
+        ctx.stop();
+    }
+
+    fn on_tick(&mut self, ctx: &mut Context<Self>) {
+        let snapshot_due = self.last_snapshot_at.elapsed() >= self.config.snapshot_interval;
+        if snapshot_due && self.last_seq > self.snapshot_seq {
+            self.snapshot();
+        }
+        let idle = self.sessions.is_empty()
+            && self.pending.is_empty()
+            && !self.flushing
+            && self.empty_since.elapsed() >= self.config.idle_timeout;
+        if idle && !self.stopping {
+            // Final snapshot, then stop: the registry forgets this activation when it hears
+            // `Deactivated`; messages still queued here fail and their senders retry.
+            self.snapshot();
+            let store = Arc::clone(&self.store);
+            actix::spawn(async move {
+                if let Err(e) = store.flush().await {
+                    warn!(error = %e, "flush after deactivation failed");
+                }
+            });
+            metrics::get().evictions.inc();
+            debug!(room = %self.name, "room deactivated after idle timeout");
+            self.stopping = true;
+            ctx.stop();
+        }
+    }
+}
+
+impl Actor for Room {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        metrics::get().rooms_active.inc();
+        metrics::get().activations.inc();
+        if let Err(e) = self.load() {
+            self.fail(&format!("activation failed: {e}"), ctx);
+            return;
+        }
+        ctx.run_interval(self.tick_interval(), Self::on_tick);
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        metrics::get().rooms_active.dec();
+        self.registry.do_send(Deactivated {
+            name: self.name.clone(),
+            activation: self.activation,
+        });
+    }
+}
+
+impl Handler<Join> for Room {
+    type Result = Result<Addr<Room>, RoomError>;
+
+    fn handle(&mut self, msg: Join, ctx: &mut Self::Context) -> Self::Result {
+        if self.stopping {
+            return Err(RoomError::Unavailable("room is stopping".into()));
+        }
+        let greeting = SyncMessage::SyncStep1(self.document.state_vector().into()).encode();
+        msg.outbox.do_send(Outbound::Frame(greeting));
+        if let Some(states) = self.document.awareness_states() {
+            msg.outbox.do_send(Outbound::Frame(
+                SyncMessage::Awareness(states.into()).encode(),
+            ));
+        }
+        self.sessions.insert(
+            msg.session,
+            SessionEntry {
+                outbox: msg.outbox,
+                clients: HashSet::new(),
+            },
+        );
+        Ok(ctx.address())
+    }
+}
+
+impl Handler<Leave> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: Leave, _ctx: &mut Self::Context) {
+        self.remove_session(msg.session);
+    }
+}
+
+impl Handler<Receive> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: Receive, ctx: &mut Self::Context) {
+        let Receive {
+            session,
+            message,
+            frame,
+        } = msg;
+        if !self.sessions.contains_key(&session) {
+            return; // closed by the room already; late frames are dropped
+        }
+        match message {
+            SyncMessage::SyncStep1(sv) => match self.document.diff(&sv) {
+                Ok(diff) => {
+                    let frame = SyncMessage::SyncStep2(diff.into()).encode();
+                    // Reply with state that is durable: after the flush covering it.
+                    self.after_durable(AfterFlush::Send { to: session, frame }, ctx);
+                }
+                Err(e) => self.close_session(session, close::MALFORMED_MESSAGE, e.to_string()),
+            },
+            SyncMessage::SyncStep2(update) | SyncMessage::Update(update) => {
+                if let Err(e) = self.apply(&update, Some(session), ctx) {
+                    info!(room = %self.name, session = session.0, error = %e, "closing session: bad update");
+                    metrics::get().protocol_errors.inc();
+                    self.close_session(session, close::INVALID_UPDATE, e.to_string());
+                }
+            }
+            SyncMessage::Awareness(payload) => match self.document.apply_awareness(&payload) {
+                Ok(change) => {
+                    if let Some(entry) = self.sessions.get_mut(&session) {
+                        entry.clients.extend(change.present);
+                        for id in change.removed {
+                            entry.clients.remove(&id);
+                        }
+                    }
+                    // Relayed to everyone, the sender too, as the reference server does:
+                    // the echo is what keeps an idle stock client's connection alive.
+                    self.broadcast(&frame, None);
+                }
+                Err(e) => {
+                    metrics::get().protocol_errors.inc();
+                    self.close_session(session, close::MALFORMED_MESSAGE, e.to_string());
+                }
+            },
+            SyncMessage::QueryAwareness => {
+                if let Some(states) = self.document.awareness_states() {
+                    self.send(session, SyncMessage::Awareness(states.into()).encode());
+                }
+            }
+        }
+    }
+}
+
+impl Handler<ApplyUpdate> for Room {
+    type Result = Result<DurableReply, RoomError>;
+
+    fn handle(&mut self, msg: ApplyUpdate, ctx: &mut Self::Context) -> Self::Result {
+        if self.stopping {
+            return Err(RoomError::Unavailable("room is stopping".into()));
+        }
+        self.apply(&msg.update, None, ctx)?;
+        let (tx, rx) = oneshot::channel();
+        self.after_durable(
+            AfterFlush::Reply {
+                tx,
+                body: Bytes::new(),
+            },
+            ctx,
+        );
+        Ok(rx)
+    }
+}
+
+impl Handler<ReadState> for Room {
+    type Result = Result<DurableReply, RoomError>;
+
+    fn handle(&mut self, msg: ReadState, ctx: &mut Self::Context) -> Self::Result {
+        let body: Bytes = if msg.json {
+            self.document.to_json().to_string().into()
+        } else {
+            self.document.snapshot().into()
+        };
+        let (tx, rx) = oneshot::channel();
+        self.after_durable(AfterFlush::Reply { tx, body }, ctx);
+        Ok(rx)
+    }
+}
+
+impl Handler<Shutdown> for Room {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _msg: Shutdown, _ctx: &mut Self::Context) -> Self::Result {
+        self.stopping = true;
+        for session in self.sessions.values() {
+            session
+                .outbox
+                .do_send(Outbound::Close(close::GOING_AWAY, String::new()));
+        }
+        self.sessions.clear();
+        self.snapshot();
+        Box::pin(
+            self.store
+                .flush()
+                .into_actor(self)
+                .map(|result, room, ctx| {
+                    match result {
+                        Ok(()) => {
+                            room.durable_seq = room.last_seq;
+                            room.release(ctx);
+                        }
+                        Err(e) => error!(room = %room.name, error = %e, "final flush failed"),
+                    }
+                    ctx.stop();
+                }),
+        )
+    }
+}

@@ -1,0 +1,94 @@
+//! Room names: the one validated newtype every layer passes around, so that no raw path
+//! segment ever reaches the registry or a storage key. Pure.
+
+use std::fmt;
+
+use thiserror::Error;
+
+/// The longest room name accepted, in bytes.
+pub const MAX_ROOM_NAME_LEN: usize = 128;
+
+/// Why a string is not a room name.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum RoomNameError {
+    /// The name is empty.
+    #[error("room name is empty")]
+    Empty,
+    /// The name is longer than [`MAX_ROOM_NAME_LEN`].
+    #[error("room name is {0} bytes long; the limit is {MAX_ROOM_NAME_LEN}")]
+    TooLong(usize),
+    /// The name holds a character outside `A-Z a-z 0-9 _ - . :`.
+    #[error("room name contains {0:?}; allowed are A-Z a-z 0-9 _ - . :")]
+    BadCharacter(char),
+    /// The name starts with a dot (no `.`, `..` or hidden names).
+    #[error("room name must not start with '.'")]
+    LeadingDot,
+}
+
+/// A validated room name: 1–128 bytes of `A-Z a-z 0-9 _ - . :`, not starting with `.`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoomName(String);
+
+impl RoomName {
+    /// Validates `name`.
+    pub fn parse(name: &str) -> Result<Self, RoomNameError> {
+        if name.is_empty() {
+            return Err(RoomNameError::Empty);
+        }
+        if name.len() > MAX_ROOM_NAME_LEN {
+            return Err(RoomNameError::TooLong(name.len()));
+        }
+        if let Some(bad) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')))
+        {
+            return Err(RoomNameError::BadCharacter(bad));
+        }
+        if name.starts_with('.') {
+            return Err(RoomNameError::LeadingDot);
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RoomName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_ordinary_names() {
+        for ok in ["a", "doc-1", "team:notes_2026.v2", &"x".repeat(128)] {
+            assert!(RoomName::parse(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn refuses_tricks() {
+        assert_eq!(RoomName::parse(""), Err(RoomNameError::Empty));
+        assert_eq!(
+            RoomName::parse(&"x".repeat(129)),
+            Err(RoomNameError::TooLong(129))
+        );
+        assert_eq!(RoomName::parse(".."), Err(RoomNameError::LeadingDot));
+        assert_eq!(
+            RoomName::parse("a/b"),
+            Err(RoomNameError::BadCharacter('/'))
+        );
+        assert_eq!(
+            RoomName::parse("a\0b"),
+            Err(RoomNameError::BadCharacter('\0'))
+        );
+        assert_eq!(RoomName::parse("é"), Err(RoomNameError::BadCharacter('é')));
+    }
+}

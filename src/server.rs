@@ -1,0 +1,111 @@
+//! Wiring and ordered shutdown: open the store, start the room arbiters and the registry,
+//! serve HTTP until the shutdown future resolves, then stop accepting, shut every room down
+//! (sessions closed with "going away", final snapshots, flush), and stop.
+//!
+//! Shutdown is an argument so tests and embedders choose what triggers it; the binary
+//! passes SIGTERM/Ctrl-C.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use actix_web::{web, App, HttpServer};
+use thiserror::Error;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::registry::{Registry, ShutdownAll};
+use crate::storage::{SledStore, Store, StoreError};
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// The store could not be opened.
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    /// Binding or serving failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The HTTP server failed while running.
+    #[error("HTTP server error: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Runs the server with the embedded sled store until `shutdown` resolves. Must run inside
+/// an actix system (`actix_web::main` or `actix::System`).
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + 'static,
+) -> Result<(), ServerError> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| StoreError::Backend(format!("creating {}: {e}", config.data_dir.display())))?;
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir, config.flush)?);
+    run_with_store(config, store, shutdown).await
+}
+
+/// Runs the server on a given store; see [`run`].
+pub async fn run_with_store(
+    config: Config,
+    store: Arc<dyn Store>,
+    shutdown: impl Future<Output = ()> + 'static,
+) -> Result<(), ServerError> {
+    let arbiters: Vec<Arbiter> = (0..config.room_threads).map(|_| Arbiter::new()).collect();
+    let registry = Registry::new(
+        Arc::clone(&store),
+        arbiters.iter().map(Arbiter::handle).collect(),
+        config.room.clone(),
+    )
+    .start();
+    let state = web::Data::new(AppState {
+        registry: registry.clone(),
+        store,
+        config: config.clone(),
+        ready: AtomicBool::new(true),
+    });
+    let app_state = state.clone();
+    let max_body = config.max_message_bytes;
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(app_state.clone())
+            .app_data(web::PayloadConfig::new(max_body))
+            .configure(http::routes)
+    })
+    .workers(config.http_threads)
+    .disable_signals()
+    .shutdown_timeout(5)
+    .bind(config.listen)
+    .map_err(|source| ServerError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    for addr in server.addrs() {
+        info!(%addr, data_dir = %config.data_dir.display(), "tandem listening");
+    }
+    let server = server.run();
+    let handle = server.handle();
+    actix::spawn(async move {
+        shutdown.await;
+        info!("shutting down: no new connections; flushing rooms");
+        state.ready.store(false, Ordering::Relaxed);
+        handle.pause().await;
+        if let Err(e) = registry.send(ShutdownAll).await {
+            warn!(error = %e, "registry gone before shutdown");
+        }
+        handle.stop(true).await;
+    });
+    let result = server.await.map_err(ServerError::Serve);
+    for arbiter in arbiters {
+        arbiter.stop();
+        let _ = arbiter.join();
+    }
+    info!("stopped");
+    result
+}

@@ -1,0 +1,79 @@
+//! Persistence behind one small trait, so the room actor never knows which database it
+//! writes to. A room's document is stored as a snapshot (the whole state as one update,
+//! covering log entries up to a sequence number) plus a log of updates after it.
+//!
+//! Writes are cheap and buffered; [`Store::flush`] is the durability barrier: its future
+//! resolves once everything written before the call survives `kill -9`. Implementations
+//! coalesce concurrent flushes (group commit). Only this module knows sled.
+
+mod memory;
+mod sled_store;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use thiserror::Error;
+
+pub use memory::MemoryStore;
+pub use sled_store::SledStore;
+
+use crate::room::RoomName;
+
+/// A storage failure. Cloneable so one failed group commit can be reported to every waiter.
+#[derive(Debug, Error, Clone)]
+pub enum StoreError {
+    /// The database reported an error.
+    #[error("storage error: {0}")]
+    Backend(String),
+    /// A stored record is not in the expected format.
+    #[error("corrupt record for room {room}: {reason}")]
+    Corrupt {
+        /// The room whose record is bad.
+        room: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The store has shut down.
+    #[error("storage is closed")]
+    Closed,
+}
+
+/// A future that resolves when earlier writes are durable.
+pub type Durable = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>;
+
+/// A room's stored document: the snapshot and the updates logged after it, in order.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StoredDoc {
+    /// The last snapshot, if any.
+    pub snapshot: Option<Vec<u8>>,
+    /// The logged updates after the snapshot, oldest first.
+    pub updates: Vec<Vec<u8>>,
+    /// The highest sequence number used so far (by the log or the snapshot); 0 if none.
+    pub last_seq: u64,
+}
+
+/// Where rooms keep their documents.
+pub trait Store: Send + Sync + 'static {
+    /// Reads a room's snapshot and log tail.
+    fn load_doc(&self, room: &RoomName) -> Result<StoredDoc, StoreError>;
+    /// Appends update number `seq` (strictly increasing per room) to the room's log.
+    fn append_update(&self, room: &RoomName, seq: u64, update: &[u8]) -> Result<(), StoreError>;
+    /// Atomically stores `state` as the room's snapshot covering every log entry up to
+    /// `upto` and removes those entries.
+    fn write_snapshot(&self, room: &RoomName, upto: u64, state: &[u8]) -> Result<(), StoreError>;
+    /// The durability barrier; see the module docs.
+    fn flush(&self) -> Durable;
+    /// Whether the store can serve requests (for `/readyz`).
+    fn is_ready(&self) -> bool {
+        true
+    }
+}
+
+/// How updates are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushPolicy {
+    /// Flush every group commit: an update is durable before anyone sees it (the default).
+    EveryBatch,
+    /// Flush in the background every so many milliseconds; a crash may lose that window.
+    Interval(u64),
+}

@@ -1,0 +1,250 @@
+//! The embedded store: one sled database, one tree for documents, and a flusher thread
+//! that turns concurrent durability requests into one `flush` (group commit).
+//!
+//! Key layout in the `docs` tree (room names never contain NUL, so `name\0` is a prefix
+//! no other room shares):
+//! - `name\0\0` → the snapshot: 8-byte big-endian `upto`, then the state update;
+//! - `name\0\1` + 8-byte big-endian seq → one logged update.
+//!
+//! sled makes writes durable only at `flush` (or its 500 ms background flush), which is
+//! why [`Store::flush`] exists and why the flusher thread is here.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::thread;
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use super::{Durable, FlushPolicy, Store, StoreError, StoredDoc};
+use crate::metrics;
+use crate::room::RoomName;
+
+const SNAPSHOT_TAG: u8 = 0;
+const UPDATE_TAG: u8 = 1;
+
+type Waiter = oneshot::Sender<Result<(), StoreError>>;
+
+/// A sled-backed [`Store`].
+pub struct SledStore {
+    docs: sled::Tree,
+    /// The group-commit thread; `None` under [`FlushPolicy::Interval`].
+    flusher: Option<Flusher>,
+}
+
+/// The flusher thread and the channel that feeds it. Dropping it ends the thread and waits
+/// for it, so the database (and its file lock) is released when the store is dropped.
+struct Flusher {
+    requests: Option<mpsc::Sender<Waiter>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.requests.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl SledStore {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path, policy: FlushPolicy) -> Result<Self, StoreError> {
+        let interval = match policy {
+            FlushPolicy::EveryBatch => 500,
+            FlushPolicy::Interval(ms) => ms.max(1),
+        };
+        let db = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(Some(interval))
+            .open()
+            .map_err(|e| StoreError::Backend(format!("opening {}: {e}", dir.display())))?;
+        let docs = db.open_tree("docs").map_err(backend)?;
+        let flusher = match policy {
+            FlushPolicy::EveryBatch => Some(spawn_flusher(db.clone())?),
+            FlushPolicy::Interval(_) => None,
+        };
+        Ok(Self { docs, flusher })
+    }
+
+    fn prefix(room: &RoomName) -> Vec<u8> {
+        let mut key = Vec::with_capacity(room.as_str().len() + 10);
+        key.extend_from_slice(room.as_str().as_bytes());
+        key.push(0);
+        key
+    }
+
+    fn snapshot_key(room: &RoomName) -> Vec<u8> {
+        let mut key = Self::prefix(room);
+        key.push(SNAPSHOT_TAG);
+        key
+    }
+
+    fn update_key(room: &RoomName, seq: u64) -> Vec<u8> {
+        let mut key = Self::prefix(room);
+        key.push(UPDATE_TAG);
+        key.extend_from_slice(&seq.to_be_bytes());
+        key
+    }
+}
+
+/// Starts the thread that serves durability requests in batches.
+fn spawn_flusher(db: sled::Db) -> Result<Flusher, StoreError> {
+    let (tx, rx) = mpsc::channel::<Waiter>();
+    let thread = thread::Builder::new()
+        .name("tandem-flusher".into())
+        .spawn(move || {
+            // Every request that arrived while the previous flush ran shares this one.
+            while let Ok(first) = rx.recv() {
+                let mut batch = vec![first];
+                batch.extend(rx.try_iter());
+                let started = Instant::now();
+                let result = db.flush().map(drop).map_err(backend);
+                metrics::get()
+                    .flush_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                metrics::get().flush_batch_size.observe(batch.len() as f64);
+                for waiter in batch {
+                    let _ = waiter.send(result.clone());
+                }
+            }
+        })
+        .map_err(|e| StoreError::Backend(format!("starting the flusher thread: {e}")))?;
+    Ok(Flusher {
+        requests: Some(tx),
+        thread: Some(thread),
+    })
+}
+
+fn backend(e: sled::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl Store for SledStore {
+    fn load_doc(&self, room: &RoomName) -> Result<StoredDoc, StoreError> {
+        let corrupt = |reason: &str| StoreError::Corrupt {
+            room: room.to_string(),
+            reason: reason.to_owned(),
+        };
+        let mut stored = StoredDoc::default();
+        let mut covered = 0;
+        if let Some(value) = self.docs.get(Self::snapshot_key(room)).map_err(backend)? {
+            let (upto, state) = value
+                .split_first_chunk::<8>()
+                .ok_or_else(|| corrupt("snapshot shorter than its header"))?;
+            covered = u64::from_be_bytes(*upto);
+            stored.snapshot = Some(state.to_vec());
+            stored.last_seq = covered;
+        }
+        let mut log_prefix = Self::prefix(room);
+        log_prefix.push(UPDATE_TAG);
+        for entry in self.docs.scan_prefix(&log_prefix) {
+            let (key, value) = entry.map_err(backend)?;
+            let seq_bytes: [u8; 8] = key[log_prefix.len()..]
+                .try_into()
+                .map_err(|_| corrupt("log key has no 8-byte sequence number"))?;
+            let seq = u64::from_be_bytes(seq_bytes);
+            if seq > covered {
+                stored.updates.push(value.to_vec());
+                stored.last_seq = stored.last_seq.max(seq);
+            }
+        }
+        Ok(stored)
+    }
+
+    fn append_update(&self, room: &RoomName, seq: u64, update: &[u8]) -> Result<(), StoreError> {
+        self.docs
+            .insert(Self::update_key(room, seq), update)
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn write_snapshot(&self, room: &RoomName, upto: u64, state: &[u8]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut value = Vec::with_capacity(8 + state.len());
+        value.extend_from_slice(&upto.to_be_bytes());
+        value.extend_from_slice(state);
+        batch.insert(Self::snapshot_key(room), value);
+        let start = Self::update_key(room, 0);
+        let end = Self::update_key(room, upto);
+        for key in self.docs.range(start..=end).keys() {
+            batch.remove(key.map_err(backend)?);
+        }
+        // One batch: a crash leaves either the old snapshot and its log or the new one.
+        self.docs.apply_batch(batch).map_err(backend)
+    }
+
+    fn flush(&self) -> Durable {
+        let Some(requests) = self.flusher.as_ref().and_then(|f| f.requests.as_ref()) else {
+            return Box::pin(async { Ok(()) });
+        };
+        let (tx, rx) = oneshot::channel();
+        let sent = requests.send(tx);
+        Box::pin(async move {
+            sent.map_err(|_| StoreError::Closed)?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn room(name: &str) -> RoomName {
+        RoomName::parse(name).unwrap()
+    }
+
+    #[test]
+    fn log_snapshot_and_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), FlushPolicy::EveryBatch).unwrap();
+        let (a, ab) = (room("a"), room("ab"));
+        store.append_update(&a, 1, b"one").unwrap();
+        store.append_update(&a, 2, b"two").unwrap();
+        store.append_update(&ab, 1, b"other room").unwrap();
+        assert_eq!(
+            store.load_doc(&a).unwrap().updates,
+            vec![b"one".to_vec(), b"two".to_vec()]
+        );
+
+        store.write_snapshot(&a, 1, b"state@1").unwrap();
+        store.append_update(&a, 3, b"three").unwrap();
+        let loaded = store.load_doc(&a).unwrap();
+        assert_eq!(loaded.snapshot.as_deref(), Some(&b"state@1"[..]));
+        assert_eq!(loaded.updates, vec![b"two".to_vec(), b"three".to_vec()]);
+        assert_eq!(loaded.last_seq, 3);
+        assert_eq!(store.load_doc(&ab).unwrap().updates.len(), 1);
+    }
+
+    #[test]
+    fn snapshot_alone_keeps_the_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), FlushPolicy::EveryBatch).unwrap();
+        let r = room("r");
+        store.append_update(&r, 7, b"x").unwrap();
+        store.write_snapshot(&r, 7, b"s").unwrap();
+        let loaded = store.load_doc(&r).unwrap();
+        assert!(loaded.updates.is_empty());
+        assert_eq!(loaded.last_seq, 7);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn flush_resolves_and_data_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path(), FlushPolicy::EveryBatch).unwrap();
+            store.append_update(&room("d"), 1, b"durable").unwrap();
+            let flushes: Vec<_> = (0..5).map(|_| store.flush()).collect();
+            for flush in flushes {
+                flush.await.unwrap();
+            }
+        }
+        let store = SledStore::open(dir.path(), FlushPolicy::EveryBatch).unwrap();
+        assert_eq!(
+            store.load_doc(&room("d")).unwrap().updates,
+            vec![b"durable".to_vec()]
+        );
+    }
+}
