@@ -1,0 +1,397 @@
+//! Shared harness for the end-to-end tests: start the real `tandem` binary on a loopback
+//! port with a fresh sled directory, and talk to it as a raw y-websocket client would.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use actix_codec::Framed;
+use actix_http::ws::{CloseCode, Codec, Frame, Message as WsMessage};
+use awc::BoxedSocket;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tandem::protocol::ysync::Message;
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
+
+/// Longest any single wait in a test may take.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A running `tandem serve` child process, killed on drop.
+pub struct Server {
+    child: Child,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    args: Vec<String>,
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+impl Server {
+    /// Starts the binary on a free port with `data_dir`, plus `extra` flags, and waits
+    /// until `/healthz` answers.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        Self::start_on(free_port(), data_dir, extra)
+    }
+
+    /// Like [`Server::start`] on a given port.
+    pub fn start_on(port: u16, data_dir: &Path, extra: &[&str]) -> Server {
+        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tandem"));
+        // Only the flags given here configure the server, whatever the caller's environment.
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TANDEM_")) {
+            command.env_remove(key);
+        }
+        let child = command
+            .arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(&args)
+            .env(
+                "TANDEM_LOG",
+                std::env::var("TANDEM_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn the tandem binary");
+        let server = Server {
+            child,
+            port,
+            data_dir: data_dir.to_owned(),
+            args,
+        };
+        server.wait_healthy();
+        server
+    }
+
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                use std::io::{Read, Write};
+                let _ = stream.write_all(b"GET /healthz HTTP/1.0\r\n\r\n");
+                let mut answer = String::new();
+                let _ = stream.read_to_string(&mut answer);
+                if answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200") {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!(
+            "tandem did not become healthy on port {} within 20 s",
+            self.port
+        );
+    }
+
+    /// `http://127.0.0.1:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// `ws://127.0.0.1:PORT/yjs/{room}`.
+    pub fn ws_url(&self, room: &str) -> String {
+        format!("ws://127.0.0.1:{}/yjs/{room}", self.port)
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the process with SIGKILL and waits for it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for tandem") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tandem did not exit within 15 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the same binary again on the same port and data directory.
+    pub fn restart(&self) -> Server {
+        let extra: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        Server::start_on(self.port, &self.data_dir, &extra)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads one Prometheus sample (`name` exactly, no labels) from `/metrics`.
+pub async fn metric(server: &Server, name: &str) -> f64 {
+    let body = http_get(server, "/metrics").await.1;
+    let text = String::from_utf8_lossy(&body);
+    text.lines()
+        .find_map(|line| {
+            let (key, value) = line.split_once(' ')?;
+            (key == name).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or_else(|| panic!("metric {name} not found"))
+}
+
+/// GET → (status, body).
+pub async fn http_get(server: &Server, path: &str) -> (u16, Bytes) {
+    let mut response = awc::Client::new()
+        .get(server.url(path))
+        .send()
+        .await
+        .expect("GET");
+    let body = response.body().limit(64 << 20).await.expect("body");
+    (response.status().as_u16(), body)
+}
+
+/// POST bytes → (status, body).
+pub async fn http_post(server: &Server, path: &str, body: Vec<u8>) -> (u16, Bytes) {
+    let mut response = awc::Client::new()
+        .post(server.url(path))
+        .send_body(body)
+        .await
+        .expect("POST");
+    let body = response.body().await.expect("body");
+    (response.status().as_u16(), body)
+}
+
+/// What a raw client saw arrive.
+#[derive(Debug)]
+pub enum Received {
+    /// A decoded y-websocket message (keepalives included).
+    Message(Message),
+    /// The server closed with this code and reason.
+    Closed(u16, String),
+}
+
+/// A raw y-websocket client with its own yrs document.
+pub struct YClient {
+    socket: Framed<BoxedSocket, Codec>,
+    pub doc: Doc,
+}
+
+impl YClient {
+    /// Connects to `room` without the sync handshake.
+    pub async fn connect(server: &Server, room: &str) -> YClient {
+        Self::try_connect(server, room)
+            .await
+            .expect("WebSocket connect")
+    }
+
+    /// Connects, returning the HTTP error if the upgrade is refused.
+    pub async fn try_connect(server: &Server, room: &str) -> Result<YClient, String> {
+        let (_, socket) = awc::Client::new()
+            .ws(server.ws_url(room))
+            .max_frame_size(64 << 20)
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(YClient {
+            socket,
+            doc: Doc::new(),
+        })
+    }
+
+    /// Connects and completes the sync handshake (answers the server's SyncStep1, sends
+    /// ours and applies the SyncStep2).
+    pub async fn synced(server: &Server, room: &str) -> YClient {
+        let mut client = Self::connect(server, room).await;
+        client.sync().await;
+        client
+    }
+
+    /// The sync handshake on an open connection.
+    pub async fn sync(&mut self) {
+        let sv = self.doc.transact().state_vector().encode_v1();
+        self.send(&Message::SyncStep1(sv.into())).await;
+        let mut answered = false;
+        let mut applied = false;
+        let deadline = Instant::now() + WAIT;
+        while !(answered && applied) {
+            assert!(Instant::now() < deadline, "sync handshake timed out");
+            match self.recv().await {
+                Received::Message(Message::SyncStep1(sv)) => {
+                    let sv = StateVector::decode_v1(&sv).unwrap();
+                    let diff = self.doc.transact().encode_state_as_update_v1(&sv);
+                    self.send(&Message::SyncStep2(diff.into())).await;
+                    answered = true;
+                }
+                Received::Message(Message::SyncStep2(update)) => {
+                    self.apply(&update);
+                    applied = true;
+                }
+                Received::Message(Message::Update(update)) => self.apply(&update),
+                Received::Message(_) => {}
+                Received::Closed(code, reason) => panic!("closed during sync: {code} {reason}"),
+            }
+        }
+    }
+
+    /// Sends one message.
+    pub async fn send(&mut self, message: &Message) {
+        self.send_raw(message.encode()).await;
+    }
+
+    /// Sends one binary frame as is.
+    pub async fn send_raw(&mut self, frame: Bytes) {
+        self.socket
+            .send(WsMessage::Binary(frame))
+            .await
+            .expect("send frame");
+    }
+
+    /// Sends one frame; false if the connection is gone.
+    pub async fn try_send(&mut self, message: &Message) -> bool {
+        self.socket
+            .send(WsMessage::Binary(message.encode()))
+            .await
+            .is_ok()
+    }
+
+    /// Sends a text frame.
+    pub async fn send_text(&mut self, text: &str) {
+        self.socket
+            .send(WsMessage::Text(text.to_owned().into()))
+            .await
+            .expect("send text");
+    }
+
+    /// Waits (bounded) for the next message or close; answers pings.
+    pub async fn recv(&mut self) -> Received {
+        self.recv_within(WAIT)
+            .await
+            .expect("nothing arrived in time")
+    }
+
+    /// Waits at most `limit` for the next message or close.
+    pub async fn recv_within(&mut self, limit: Duration) -> Option<Received> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.socket.next())
+                .await
+                .ok()?;
+            match frame {
+                None => return Some(Received::Closed(1006, "stream ended".into())),
+                Some(Err(e)) => return Some(Received::Closed(1006, e.to_string())),
+                Some(Ok(Frame::Binary(bytes))) => {
+                    let message = Message::decode(&bytes).expect("server sent a valid message");
+                    return Some(Received::Message(message));
+                }
+                Some(Ok(Frame::Close(reason))) => {
+                    let (code, text) = reason
+                        .map(|r| (u16::from(r.code), r.description.unwrap_or_default()))
+                        .unwrap_or((1005, String::new()));
+                    return Some(Received::Closed(code, text));
+                }
+                Some(Ok(Frame::Ping(payload))) => {
+                    let _ = self.socket.send(WsMessage::Pong(payload)).await;
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Waits for the server to close the connection; returns the code and reason.
+    pub async fn expect_close(&mut self) -> (u16, String) {
+        loop {
+            if let Received::Closed(code, reason) = self.recv().await {
+                return (code, reason);
+            }
+        }
+    }
+
+    /// Waits for the next document update (skipping awareness and keepalives) and applies it.
+    pub async fn next_update(&mut self) -> Vec<u8> {
+        loop {
+            match self.recv().await {
+                Received::Message(Message::Update(u))
+                | Received::Message(Message::SyncStep2(u)) => {
+                    self.apply(&u);
+                    return u.to_vec();
+                }
+                Received::Message(_) => {}
+                Received::Closed(code, reason) => panic!("closed while waiting: {code} {reason}"),
+            }
+        }
+    }
+
+    /// Applies an update to the local document.
+    pub fn apply(&self, update: &[u8]) {
+        self.doc
+            .transact_mut()
+            .apply_update(Update::decode_v1(update).expect("server update decodes"))
+            .expect("server update applies");
+    }
+
+    /// Appends `s` to the local `text` and sends the resulting update.
+    pub async fn append(&mut self, s: &str) -> Vec<u8> {
+        let update = local_append(&self.doc, s);
+        self.send(&Message::Update(update.clone().into())).await;
+        update
+    }
+
+    /// The local `text`.
+    pub fn text(&self) -> String {
+        let text = self.doc.get_or_insert_text("text");
+        let txn = self.doc.transact();
+        text.get_string(&txn)
+    }
+
+    /// Closes politely.
+    pub async fn close(mut self) {
+        let _ = self
+            .socket
+            .send(WsMessage::Close(Some(CloseCode::Normal.into())))
+            .await;
+    }
+}
+
+/// Appends `s` to `doc`'s `text` and returns the update that made.
+pub fn local_append(doc: &Doc, s: &str) -> Vec<u8> {
+    let text = doc.get_or_insert_text("text");
+    let before = doc.transact().state_vector();
+    {
+        let mut txn = doc.transact_mut();
+        let len = text.len(&txn);
+        text.insert(&mut txn, len, s);
+    }
+    let update = doc.transact().encode_state_as_update_v1(&before);
+    update
+}
+
+/// The `text` of a v1 state update.
+pub fn text_of_state(state: &[u8]) -> String {
+    let doc = Doc::new();
+    let text = doc.get_or_insert_text("text");
+    doc.transact_mut()
+        .apply_update(Update::decode_v1(state).expect("state decodes"))
+        .expect("state applies");
+    let txn = doc.transact();
+    text.get_string(&txn)
+}

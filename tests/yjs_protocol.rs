@@ -1,0 +1,235 @@
+//! End to end against the real binary: the y-websocket protocol, awareness cleanup, bad
+//! input, the HTTP API, idle deactivation and graceful shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use tandem::protocol::ysync::{encode_awareness, parse_awareness, AwarenessEntry, Message};
+
+fn awareness(client_id: u64, clock: u32, json: &str) -> Message {
+    Message::Awareness(
+        encode_awareness(&[AwarenessEntry {
+            client_id,
+            clock,
+            json,
+        }])
+        .into(),
+    )
+}
+
+/// Waits for an awareness message that mentions `client_id`; returns its JSON.
+async fn awareness_of(client: &mut YClient, client_id: u64) -> String {
+    loop {
+        match client.recv().await {
+            Received::Message(Message::Awareness(payload)) => {
+                let entries = parse_awareness(&payload).unwrap();
+                if let Some(e) = entries.iter().find(|e| e.client_id == client_id) {
+                    return e.json.to_owned();
+                }
+            }
+            Received::Message(_) => {}
+            Received::Closed(code, reason) => panic!("closed: {code} {reason}"),
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn edits_reach_other_sessions_but_are_not_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut a = YClient::synced(&server, "echo").await;
+    let mut b = YClient::synced(&server, "echo").await;
+    a.append("hello").await;
+    b.next_update().await;
+    assert_eq!(b.text(), "hello");
+    // The sender must not get its own update back.
+    let echoed = loop {
+        match a.recv_within(Duration::from_millis(500)).await {
+            None => break false,
+            Some(Received::Message(Message::Update(_))) => break true,
+            Some(_) => {}
+        }
+    };
+    assert!(!echoed, "the sender received its own update");
+    // A duplicate changes nothing, so nobody hears of it.
+    let duplicate = common::local_append(&a.doc, "");
+    a.send(&Message::Update(duplicate.into())).await;
+    let heard = loop {
+        match b.recv_within(Duration::from_millis(500)).await {
+            None => break false,
+            Some(Received::Message(Message::Update(_))) => break true,
+            Some(_) => {}
+        }
+    };
+    assert!(!heard, "an update that changes nothing was broadcast");
+}
+
+#[actix_rt::test]
+async fn awareness_is_relayed_and_removed_when_a_session_drops() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut watcher = YClient::synced(&server, "aware").await;
+    let mut leaver = YClient::synced(&server, "aware").await;
+    leaver
+        .send(&awareness(4242, 1, r#"{"user":{"name":"leaver"}}"#))
+        .await;
+    assert_eq!(
+        awareness_of(&mut watcher, 4242).await,
+        r#"{"user":{"name":"leaver"}}"#
+    );
+
+    // A late joiner gets the current states on connect.
+    let mut late = YClient::connect(&server, "aware").await;
+    assert!(awareness_of(&mut late, 4242).await.contains("leaver"));
+
+    // Drop the socket without a close frame: the server must still clean up.
+    drop(leaver);
+    assert_eq!(awareness_of(&mut watcher, 4242).await, "null");
+    assert_eq!(awareness_of(&mut late, 4242).await, "null");
+}
+
+#[actix_rt::test]
+async fn malformed_frames_close_only_the_offending_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut writer = YClient::synced(&server, "bad").await;
+    let mut reader = YClient::synced(&server, "bad").await;
+    let cases: &[(&str, &[u8], u16)] = &[
+        ("truncated varint", &[0x80], 4000),
+        ("empty frame", &[], 4000),
+        ("unknown message type", &[9, 0], 4001),
+        ("auth from a client", &[2, 0], 4001),
+        ("unknown sync type", &[0, 7, 0], 4001),
+        ("length past the end", &[0, 2, 9, 1, 2], 4000),
+        ("trailing bytes", &[0, 2, 2, 0, 0, 7], 4000),
+        ("corrupt update", &[0, 2, 3, 0xff, 0xff, 0xff], 4002),
+        ("undecodable state vector", &[0, 0, 2, 1, 0x80], 4000),
+        ("lying awareness count", &[1, 2, 9, 1], 4000),
+    ];
+    for (name, frame, code) in cases {
+        let mut bad = YClient::connect(&server, "bad").await;
+        bad.send_raw(Bytes::copy_from_slice(frame)).await;
+        let (got, reason) = bad.expect_close().await;
+        assert_eq!(got, *code, "{name}: closed with {got} ({reason})");
+        assert!(!reason.is_empty(), "{name}: close reason is empty");
+    }
+    let mut text = YClient::connect(&server, "bad").await;
+    text.send_text("hello").await;
+    assert_eq!(text.expect_close().await.0, 1003);
+
+    // The room and its well-behaved sessions carry on.
+    writer.append("still here").await;
+    reader.next_update().await;
+    assert_eq!(reader.text(), "still here");
+    assert_eq!(http_get(&server, "/healthz").await.0, 200);
+}
+
+#[actix_rt::test]
+async fn invalid_room_names_are_refused_before_the_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    for name in [
+        "..",
+        ".hidden",
+        "a%2Fb",
+        "a%00b",
+        "caf%C3%A9",
+        &"x".repeat(129),
+    ] {
+        let (status, body) = http_get(&server, &format!("/rooms/{name}/state")).await;
+        assert_eq!(status, 400, "{name}: {:?}", String::from_utf8_lossy(&body));
+        assert!(
+            String::from_utf8_lossy(&body).contains("room name"),
+            "{name}"
+        );
+        let refused = YClient::try_connect(&server, name).await;
+        assert!(refused.is_err(), "{name}: upgrade accepted");
+    }
+}
+
+#[actix_rt::test]
+async fn http_api_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut live = YClient::synced(&server, "http").await;
+
+    let author = yrs::Doc::new();
+    let update = local_append(&author, "from http");
+    let (status, body) = http_post(&server, "/rooms/http/update", update).await;
+    assert_eq!(status, 204, "{}", String::from_utf8_lossy(&body));
+    live.next_update().await;
+    assert_eq!(live.text(), "from http");
+
+    let (status, state) = http_get(&server, "/rooms/http/state").await;
+    assert_eq!(status, 200);
+    assert_eq!(text_of_state(&state), "from http");
+    let (status, json) = http_get(&server, "/rooms/http/state?format=json").await;
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(json, serde_json::json!({ "text": "from http" }));
+
+    let (status, body) = http_post(&server, "/rooms/http/update", vec![0xff, 0xff, 0xff]).await;
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("update"));
+    let (status, _) = http_post(&server, "/rooms/http/update", vec![]).await;
+    assert_eq!(status, 400);
+    let (status, _) = http_get(&server, "/rooms/http/state?format=xml").await;
+    assert_eq!(status, 400);
+    assert_eq!(http_get(&server, "/readyz").await.0, 200);
+    assert!(metric(&server, "tandem_updates_in_total").await >= 1.0);
+}
+
+#[actix_rt::test]
+async fn idle_room_deactivates_and_reactivates_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--room-idle-secs", "0.3"]);
+    let mut writer = YClient::synced(&server, "idle").await;
+    for i in 0..20 {
+        writer.append(&format!("<{i}>")).await;
+    }
+    let expected = writer.text();
+    // Wait until every update is in (an HTTP read is answered after them).
+    let mut observer = YClient::synced(&server, "idle").await;
+    while observer.text() != expected {
+        observer.next_update().await;
+    }
+    writer.close().await;
+    observer.close().await;
+
+    let deadline = std::time::Instant::now() + WAIT;
+    while metric(&server, "tandem_room_evictions_total").await < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "room was not deactivated"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(&server, "tandem_rooms_active").await, 0.0);
+    assert!(metric(&server, "tandem_snapshots_total").await >= 1.0);
+
+    let again = YClient::synced(&server, "idle").await;
+    assert_eq!(again.text(), expected);
+    assert_eq!(metric(&server, "tandem_room_activations_total").await, 2.0);
+}
+
+#[actix_rt::test]
+async fn sigterm_closes_sessions_with_going_away_and_keeps_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[]);
+    let mut client = YClient::synced(&server, "bye").await;
+    client.append("kept").await;
+    // Make sure the update is applied before stopping.
+    let (_, state) = http_get(&server, "/rooms/bye/state").await;
+    assert_eq!(text_of_state(&state), "kept");
+
+    let status = server.terminate();
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(client.expect_close().await.0, 1001);
+
+    let server = server.restart();
+    let (_, state) = http_get(&server, "/rooms/bye/state").await;
+    assert_eq!(text_of_state(&state), "kept");
+}
