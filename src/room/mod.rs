@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
+use futures_util::future::{FutureExt, Shared};
 use thiserror::Error;
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
@@ -26,7 +27,7 @@ pub use name::{RoomName, RoomNameError, MAX_ROOM_NAME_LEN};
 use crate::metrics;
 use crate::protocol::close::{self, Close};
 use crate::protocol::ysync::Message as SyncMessage;
-use crate::storage::{Store, StoreError};
+use crate::storage::{Durable, Store, StoreError};
 
 /// Identifies one session (connection) within the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -155,6 +156,13 @@ struct Pending {
     action: AfterFlush,
 }
 
+/// A flush under way: which generation, what it will make durable, and its outcome.
+struct InFlight {
+    generation: u64,
+    upto: u64,
+    done: Shared<Durable>,
+}
+
 struct SessionEntry {
     outbox: Recipient<Outbound>,
     /// Awareness client ids this session has announced.
@@ -178,7 +186,9 @@ pub struct Room {
     snapshot_seq: u64,
     last_snapshot_at: Instant,
     pending: VecDeque<Pending>,
-    flushing: bool,
+    /// The flush under way, if any.
+    in_flight: Option<InFlight>,
+    flush_generation: u64,
     empty_since: Instant,
     stopping: bool,
 }
@@ -205,7 +215,8 @@ impl Room {
             snapshot_seq: 0,
             last_snapshot_at: Instant::now(),
             pending: VecDeque::new(),
-            flushing: false,
+            in_flight: None,
+            flush_generation: 0,
             empty_since: Instant::now(),
             stopping: false,
         }
@@ -278,6 +289,7 @@ impl Room {
 
     /// Runs `action` once everything logged so far is durable.
     fn after_durable(&mut self, action: AfterFlush, ctx: &mut Context<Self>) {
+        self.poll_flush(ctx);
         if self.durable_seq >= self.last_seq && self.pending.is_empty() {
             self.perform(action);
             return;
@@ -292,26 +304,55 @@ impl Room {
 
     /// Starts a flush unless one is running; when it ends, releases what it covered.
     fn request_flush(&mut self, ctx: &mut Context<Self>) {
-        if self.flushing || self.pending.is_empty() {
+        if self.in_flight.is_some() || self.pending.is_empty() {
             return;
         }
-        self.flushing = true;
-        let upto = self.last_seq;
+        self.flush_generation += 1;
+        let generation = self.flush_generation;
+        let done = self.store.flush().shared();
+        self.in_flight = Some(InFlight {
+            generation,
+            upto: self.last_seq,
+            done: done.clone(),
+        });
+        // Wakes the room when the flush ends while it is idle. Under a steady stream of
+        // messages actix drains the whole mailbox before it polls spawned futures, so the
+        // handlers also check the flush themselves (`poll_flush`).
         ctx.spawn(
-            self.store
-                .flush()
-                .into_actor(self)
-                .map(move |result, room, ctx| {
-                    room.flushing = false;
-                    match result {
-                        Ok(()) => {
-                            room.durable_seq = room.durable_seq.max(upto);
-                            room.release(ctx);
-                        }
-                        Err(e) => room.fail(&format!("flush failed: {e}"), ctx),
-                    }
-                }),
+            done.into_actor(self)
+                .map(move |result, room, ctx| room.flush_done(generation, result, ctx)),
         );
+    }
+
+    /// Handles the end of the in-flight flush if it has ended, without waiting.
+    fn poll_flush(&mut self, ctx: &mut Context<Self>) {
+        let Some(in_flight) = &self.in_flight else {
+            return;
+        };
+        let generation = in_flight.generation;
+        if let Some(result) = in_flight.done.clone().now_or_never() {
+            self.flush_done(generation, result, ctx);
+        }
+    }
+
+    /// A flush ended: release what it made durable (once per flush), or fail the room.
+    fn flush_done(
+        &mut self,
+        generation: u64,
+        result: Result<(), StoreError>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(in_flight) = self.in_flight.take_if(|f| f.generation == generation) else {
+            return; // already handled
+        };
+        match result {
+            Ok(()) => {
+                self.durable_seq = self.durable_seq.max(in_flight.upto);
+                tracing::trace!(room = %self.name, upto = in_flight.upto, last = self.last_seq, pending = self.pending.len(), "flush done");
+                self.release(ctx);
+            }
+            Err(e) => self.fail(&format!("flush failed: {e}"), ctx),
+        }
     }
 
     /// Performs every pending action the durable sequence number covers, in order.
@@ -431,7 +472,7 @@ impl Room {
         }
         let idle = self.sessions.is_empty()
             && self.pending.is_empty()
-            && !self.flushing
+            && self.in_flight.is_none()
             && self.empty_since.elapsed() >= self.config.idle_timeout;
         if idle && !self.stopping {
             // Final snapshot, then stop: the registry forgets this activation when it hears

@@ -14,7 +14,9 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Instant;
 
-use tokio::sync::oneshot;
+// Not tokio's oneshot: its receiver obeys tokio's cooperative budget, which a room that
+// drains a long mailbox in one poll exhausts, so it would see the flush end only late.
+use futures_channel::oneshot;
 
 use super::{Durable, FlushPolicy, Store, StoreError, StoredDoc};
 use crate::metrics;

@@ -375,14 +375,10 @@ impl YClient {
 /// Appends `s` to `doc`'s `text` and returns the update that made.
 pub fn local_append(doc: &Doc, s: &str) -> Vec<u8> {
     let text = doc.get_or_insert_text("text");
-    let before = doc.transact().state_vector();
-    {
-        let mut txn = doc.transact_mut();
-        let len = text.len(&txn);
-        text.insert(&mut txn, len, s);
-    }
-    let update = doc.transact().encode_state_as_update_v1(&before);
-    update
+    let mut txn = doc.transact_mut();
+    let len = text.len(&txn);
+    text.insert(&mut txn, len, s);
+    txn.encode_update_v1()
 }
 
 /// The `text` of a v1 state update.

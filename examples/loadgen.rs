@@ -1,0 +1,322 @@
+//! Load generator for Tandem (grows with the performance issue). Every loop is bounded in
+//! count and time; results are one JSON line on stdout.
+//!
+//! Modes:
+//! - `rooms`: open ROOMS × SESSIONS idle, synced y-websocket sessions and report the
+//!   server's RSS growth per room (needs the server's PID, read from /proc);
+//! - `trace`: replay a real editing trace (automerge-paper.json.gz) through the server from
+//!   a writer while an observer receives it; report the time until the observer holds the
+//!   trace's final text, the server's CPU time for it, and — measured in the same run — the
+//!   floor: applying the same updates to a `yrs` document in-process.
+//!
+//! ```text
+//! cargo run --release --example loadgen -- rooms --url ws://127.0.0.1:4321 --pid PID
+//! cargo run --release --example loadgen -- trace --url ws://127.0.0.1:4321 --pid PID \
+//!     --file ../shared/data/automerge-paper.json.gz
+//! ```
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use actix_codec::Framed;
+use actix_http::ws::{Codec, Frame, Message as WsMessage};
+use awc::BoxedSocket;
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use futures_util::{SinkExt, StreamExt};
+use tandem::protocol::ysync::Message;
+use yrs::updates::decoder::Decode;
+use yrs::{Doc, GetString, OffsetKind, Options, Text, Transact, Update};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Idle rooms with synced sessions; RSS per room.
+    Rooms {
+        /// Server base URL (ws://HOST:PORT).
+        #[arg(long, default_value = "ws://127.0.0.1:4321")]
+        url: String,
+        /// The server's process id (for RSS).
+        #[arg(long)]
+        pid: u32,
+        /// Rooms to open.
+        #[arg(long, default_value_t = 1000)]
+        rooms: usize,
+        /// Sessions per room.
+        #[arg(long, default_value_t = 2)]
+        sessions: usize,
+    },
+    /// Replay an editing trace through the server.
+    Trace {
+        /// Server base URL (ws://HOST:PORT).
+        #[arg(long, default_value = "ws://127.0.0.1:4321")]
+        url: String,
+        /// The server's process id (for CPU time).
+        #[arg(long)]
+        pid: u32,
+        /// The trace (gzipped JSON with txns[].patches[] = [pos, del, insert]).
+        #[arg(long, default_value = "../shared/data/automerge-paper.json.gz")]
+        file: PathBuf,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout_secs: u64,
+        /// Replay only the first N transactions (0: all).
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+    },
+}
+
+type Socket = Framed<BoxedSocket, Codec>;
+
+async fn connect(url: &str, room: &str) -> Socket {
+    let (_, socket) = awc::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .finish()
+        .ws(format!("{url}/yjs/{room}"))
+        .max_frame_size(64 << 20)
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}/yjs/{room}: {e}"));
+    socket
+}
+
+/// Next y-websocket message, answering pings; None when the socket ends or `limit` passes.
+async fn next_message(socket: &mut Socket, limit: Duration) -> Option<Message> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, socket.next())
+            .await
+            .ok()??
+        {
+            Ok(Frame::Binary(bytes)) => return Message::decode(&bytes).ok(),
+            Ok(Frame::Ping(p)) => {
+                let _ = socket.send(WsMessage::Pong(p)).await;
+            }
+            Ok(Frame::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn send(socket: &mut Socket, message: &Message) {
+    socket
+        .send(WsMessage::Binary(message.encode()))
+        .await
+        .expect("send");
+}
+
+/// Completes the handshake of an empty client: answer SyncStep1, send ours, await SyncStep2.
+async fn handshake(socket: &mut Socket, doc: &Doc) {
+    send(socket, &Message::SyncStep1(Bytes::from_static(&[0]))).await;
+    let (mut answered, mut synced) = (false, false);
+    while !(answered && synced) {
+        match next_message(socket, Duration::from_secs(30)).await {
+            Some(Message::SyncStep1(_)) => {
+                send(socket, &Message::SyncStep2(Bytes::from_static(&[0, 0]))).await;
+                answered = true;
+            }
+            Some(Message::SyncStep2(u)) => {
+                apply(doc, &u);
+                synced = true;
+            }
+            Some(_) => {}
+            None => panic!("handshake failed"),
+        }
+    }
+}
+
+fn apply(doc: &Doc, update: &[u8]) {
+    doc.transact_mut()
+        .apply_update(Update::decode_v1(update).expect("update decodes"))
+        .expect("update applies");
+}
+
+/// VmRSS of `pid` in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// User + system CPU seconds of `pid`.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    // Fields after the ")" of the command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0 // USER_HZ is 100 on Linux
+}
+
+async fn rooms(url: String, pid: u32, rooms: usize, sessions: usize) {
+    let before = rss_kib(pid);
+    let run = format!("idle{}", std::process::id());
+    let mut open = Vec::with_capacity(rooms * sessions);
+    let started = Instant::now();
+    for r in 0..rooms {
+        for _ in 0..sessions {
+            let doc = Doc::new();
+            let mut socket = connect(&url, &format!("{run}-{r}")).await;
+            handshake(&mut socket, &doc).await;
+            open.push(socket);
+        }
+    }
+    let connect_secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(pid);
+    let per_room = (after.saturating_sub(before)) as f64 / rooms as f64;
+    println!(
+        "{}",
+        serde_json::json!({
+            "mode": "rooms", "rooms": rooms, "sessions_per_room": sessions,
+            "rss_before_kib": before, "rss_after_kib": after,
+            "kib_per_room": per_room,
+            "kib_per_connection": per_room / sessions as f64,
+            "connect_secs": connect_secs,
+        })
+    );
+    drop(open);
+}
+
+/// The trace as one v1 update per transaction, made by editing a local document.
+fn trace_updates(file: &PathBuf, limit: usize) -> (Vec<Vec<u8>>, String) {
+    let mut json = String::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(file).expect("open the trace"))
+        .read_to_string(&mut json)
+        .expect("gunzip the trace");
+    let trace: serde_json::Value = serde_json::from_str(&json).expect("trace JSON");
+    // Trace positions count UTF-16 units, as JavaScript strings do.
+    let doc = Doc::with_options(Options {
+        offset_kind: OffsetKind::Utf16,
+        ..Options::default()
+    });
+    let text = doc.get_or_insert_text("text");
+    let mut updates = Vec::new();
+    let txns = trace["txns"].as_array().expect("txns");
+    let limit = if limit == 0 {
+        txns.len()
+    } else {
+        limit.min(txns.len())
+    };
+    for txn in &txns[..limit] {
+        // One update per transaction, holding only its changes, as a Yjs client sends.
+        let mut t = doc.transact_mut();
+        for patch in txn["patches"].as_array().expect("patches") {
+            let pos = patch[0].as_u64().unwrap() as u32;
+            let del = patch[1].as_u64().unwrap() as u32;
+            let ins = patch[2].as_str().unwrap_or("");
+            if del > 0 {
+                text.remove_range(&mut t, pos, del);
+            }
+            if !ins.is_empty() {
+                text.insert(&mut t, pos, ins);
+            }
+        }
+        updates.push(t.encode_update_v1());
+    }
+    let mut end = text.get_string(&doc.transact());
+    if limit == txns.len() {
+        let expected = trace["endContent"].as_str().expect("endContent");
+        assert_eq!(end, expected, "the trace replays to endContent locally");
+        end = expected.to_owned();
+    }
+    (updates, end)
+}
+
+async fn trace(url: String, pid: u32, file: PathBuf, timeout_secs: u64, limit: usize) {
+    let (updates, end) = trace_updates(&file, limit);
+    let bytes: usize = updates.iter().map(Vec::len).sum();
+
+    // The floor: the same updates applied to a document in-process.
+    let floor_started = Instant::now();
+    let floor_doc = Doc::new();
+    for update in &updates {
+        apply(&floor_doc, update);
+    }
+    let floor_secs = floor_started.elapsed().as_secs_f64();
+    assert_eq!(
+        floor_doc
+            .get_or_insert_text("text")
+            .get_string(&floor_doc.transact()),
+        end
+    );
+
+    let room = format!("trace{}", std::process::id());
+    let observer_doc = Doc::new();
+    let mut observer = connect(&url, &room).await;
+    handshake(&mut observer, &observer_doc).await;
+    let mut writer = connect(&url, &room).await;
+    handshake(&mut writer, &Doc::new()).await;
+
+    let cpu_before = cpu_secs(pid);
+    let started = Instant::now();
+    let deadline = Duration::from_secs(timeout_secs);
+    let total = updates.len();
+    let sender = actix_rt::spawn(async move {
+        for update in updates {
+            send(&mut writer, &Message::Update(update.into())).await;
+        }
+        writer
+    });
+    let mut received = 0usize;
+    while received < total {
+        let left = deadline.saturating_sub(started.elapsed());
+        match next_message(&mut observer, left).await {
+            Some(Message::Update(u)) => {
+                apply(&observer_doc, &u);
+                received += 1;
+            }
+            Some(_) => {}
+            None => panic!("observer stopped after {received} of {total} updates"),
+        }
+    }
+    let through_secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_secs(pid) - cpu_before;
+    let _writer = sender.await;
+    let text = observer_doc
+        .get_or_insert_text("text")
+        .get_string(&observer_doc.transact());
+    let ok = text == end;
+    println!(
+        "{}",
+        serde_json::json!({
+            "mode": "trace", "updates": total, "update_bytes": bytes,
+            "floor_secs": floor_secs, "through_server_secs": through_secs,
+            "server_cpu_secs": cpu,
+            "wall_ratio_vs_floor": through_secs / floor_secs,
+            "server_cpu_ratio_vs_floor": cpu / floor_secs,
+            "observer_matches_end_content": ok,
+        })
+    );
+    assert!(ok, "the observer's text differs from endContent");
+}
+
+fn main() {
+    let cli = Cli::parse();
+    actix_rt::System::new().block_on(async move {
+        match cli.mode {
+            Mode::Rooms {
+                url,
+                pid,
+                rooms: n,
+                sessions,
+            } => rooms(url, pid, n, sessions).await,
+            Mode::Trace {
+                url,
+                pid,
+                file,
+                timeout_secs,
+                limit,
+            } => trace(url, pid, file, timeout_secs, limit).await,
+        }
+    });
+}
