@@ -25,7 +25,7 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// Default idle time before a room without sessions is deactivated.
 pub const DEFAULT_ROOM_IDLE_SECS: f64 = 30.0;
 /// Default number of logged updates that triggers a snapshot.
-pub const DEFAULT_SNAPSHOT_EVERY_UPDATES: u64 = 1000;
+pub const DEFAULT_SNAPSHOT_EVERY_UPDATES: u64 = 10_000;
 /// Default longest time between snapshots of a changing room.
 pub const DEFAULT_SNAPSHOT_INTERVAL_SECS: f64 = 60.0;
 /// Default interval between heartbeats (ping + keepalive when quiet); must stay under the
@@ -58,7 +58,7 @@ pub struct Settings {
     /// Seconds a room without sessions stays active before it is deactivated [default: 30]
     #[arg(long, env = "TANDEM_ROOM_IDLE_SECS")]
     pub room_idle_secs: Option<f64>,
-    /// Logged updates that trigger a snapshot (which compacts the log) [default: 1000]
+    /// Logged updates that trigger a snapshot (which compacts the log) [default: 10000]
     #[arg(long, env = "TANDEM_SNAPSHOT_EVERY_UPDATES")]
     pub snapshot_every_updates: Option<u64>,
     /// Longest seconds between snapshots of a changing room [default: 60]
