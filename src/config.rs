@@ -11,6 +11,7 @@ use clap::Args;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::auth::Authenticator;
 use crate::room::RoomConfig;
 use crate::session::SessionConfig;
 use crate::storage::FlushPolicy;
@@ -33,6 +34,8 @@ pub const DEFAULT_SNAPSHOT_INTERVAL_SECS: f64 = 60.0;
 pub const DEFAULT_HEARTBEAT_INTERVAL_SECS: f64 = 10.0;
 /// Default silence after which a session is considered dead.
 pub const DEFAULT_HEARTBEAT_TIMEOUT_SECS: f64 = 30.0;
+/// Default tolerated clock skew for token times.
+pub const DEFAULT_JWT_LEEWAY_SECS: u64 = 5;
 /// Default flush policy.
 pub const DEFAULT_FLUSH: &str = "batch";
 
@@ -77,6 +80,16 @@ pub struct Settings {
     /// Threads that run HTTP and WebSocket sessions [default: number of CPUs]
     #[arg(long, env = "TANDEM_HTTP_THREADS")]
     pub http_threads: Option<usize>,
+    /// Shared secret for HS256 tokens (at least 16 bytes). Without a secret or public key
+    /// the server runs open: anyone may read and write any room
+    #[arg(long, env = "TANDEM_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// PEM public key (RSA → RS256, EC P-256 → ES256) for verifying tokens
+    #[arg(long, env = "TANDEM_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Seconds of clock skew tolerated when checking `exp` and `nbf` [default: 5]
+    #[arg(long, env = "TANDEM_JWT_LEEWAY_SECS")]
+    pub jwt_leeway_secs: Option<u64>,
 }
 
 impl Settings {
@@ -114,6 +127,9 @@ impl Settings {
                 .or(fallback.heartbeat_timeout_secs),
             room_threads: self.room_threads.or(fallback.room_threads),
             http_threads: self.http_threads.or(fallback.http_threads),
+            jwt_secret: self.jwt_secret.or(fallback.jwt_secret),
+            jwt_public_key: self.jwt_public_key.or(fallback.jwt_public_key),
+            jwt_leeway_secs: self.jwt_leeway_secs.or(fallback.jwt_leeway_secs),
         }
     }
 }
@@ -158,6 +174,62 @@ pub struct Config {
     pub room_threads: usize,
     /// Threads for HTTP and sessions.
     pub http_threads: usize,
+    /// How tokens are verified.
+    pub auth: AuthConfig,
+}
+
+/// Where the token verification key comes from.
+#[derive(Clone)]
+pub enum AuthConfig {
+    /// No key: the server is open.
+    Open,
+    /// HS256 with this shared secret.
+    Secret {
+        /// The secret.
+        secret: String,
+        /// Tolerated clock skew.
+        leeway_secs: u64,
+    },
+    /// RS256/ES256 with the PEM public key in this file.
+    PublicKey {
+        /// The key file.
+        path: PathBuf,
+        /// Tolerated clock skew.
+        leeway_secs: u64,
+    },
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        match self {
+            AuthConfig::Open => f.write_str("Open"),
+            AuthConfig::Secret { leeway_secs, .. } => write!(f, "Secret(leeway {leeway_secs}s)"),
+            AuthConfig::PublicKey { path, leeway_secs } => {
+                write!(f, "PublicKey({}, leeway {leeway_secs}s)", path.display())
+            }
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Builds the verifier this configuration describes.
+    pub fn authenticator(&self) -> Result<Authenticator, ConfigError> {
+        let invalid = |e: crate::auth::KeyError| ConfigError::Invalid {
+            name: "jwt key",
+            reason: e.to_string(),
+        };
+        match self {
+            AuthConfig::Open => Ok(Authenticator::open()),
+            AuthConfig::Secret {
+                secret,
+                leeway_secs,
+            } => Authenticator::with_secret(secret.as_bytes(), *leeway_secs).map_err(invalid),
+            AuthConfig::PublicKey { path, leeway_secs } => {
+                Authenticator::with_public_key(path, *leeway_secs).map_err(invalid)
+            }
+        }
+    }
 }
 
 fn seconds(name: &'static str, value: f64, min: f64, max: f64) -> Result<Duration, ConfigError> {
@@ -267,6 +339,23 @@ impl Config {
                 max_message_bytes,
                 heartbeat_interval,
                 heartbeat_timeout,
+            },
+            auth: {
+                let leeway_secs = settings.jwt_leeway_secs.unwrap_or(DEFAULT_JWT_LEEWAY_SECS);
+                match (settings.jwt_secret, settings.jwt_public_key) {
+                    (Some(_), Some(_)) => {
+                        return Err(ConfigError::Invalid {
+                            name: "jwt-secret",
+                            reason: "set either jwt-secret or jwt-public-key, not both".into(),
+                        })
+                    }
+                    (Some(secret), None) => AuthConfig::Secret {
+                        secret,
+                        leeway_secs,
+                    },
+                    (None, Some(path)) => AuthConfig::PublicKey { path, leeway_secs },
+                    (None, None) => AuthConfig::Open,
+                }
             },
             room_threads: threads("room-threads", settings.room_threads)?,
             http_threads: threads("http-threads", settings.http_threads)?,

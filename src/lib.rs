@@ -17,6 +17,7 @@
 //! - [`metrics`] — the Prometheus metrics;
 //! - [`server`] — wiring and ordered shutdown.
 
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod metrics;

@@ -34,6 +34,9 @@ pub enum ServerError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The configuration cannot be used.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// The HTTP server failed while running.
     #[error("HTTP server error: {0}")]
     Serve(std::io::Error),
@@ -57,6 +60,10 @@ pub async fn run_with_store(
     store: Arc<dyn Store>,
     shutdown: impl Future<Output = ()> + 'static,
 ) -> Result<(), ServerError> {
+    let auth = config.auth.authenticator()?;
+    if auth.is_open() {
+        warn!("NO AUTHENTICATION CONFIGURED: anyone who can reach this server may read and write every room; set --jwt-secret or --jwt-public-key");
+    }
     let arbiters: Vec<Arbiter> = (0..config.room_threads).map(|_| Arbiter::new()).collect();
     let registry = Registry::new(
         Arc::clone(&store),
@@ -68,6 +75,7 @@ pub async fn run_with_store(
         registry: registry.clone(),
         store,
         config: config.clone(),
+        auth,
         ready: AtomicBool::new(true),
     });
     let app_state = state.clone();

@@ -15,6 +15,7 @@ use actix_web_actors::ws;
 use bytes::{Bytes, BytesMut};
 use tracing::{debug, info, warn};
 
+use crate::auth::Access;
 use crate::metrics;
 use crate::protocol::close::{self, Close};
 use crate::protocol::ysync::{DecodeError, Message as SyncMessage};
@@ -43,6 +44,7 @@ static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 pub struct Session {
     id: SessionId,
     room_name: RoomName,
+    access: Access,
     registry: Addr<Registry>,
     room: Option<Addr<Room>>,
     config: SessionConfig,
@@ -54,10 +56,16 @@ pub struct Session {
 
 impl Session {
     /// A session for `room_name`; it joins the room when started.
-    pub fn new(room_name: RoomName, registry: Addr<Registry>, config: SessionConfig) -> Self {
+    pub fn new(
+        room_name: RoomName,
+        access: Access,
+        registry: Addr<Registry>,
+        config: SessionConfig,
+    ) -> Self {
         Self {
             id: SessionId(NEXT_SESSION.fetch_add(1, Ordering::Relaxed)),
             room_name,
+            access,
             registry,
             room: None,
             config,
@@ -167,11 +175,17 @@ impl Actor for Session {
     fn started(&mut self, ctx: &mut Self::Context) {
         metrics::get().connections.inc();
         ctx.run_interval(self.config.heartbeat_interval, Self::heartbeat);
-        let (registry, name, id) = (self.registry.clone(), self.room_name.clone(), self.id);
+        let (registry, name, id, access) = (
+            self.registry.clone(),
+            self.room_name.clone(),
+            self.id,
+            self.access,
+        );
         let outbox = ctx.address().recipient::<Outbound>();
         let join = async move {
             send_to_room(&registry, &name, || Join {
                 session: id,
+                access,
                 outbox: outbox.clone(),
             })
             .await?

@@ -61,7 +61,7 @@ async fn updates_seen_by_a_client_survive_kill_9() {
         loop {
             match observer.recv_within(Duration::from_secs(15)).await {
                 Some(Received::Message(Message::Update(u))) => observer.apply(&u),
-                Some(Received::Message(_)) => {}
+                Some(Received::Message(_)) | Some(Received::Denied(_)) => {}
                 Some(Received::Closed(..)) | None => break,
             }
         }

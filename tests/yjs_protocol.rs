@@ -30,7 +30,7 @@ async fn awareness_of(client: &mut YClient, client_id: u64) -> String {
                     return e.json.to_owned();
                 }
             }
-            Received::Message(_) => {}
+            Received::Message(_) | Received::Denied(_) => {}
             Received::Closed(code, reason) => panic!("closed: {code} {reason}"),
         }
     }
@@ -221,9 +221,7 @@ async fn sigterm_closes_sessions_with_going_away_and_keeps_the_data() {
     let mut server = Server::start(dir.path(), &[]);
     let mut client = YClient::synced(&server, "bye").await;
     client.append("kept").await;
-    // Make sure the update is applied before stopping.
-    let (_, state) = http_get(&server, "/rooms/bye/state").await;
-    assert_eq!(text_of_state(&state), "kept");
+    wait_for_text(&server, "bye", "kept").await;
 
     let status = server.terminate();
     assert!(status.success(), "exit status {status}");

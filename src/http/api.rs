@@ -1,11 +1,11 @@
 //! The document over plain HTTP: read the state, apply an update. Each answer is given only
 //! once the state it reflects is durable.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use serde::Deserialize;
 
-use super::{room_name, ApiError, AppState};
+use super::{authorize, room_name, ApiError, AppState};
 use crate::metrics;
 use crate::registry::send_to_room;
 use crate::room::{ApplyUpdate, DurableReply, ReadState, RoomError};
@@ -26,11 +26,13 @@ async fn durable(reply: DurableReply) -> Result<Bytes, ApiError> {
 
 /// `GET /rooms/{room}/state[?format=json]`.
 pub async fn get_state(
+    req: HttpRequest,
     path: web::Path<String>,
     query: web::Query<StateQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let name = room_name(&path)?;
+    authorize(&req, &state, &name, false)?;
     let json = match query.format.as_deref() {
         None | Some("binary") => false,
         Some("json") => true,
@@ -52,11 +54,13 @@ pub async fn get_state(
 
 /// `POST /rooms/{room}/update`: the body is one v1 Yjs update; 204 once it is durable.
 pub async fn post_update(
+    req: HttpRequest,
     path: web::Path<String>,
     body: Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let name = room_name(&path)?;
+    authorize(&req, &state, &name, true)?;
     if body.is_empty() {
         return Err(ApiError::BadRequest(
             "empty body; expected a Yjs v1 update".into(),

@@ -14,10 +14,12 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use actix::Addr;
-use actix_web::http::StatusCode;
-use actix_web::{web, HttpResponse, ResponseError};
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use serde::Deserialize;
 use thiserror::Error;
 
+use crate::auth::{Access, AuthError, Authenticator, Grant};
 use crate::config::Config;
 use crate::registry::Registry;
 use crate::room::{RoomError, RoomName, RoomNameError};
@@ -31,6 +33,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// The running configuration.
     pub config: Config,
+    /// Verifies tokens.
+    pub auth: Authenticator,
     /// False once shutdown has begun.
     pub ready: AtomicBool,
 }
@@ -57,6 +61,9 @@ pub enum ApiError {
     /// The server cannot serve this now.
     #[error("{0}")]
     Unavailable(String),
+    /// Authentication or authorization failed.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
 impl From<RoomError> for ApiError {
@@ -78,16 +85,59 @@ impl ResponseError for ApiError {
         match self {
             ApiError::RoomName(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Auth(e) if e.is_unauthenticated() => StatusCode::UNAUTHORIZED,
+            ApiError::Auth(_) => StatusCode::FORBIDDEN,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code())
-            .json(serde_json::json!({ "error": self.to_string() }))
+        let mut response = HttpResponse::build(self.status_code());
+        if self.status_code() == StatusCode::UNAUTHORIZED {
+            response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        response.json(serde_json::json!({ "error": self.to_string() }))
     }
 }
 
 /// Validates the `{room}` path segment.
 fn room_name(raw: &str) -> Result<RoomName, ApiError> {
     Ok(RoomName::parse(raw)?)
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+/// The bearer token: `Authorization: Bearer …`, else the `token` query parameter (browsers
+/// cannot set headers on a WebSocket).
+fn token(req: &HttpRequest) -> Option<String> {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(|t| t.trim().to_owned());
+    header.or_else(|| {
+        web::Query::<TokenQuery>::from_query(req.query_string())
+            .ok()
+            .and_then(|q| q.into_inner().token)
+    })
+}
+
+/// Authorizes `req` for `room`, requiring write access if `write`.
+fn authorize(
+    req: &HttpRequest,
+    state: &AppState,
+    room: &RoomName,
+    write: bool,
+) -> Result<Grant, ApiError> {
+    let grant = state.auth.authorize(token(req).as_deref(), room)?;
+    if write && grant.access != Access::Write {
+        return Err(AuthError::ReadOnly.into());
+    }
+    Ok(grant)
 }

@@ -4,7 +4,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 
-use super::{room_name, AppState};
+use super::{authorize, room_name, AppState};
 use crate::session::Session;
 
 /// `GET /yjs/{room}`: upgrade to a y-websocket session.
@@ -15,7 +15,14 @@ pub async fn upgrade(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let name = room_name(&path)?;
-    let session = Session::new(name, state.registry.clone(), state.config.session.clone());
+    // Checked before the upgrade: a refused client gets a 401/403 with a reason, never a socket.
+    let grant = authorize(&req, &state, &name, false)?;
+    let session = Session::new(
+        name,
+        grant.access,
+        state.registry.clone(),
+        state.config.session.clone(),
+    );
     ws::WsResponseBuilder::new(session, &req, stream)
         .frame_size(state.config.max_message_bytes)
         .start()

@@ -128,6 +128,15 @@ impl Message {
     }
 }
 
+/// Encodes y-protocols' auth message "permission denied" with `reason` (server → client).
+pub fn encode_permission_denied(reason: &str) -> Bytes {
+    let mut out = Vec::with_capacity(reason.len() + 4);
+    lib0::write_var_u64(&mut out, MSG_AUTH);
+    lib0::write_var_u64(&mut out, 0); // 0 = denied
+    lib0::write_var_bytes(&mut out, reason.as_bytes());
+    out.into()
+}
+
 /// One client's entry in an awareness update.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AwarenessEntry<'a> {

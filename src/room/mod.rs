@@ -24,10 +24,14 @@ use tracing::{debug, error, info, warn};
 pub use document::{DocError, Document};
 pub use name::{RoomName, RoomNameError, MAX_ROOM_NAME_LEN};
 
+use crate::auth::Access;
 use crate::metrics;
 use crate::protocol::close::{self, Close};
-use crate::protocol::ysync::Message as SyncMessage;
+use crate::protocol::ysync::{self, Message as SyncMessage};
 use crate::storage::{Durable, Store, StoreError};
+
+/// A v1 update with no structs and no deletions.
+const EMPTY_UPDATE: &[u8] = &[0, 0];
 
 /// Identifies one session (connection) within the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -75,6 +79,8 @@ pub enum Outbound {
 pub struct Join {
     /// The joining session.
     pub session: SessionId,
+    /// What the session may do; a read-only session's updates are refused.
+    pub access: Access,
     /// Where the room sends the session's frames.
     pub outbox: Recipient<Outbound>,
 }
@@ -165,6 +171,7 @@ struct InFlight {
 
 struct SessionEntry {
     outbox: Recipient<Outbound>,
+    access: Access,
     /// Awareness client ids this session has announced.
     clients: HashSet<u64>,
 }
@@ -532,6 +539,7 @@ impl Handler<Join> for Room {
             msg.session,
             SessionEntry {
                 outbox: msg.outbox,
+                access: msg.access,
                 clients: HashSet::new(),
             },
         );
@@ -568,6 +576,16 @@ impl Handler<Receive> for Room {
                 }
                 Err(e) => self.close_session(session, close::MALFORMED_MESSAGE, e.to_string()),
             },
+            SyncMessage::SyncStep2(update) | SyncMessage::Update(update)
+                if self.sessions[&session].access != Access::Write =>
+            {
+                // Refused, never applied. An empty update (a fresh client's SyncStep2) is no
+                // attempt to write and gets no answer; anything else gets y-protocols'
+                // "permission denied" so the client can tell the user.
+                if update.as_ref() != EMPTY_UPDATE {
+                    self.send(session, ysync::encode_permission_denied("read-only access"));
+                }
+            }
             SyncMessage::SyncStep2(update) | SyncMessage::Update(update) => {
                 if let Err(e) = self.apply(&update, Some(session), ctx) {
                     info!(room = %self.name, session = session.0, error = %e, "closing session: bad update");

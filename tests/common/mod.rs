@@ -159,24 +159,57 @@ pub async fn metric(server: &Server, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("metric {name} not found"))
 }
 
+/// Polls `GET /rooms/{room}/state` until its `text` equals `expected` (bounded by [`WAIT`]).
+/// A WebSocket update and an HTTP request reach the room by different paths, so a test
+/// that just sent an update must wait for it rather than assume it has landed.
+pub async fn wait_for_text(server: &Server, room: &str, expected: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, state) = http_get(server, &format!("/rooms/{room}/state")).await;
+        if status == 200 && text_of_state(&state) == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "room {room} never held {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// GET → (status, body).
 pub async fn http_get(server: &Server, path: &str) -> (u16, Bytes) {
-    let mut response = awc::Client::new()
-        .get(server.url(path))
-        .send()
-        .await
-        .expect("GET");
+    http_get_as(server, path, None).await
+}
+
+/// GET with an optional bearer token → (status, body).
+pub async fn http_get_as(server: &Server, path: &str, bearer: Option<&str>) -> (u16, Bytes) {
+    let mut request = awc::Client::new().get(server.url(path));
+    if let Some(token) = bearer {
+        request = request.bearer_auth(token);
+    }
+    let mut response = request.send().await.expect("GET");
     let body = response.body().limit(64 << 20).await.expect("body");
     (response.status().as_u16(), body)
 }
 
 /// POST bytes → (status, body).
 pub async fn http_post(server: &Server, path: &str, body: Vec<u8>) -> (u16, Bytes) {
-    let mut response = awc::Client::new()
-        .post(server.url(path))
-        .send_body(body)
-        .await
-        .expect("POST");
+    http_post_as(server, path, body, None).await
+}
+
+/// POST bytes with an optional bearer token → (status, body).
+pub async fn http_post_as(
+    server: &Server,
+    path: &str,
+    body: Vec<u8>,
+    bearer: Option<&str>,
+) -> (u16, Bytes) {
+    let mut request = awc::Client::new().post(server.url(path));
+    if let Some(token) = bearer {
+        request = request.bearer_auth(token);
+    }
+    let mut response = request.send_body(body).await.expect("POST");
     let body = response.body().await.expect("body");
     (response.status().as_u16(), body)
 }
@@ -188,6 +221,8 @@ pub enum Received {
     Message(Message),
     /// The server closed with this code and reason.
     Closed(u16, String),
+    /// The server sent y-protocols' "permission denied" with this reason.
+    Denied(String),
 }
 
 /// A raw y-websocket client with its own yrs document.
@@ -206,12 +241,22 @@ impl YClient {
 
     /// Connects, returning the HTTP error if the upgrade is refused.
     pub async fn try_connect(server: &Server, room: &str) -> Result<YClient, String> {
-        let (_, socket) = awc::Client::new()
-            .ws(server.ws_url(room))
-            .max_frame_size(64 << 20)
-            .connect()
-            .await
-            .map_err(|e| e.to_string())?;
+        Self::try_connect_url(&server.ws_url(room), None).await
+    }
+
+    /// Connects to a full URL, optionally with an `Authorization: Bearer` token; on refusal
+    /// returns the error (for a refused upgrade: "status NNN").
+    pub async fn try_connect_url(url: &str, bearer: Option<&str>) -> Result<YClient, String> {
+        let mut request = awc::Client::new().ws(url).max_frame_size(64 << 20);
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
+        }
+        let (_, socket) = request.connect().await.map_err(|e| match e {
+            awc::error::WsClientError::InvalidResponseStatus(status) => {
+                format!("status {}", status.as_u16())
+            }
+            other => other.to_string(),
+        })?;
         Ok(YClient {
             socket,
             doc: Doc::new(),
@@ -249,6 +294,7 @@ impl YClient {
                 Received::Message(Message::Update(update)) => self.apply(&update),
                 Received::Message(_) => {}
                 Received::Closed(code, reason) => panic!("closed during sync: {code} {reason}"),
+                Received::Denied(reason) => panic!("denied during sync: {reason}"),
             }
         }
     }
@@ -299,6 +345,11 @@ impl YClient {
             match frame {
                 None => return Some(Received::Closed(1006, "stream ended".into())),
                 Some(Err(e)) => return Some(Received::Closed(1006, e.to_string())),
+                Some(Ok(Frame::Binary(bytes))) if bytes.first() == Some(&2) => {
+                    // [2 = auth, 0 = denied, reason as var string]
+                    let reason = String::from_utf8_lossy(bytes.get(3..).unwrap_or_default());
+                    return Some(Received::Denied(reason.into_owned()));
+                }
                 Some(Ok(Frame::Binary(bytes))) => {
                     let message = Message::decode(&bytes).expect("server sent a valid message");
                     return Some(Received::Message(message));
@@ -335,7 +386,7 @@ impl YClient {
                     self.apply(&u);
                     return u.to_vec();
                 }
-                Received::Message(_) => {}
+                Received::Message(_) | Received::Denied(_) => {}
                 Received::Closed(code, reason) => panic!("closed while waiting: {code} {reason}"),
             }
         }
