@@ -36,6 +36,18 @@ pub const DEFAULT_HEARTBEAT_INTERVAL_SECS: f64 = 10.0;
 pub const DEFAULT_HEARTBEAT_TIMEOUT_SECS: f64 = 30.0;
 /// Default tolerated clock skew for token times.
 pub const DEFAULT_JWT_LEEWAY_SECS: u64 = 5;
+/// Default unread bytes after which a session is cut as too slow: 8 MiB.
+pub const DEFAULT_MAX_OUTBOX_BYTES: u64 = 8 * 1024 * 1024;
+/// Default messages per second per session (burst: two seconds' worth).
+pub const DEFAULT_MAX_MESSAGES_PER_SEC: u32 = 500;
+/// Default largest stored document (snapshot plus log): 256 MiB.
+pub const DEFAULT_MAX_DOCUMENT_BYTES: u64 = 256 * 1024 * 1024;
+/// Default active rooms per node.
+pub const DEFAULT_MAX_ROOMS: usize = 100_000;
+/// Default WebSocket sessions per node.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 50_000;
+/// Default time a client has to send its request head (the WebSocket handshake).
+pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: f64 = 5.0;
 /// Default flush policy.
 pub const DEFAULT_FLUSH: &str = "batch";
 
@@ -80,6 +92,29 @@ pub struct Settings {
     /// Threads that run HTTP and WebSocket sessions [default: number of CPUs]
     #[arg(long, env = "TANDEM_HTTP_THREADS")]
     pub http_threads: Option<usize>,
+    /// Unread bytes (sent to a client, not yet read by it) after which the session is
+    /// closed as too slow [default: 8388608]
+    #[arg(long, env = "TANDEM_MAX_OUTBOX_BYTES")]
+    pub max_outbox_bytes: Option<u64>,
+    /// Messages per second a session may send, burst two seconds' worth; 0 disables
+    /// [default: 500]
+    #[arg(long, env = "TANDEM_MAX_MESSAGES_PER_SEC")]
+    pub max_messages_per_sec: Option<u32>,
+    /// Largest stored document (snapshot plus log) in bytes; updates beyond it are refused
+    /// [default: 268435456]
+    #[arg(long, env = "TANDEM_MAX_DOCUMENT_BYTES")]
+    pub max_document_bytes: Option<u64>,
+    /// Active rooms per node; beyond it new rooms are refused with 1013 / 503
+    /// [default: 100000]
+    #[arg(long, env = "TANDEM_MAX_ROOMS")]
+    pub max_rooms: Option<usize>,
+    /// WebSocket sessions per node; beyond it new ones are closed with 1013
+    /// [default: 50000]
+    #[arg(long, env = "TANDEM_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds a client has to send its request head (the handshake) [default: 5]
+    #[arg(long, env = "TANDEM_HANDSHAKE_TIMEOUT_SECS")]
+    pub handshake_timeout_secs: Option<f64>,
     /// Shared secret for HS256 tokens (at least 16 bytes). Without a secret or public key
     /// the server runs open: anyone may read and write any room
     #[arg(long, env = "TANDEM_JWT_SECRET", hide_env_values = true)]
@@ -127,6 +162,14 @@ impl Settings {
                 .or(fallback.heartbeat_timeout_secs),
             room_threads: self.room_threads.or(fallback.room_threads),
             http_threads: self.http_threads.or(fallback.http_threads),
+            max_outbox_bytes: self.max_outbox_bytes.or(fallback.max_outbox_bytes),
+            max_messages_per_sec: self.max_messages_per_sec.or(fallback.max_messages_per_sec),
+            max_document_bytes: self.max_document_bytes.or(fallback.max_document_bytes),
+            max_rooms: self.max_rooms.or(fallback.max_rooms),
+            max_connections: self.max_connections.or(fallback.max_connections),
+            handshake_timeout_secs: self
+                .handshake_timeout_secs
+                .or(fallback.handshake_timeout_secs),
             jwt_secret: self.jwt_secret.or(fallback.jwt_secret),
             jwt_public_key: self.jwt_public_key.or(fallback.jwt_public_key),
             jwt_leeway_secs: self.jwt_leeway_secs.or(fallback.jwt_leeway_secs),
@@ -176,6 +219,12 @@ pub struct Config {
     pub http_threads: usize,
     /// How tokens are verified.
     pub auth: AuthConfig,
+    /// Active rooms per node.
+    pub max_rooms: usize,
+    /// WebSocket sessions per node.
+    pub max_connections: usize,
+    /// Time to receive a request head.
+    pub handshake_timeout: Duration,
 }
 
 /// Where the token verification key comes from.
@@ -240,6 +289,16 @@ fn seconds(name: &'static str, value: f64, min: f64, max: f64) -> Result<Duratio
         });
     }
     Ok(Duration::from_secs_f64(value))
+}
+
+fn positive(name: &'static str, value: usize) -> Result<usize, ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::Invalid {
+            name,
+            reason: "must be at least 1".into(),
+        });
+    }
+    Ok(value)
 }
 
 fn parse_flush(text: &str) -> Result<FlushPolicy, ConfigError> {
@@ -326,6 +385,9 @@ impl Config {
                     86_400.0,
                 )?,
                 snapshot_every_updates,
+                max_document_bytes: settings
+                    .max_document_bytes
+                    .unwrap_or(DEFAULT_MAX_DOCUMENT_BYTES),
                 snapshot_interval: seconds(
                     "snapshot-interval-secs",
                     settings
@@ -339,6 +401,12 @@ impl Config {
                 max_message_bytes,
                 heartbeat_interval,
                 heartbeat_timeout,
+                max_outbox_bytes: settings
+                    .max_outbox_bytes
+                    .unwrap_or(DEFAULT_MAX_OUTBOX_BYTES),
+                max_messages_per_sec: settings
+                    .max_messages_per_sec
+                    .unwrap_or(DEFAULT_MAX_MESSAGES_PER_SEC),
             },
             auth: {
                 let leeway_secs = settings.jwt_leeway_secs.unwrap_or(DEFAULT_JWT_LEEWAY_SECS);
@@ -357,6 +425,19 @@ impl Config {
                     (None, None) => AuthConfig::Open,
                 }
             },
+            max_rooms: positive("max-rooms", settings.max_rooms.unwrap_or(DEFAULT_MAX_ROOMS))?,
+            max_connections: positive(
+                "max-connections",
+                settings.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            )?,
+            handshake_timeout: seconds(
+                "handshake-timeout-secs",
+                settings
+                    .handshake_timeout_secs
+                    .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT_SECS),
+                0.1,
+                300.0,
+            )?,
             room_threads: threads("room-threads", settings.room_threads)?,
             http_threads: threads("http-threads", settings.http_threads)?,
         })

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub bytes_out: Counter,
     /// Sessions closed for a protocol violation.
     pub protocol_errors: Counter,
+    /// Sessions closed because their client read too slowly.
+    pub slow_consumers: Counter,
     /// Time from receiving an update to its being durable.
     pub persist_seconds: Histogram,
     /// Time to hand one broadcast to every recipient's outbox.
@@ -59,6 +61,7 @@ impl Metrics {
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
             protocol_errors: Counter::default(),
+            slow_consumers: Counter::default(),
             persist_seconds: latency_histogram(),
             broadcast_seconds: latency_histogram(),
             flush_seconds: latency_histogram(),
@@ -103,6 +106,11 @@ impl Metrics {
             "tandem_protocol_errors",
             "Sessions closed for a protocol violation",
             m.protocol_errors.clone(),
+        );
+        registry.register(
+            "tandem_slow_consumers",
+            "Sessions closed because their client read too slowly",
+            m.slow_consumers.clone(),
         );
         registry.register(
             "tandem_persist_seconds",

@@ -46,11 +46,17 @@ pub struct Registry {
     config: RoomConfig,
     next_activation: u64,
     shutting_down: bool,
+    max_rooms: usize,
 }
 
 impl Registry {
     /// A registry that places rooms on `arbiters` (one per core, say).
-    pub fn new(store: Arc<dyn Store>, arbiters: Vec<ArbiterHandle>, config: RoomConfig) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        arbiters: Vec<ArbiterHandle>,
+        config: RoomConfig,
+        max_rooms: usize,
+    ) -> Self {
         assert!(
             !arbiters.is_empty(),
             "the registry needs at least one arbiter"
@@ -62,6 +68,7 @@ impl Registry {
             config,
             next_activation: 0,
             shutting_down: false,
+            max_rooms,
         }
     }
 
@@ -87,6 +94,12 @@ impl Handler<GetRoom> for Registry {
         }
         if self.shutting_down {
             return Err(RoomError::Unavailable("server is shutting down".into()));
+        }
+        if self.rooms.len() >= self.max_rooms {
+            return Err(RoomError::Full(format!(
+                "this node holds its limit of {} active rooms",
+                self.max_rooms
+            )));
         }
         self.next_activation += 1;
         let activation = self.next_activation;

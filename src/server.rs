@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -69,6 +69,7 @@ pub async fn run_with_store(
         Arc::clone(&store),
         arbiters.iter().map(Arbiter::handle).collect(),
         config.room.clone(),
+        config.max_rooms,
     )
     .start();
     let state = web::Data::new(AppState {
@@ -76,6 +77,7 @@ pub async fn run_with_store(
         store,
         config: config.clone(),
         auth,
+        connections: Arc::new(AtomicUsize::new(0)),
         ready: AtomicBool::new(true),
     });
     let app_state = state.clone();
@@ -88,6 +90,7 @@ pub async fn run_with_store(
     })
     .workers(config.http_threads)
     .disable_signals()
+    .client_request_timeout(config.handshake_timeout)
     .shutdown_timeout(5)
     .bind(config.listen)
     .map_err(|source| ServerError::Listen {

@@ -10,7 +10,7 @@ mod api;
 mod ops;
 mod yjs;
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 
 use actix::Addr;
@@ -35,6 +35,8 @@ pub struct AppState {
     pub config: Config,
     /// Verifies tokens.
     pub auth: Authenticator,
+    /// Live WebSocket sessions (for the connection limit).
+    pub connections: Arc<AtomicUsize>,
     /// False once shutdown has begun.
     pub ready: AtomicBool,
 }
@@ -61,6 +63,9 @@ pub enum ApiError {
     /// The server cannot serve this now.
     #[error("{0}")]
     Unavailable(String),
+    /// The document would exceed its size limit.
+    #[error("document would exceed {0} bytes")]
+    TooLarge(u64),
     /// Authentication or authorization failed.
     #[error(transparent)]
     Auth(#[from] AuthError),
@@ -75,7 +80,8 @@ impl From<RoomError> for ApiError {
                 tracing::error!(error = %e, "storage failure during a request");
                 ApiError::Unavailable("storage unavailable; retry later".into())
             }
-            RoomError::Unavailable(why) => ApiError::Unavailable(why),
+            RoomError::Unavailable(why) | RoomError::Full(why) => ApiError::Unavailable(why),
+            RoomError::TooLarge { limit } => ApiError::TooLarge(limit),
         }
     }
 }
@@ -85,6 +91,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::RoomName(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Auth(e) if e.is_unauthenticated() => StatusCode::UNAUTHORIZED,
             ApiError::Auth(_) => StatusCode::FORBIDDEN,
         }
@@ -94,6 +101,9 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code());
         if self.status_code() == StatusCode::UNAUTHORIZED {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        if self.status_code() == StatusCode::SERVICE_UNAVAILABLE {
+            response.insert_header((header::RETRY_AFTER, "1"));
         }
         response.json(serde_json::json!({ "error": self.to_string() }))
     }

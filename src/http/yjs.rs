@@ -4,7 +4,11 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
 use super::{authorize, room_name, AppState};
+use crate::protocol::close;
 use crate::session::Session;
 
 /// `GET /yjs/{room}`: upgrade to a y-websocket session.
@@ -22,7 +26,15 @@ pub async fn upgrade(
         grant.access,
         state.registry.clone(),
         state.config.session.clone(),
+        Arc::clone(&state.connections),
     );
+    // Over the connection limit the upgrade still happens, so that the client gets a close
+    // code it understands (1013, try again later) instead of a failed handshake.
+    let session = if state.connections.load(Ordering::Relaxed) >= state.config.max_connections {
+        session.refusing(close::TRY_AGAIN_LATER)
+    } else {
+        session
+    };
     ws::WsResponseBuilder::new(session, &req, stream)
         .frame_size(state.config.max_message_bytes)
         .start()

@@ -32,6 +32,11 @@ pub const MESSAGE_TOO_BIG: Close = Close {
     code: 1009,
     reason: "message too big",
 };
+/// The node is at its connection or room limit; try again later (or another node).
+pub const TRY_AGAIN_LATER: Close = Close {
+    code: 1013,
+    reason: "try again later",
+};
 /// The server failed (storage error); the client's state is intact and it may reconnect.
 pub const INTERNAL_ERROR: Close = Close {
     code: 1011,
@@ -51,4 +56,19 @@ pub const UNKNOWN_MESSAGE_TYPE: Close = Close {
 pub const INVALID_UPDATE: Close = Close {
     code: 4002,
     reason: "invalid document update",
+};
+/// The client did not read what was sent to it fast enough; it resyncs on reconnect.
+pub const TOO_SLOW: Close = Close {
+    code: 4008,
+    reason: "too slow",
+};
+/// The document would exceed the configured size limit.
+pub const DOCUMENT_TOO_LARGE: Close = Close {
+    code: 4009,
+    reason: "document too large",
+};
+/// The client sent messages faster than the configured rate.
+pub const RATE_LIMITED: Close = Close {
+    code: 4029,
+    reason: "rate limit exceeded",
 };

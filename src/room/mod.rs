@@ -49,6 +49,15 @@ pub enum RoomError {
     /// The room is shutting down or failed to activate.
     #[error("room is unavailable: {0}")]
     Unavailable(String),
+    /// The node is at a limit (rooms); try again later.
+    #[error("{0}")]
+    Full(String),
+    /// The update would make the document larger than the configured limit.
+    #[error("document would exceed {limit} bytes")]
+    TooLarge {
+        /// The configured limit.
+        limit: u64,
+    },
 }
 
 /// Room behaviour knobs (from the configuration).
@@ -60,6 +69,8 @@ pub struct RoomConfig {
     pub snapshot_every_updates: u64,
     /// Write a snapshot at least this often while the room changes.
     pub snapshot_interval: Duration,
+    /// Refuse updates once the stored document (snapshot plus log) would exceed this.
+    pub max_document_bytes: u64,
 }
 
 /// Something for a session to do: send a frame or close.
@@ -185,6 +196,8 @@ pub struct Room {
     config: RoomConfig,
     document: Document,
     sessions: HashMap<SessionId, SessionEntry>,
+    /// Stored size of the document: the last snapshot plus the log after it.
+    stored_bytes: u64,
     /// Highest sequence number appended to the log.
     last_seq: u64,
     /// Highest sequence number known durable.
@@ -217,6 +230,7 @@ impl Room {
             config,
             document: Document::new(),
             sessions: HashMap::new(),
+            stored_bytes: 0,
             last_seq: 0,
             durable_seq: 0,
             snapshot_seq: 0,
@@ -237,6 +251,8 @@ impl Room {
             stored.snapshot.as_deref(),
             stored.updates.iter().map(Vec::as_slice),
         )?;
+        self.stored_bytes = stored.snapshot.as_ref().map_or(0, |s| s.len() as u64)
+            + stored.updates.iter().map(|u| u.len() as u64).sum::<u64>();
         self.last_seq = stored.last_seq;
         self.durable_seq = stored.last_seq;
         self.snapshot_seq = stored.last_seq - stored.updates.len() as u64;
@@ -262,6 +278,10 @@ impl Room {
         ctx: &mut Context<Self>,
     ) -> Result<(), RoomError> {
         metrics::get().updates_in.inc();
+        let limit = self.config.max_document_bytes;
+        if self.stored_bytes + update.len() as u64 > limit {
+            return Err(RoomError::TooLarge { limit });
+        }
         let delta = match self.document.apply_update(update) {
             Ok(Some(delta)) => delta,
             Ok(None) => return Ok(()),
@@ -276,6 +296,7 @@ impl Room {
             Err(e) => return Err(e.into()),
         };
         self.last_seq += 1;
+        self.stored_bytes += delta.len() as u64;
         if let Err(e) = self.store.append_update(&self.name, self.last_seq, &delta) {
             self.fail(&format!("appending to the log failed: {e}"), ctx);
             return Err(e.into());
@@ -423,6 +444,7 @@ impl Room {
             Ok(()) => {
                 debug!(room = %self.name, seq = self.last_seq, bytes = state.len(), "snapshot written");
                 self.snapshot_seq = self.last_seq;
+                self.stored_bytes = state.len() as u64;
                 self.last_snapshot_at = Instant::now();
                 metrics::get().snapshots.inc();
             }
@@ -588,9 +610,15 @@ impl Handler<Receive> for Room {
             }
             SyncMessage::SyncStep2(update) | SyncMessage::Update(update) => {
                 if let Err(e) = self.apply(&update, Some(session), ctx) {
-                    info!(room = %self.name, session = session.0, error = %e, "closing session: bad update");
-                    metrics::get().protocol_errors.inc();
-                    self.close_session(session, close::INVALID_UPDATE, e.to_string());
+                    info!(room = %self.name, session = session.0, error = %e, "closing session: update refused");
+                    let code = match e {
+                        RoomError::TooLarge { .. } => close::DOCUMENT_TOO_LARGE,
+                        _ => {
+                            metrics::get().protocol_errors.inc();
+                            close::INVALID_UPDATE
+                        }
+                    };
+                    self.close_session(session, code, e.to_string());
                 }
             }
             SyncMessage::Awareness(payload) => match self.document.apply_awareness(&payload) {

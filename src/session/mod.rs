@@ -4,9 +4,12 @@
 //! could change in this one file.
 //!
 //! Join and leave are sent from `started` and `stopping`, so a session can never be
-//! forgotten by its room.
+//! forgotten by its room. Flow control (message rate, unread outbox bytes) is in [`limits`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
+mod limits;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -20,7 +23,12 @@ use crate::metrics;
 use crate::protocol::close::{self, Close};
 use crate::protocol::ysync::{DecodeError, Message as SyncMessage};
 use crate::registry::{send_to_room, Registry};
-use crate::room::{Join, Leave, Outbound, Receive, Room, RoomName, SessionId};
+use crate::room::{Join, Leave, Outbound, Receive, Room, RoomError, RoomName, SessionId};
+use limits::{InFlight, TokenBucket};
+
+/// Send a ping carrying the sent-bytes count at least this often (in bytes), so the
+/// unread-bytes measure stays fresh while a session streams.
+const MIN_PROBE_BYTES: u64 = 16 * 1024;
 
 /// An awareness update with no entries: a valid message that changes nothing. Sent when a
 /// session has been quiet, because the stock y-websocket client reconnects after 30 s
@@ -36,6 +44,10 @@ pub struct SessionConfig {
     pub heartbeat_interval: Duration,
     /// Close a session from which nothing (not even a pong) arrived for this long.
     pub heartbeat_timeout: Duration,
+    /// Close a session whose client has this many sent bytes not yet read ("too slow").
+    pub max_outbox_bytes: u64,
+    /// Messages per second a client may send (burst: two seconds' worth); 0 = no limit.
+    pub max_messages_per_sec: u32,
 }
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
@@ -52,6 +64,14 @@ pub struct Session {
     last_sent: Instant,
     /// A fragmented message being reassembled.
     partial: Option<BytesMut>,
+    /// Bytes sent and not yet read by the client.
+    in_flight: InFlight,
+    /// The message-rate limit, if any.
+    rate: Option<TokenBucket>,
+    /// Live sessions on this node (for the connection limit).
+    connections: Arc<AtomicUsize>,
+    /// If set, the session closes with this as soon as it starts (node over a limit).
+    refuse: Option<Close>,
 }
 
 impl Session {
@@ -61,17 +81,44 @@ impl Session {
         access: Access,
         registry: Addr<Registry>,
         config: SessionConfig,
+        connections: Arc<AtomicUsize>,
     ) -> Self {
+        let now = Instant::now();
+        let rate = (config.max_messages_per_sec > 0).then(|| {
+            let per_sec = f64::from(config.max_messages_per_sec);
+            TokenBucket::new(per_sec, (2.0 * per_sec).max(10.0), now)
+        });
         Self {
+            in_flight: InFlight::default(),
+            rate,
+            connections,
+            refuse: None,
             id: SessionId(NEXT_SESSION.fetch_add(1, Ordering::Relaxed)),
             room_name,
             access,
             registry,
             room: None,
             config,
-            last_heard: Instant::now(),
-            last_sent: Instant::now(),
+            last_heard: now,
+            last_sent: now,
             partial: None,
+        }
+    }
+
+    /// Makes the session close with `close` right after the upgrade (the node is full).
+    pub fn refusing(mut self, close: Close) -> Self {
+        self.refuse = Some(close);
+        self
+    }
+
+    /// Sends one frame, counting it, and probes the client's progress when due.
+    fn send_frame(&mut self, frame: Bytes, ctx: &mut ws::WebsocketContext<Self>) {
+        self.in_flight.sent(frame.len());
+        ctx.binary(frame);
+        self.last_sent = Instant::now();
+        let every = (self.config.max_outbox_bytes / 8).max(MIN_PROBE_BYTES);
+        if let Some(probe) = self.in_flight.probe_due(every) {
+            ctx.ping(&probe);
         }
     }
 
@@ -99,6 +146,14 @@ impl Session {
     /// Decodes one whole message and hands it to the room.
     fn receive(&mut self, frame: Bytes, ctx: &mut ws::WebsocketContext<Self>) {
         metrics::get().bytes_in.inc_by(frame.len() as u64);
+        if let Some(rate) = &mut self.rate {
+            if !rate.take(Instant::now()) {
+                info!(room = %self.room_name, session = self.id.0, "closing session: over the message rate");
+                metrics::get().protocol_errors.inc();
+                self.close(ctx, close::RATE_LIMITED, "");
+                return;
+            }
+        }
         let message = match SyncMessage::decode(&frame) {
             Ok(message) => message,
             Err(e) => {
@@ -161,10 +216,9 @@ impl Session {
             self.close(ctx, close::HEARTBEAT_TIMEOUT, "");
             return;
         }
-        ctx.ping(b"");
+        ctx.ping(&self.in_flight.probe());
         if self.last_sent.elapsed() >= self.config.heartbeat_interval {
-            ctx.binary(Bytes::from_static(KEEPALIVE_FRAME));
-            self.last_sent = Instant::now();
+            self.send_frame(Bytes::from_static(KEEPALIVE_FRAME), ctx);
         }
     }
 }
@@ -174,6 +228,11 @@ impl Actor for Session {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         metrics::get().connections.inc();
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        if let Some(close) = self.refuse {
+            self.close(ctx, close, "");
+            return;
+        }
         ctx.run_interval(self.config.heartbeat_interval, Self::heartbeat);
         let (registry, name, id, access) = (
             self.registry.clone(),
@@ -195,6 +254,9 @@ impl Actor for Session {
             join.into_actor(self)
                 .map(|result, session, ctx| match result {
                     Ok(room) => session.room = Some(room),
+                    Err(RoomError::Full(why)) => {
+                        session.close(ctx, close::TRY_AGAIN_LATER, &why);
+                    }
                     Err(e) => {
                         warn!(room = %session.room_name, error = %e, "could not join room");
                         session.close(ctx, close::INTERNAL_ERROR, &e.to_string());
@@ -212,6 +274,7 @@ impl Actor for Session {
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         metrics::get().connections.dec();
+        self.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -221,8 +284,14 @@ impl Handler<Outbound> for Session {
     fn handle(&mut self, msg: Outbound, ctx: &mut Self::Context) {
         match msg {
             Outbound::Frame(frame) => {
-                ctx.binary(frame);
-                self.last_sent = Instant::now();
+                let unread = self.in_flight.unread();
+                if unread > self.config.max_outbox_bytes {
+                    info!(room = %self.room_name, session = self.id.0, unread, "closing session: client too slow");
+                    metrics::get().slow_consumers.inc();
+                    self.close(ctx, close::TOO_SLOW, &format!("{unread} bytes unread"));
+                    return;
+                }
+                self.send_frame(frame, ctx);
             }
             Outbound::Close(close, detail) => {
                 self.room = None; // the room has already forgotten this session
@@ -252,7 +321,8 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
             ws::Message::Continuation(item) => self.on_fragment(item, ctx),
             ws::Message::Text(_) => self.close(ctx, close::UNSUPPORTED_DATA, ""),
             ws::Message::Ping(payload) => ctx.pong(&payload),
-            ws::Message::Pong(_) | ws::Message::Nop => {}
+            ws::Message::Pong(payload) => self.in_flight.answered(&payload),
+            ws::Message::Nop => {}
             ws::Message::Close(reason) => {
                 ctx.close(reason);
                 ctx.stop();

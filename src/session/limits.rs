@@ -1,0 +1,117 @@
+//! Per-session flow control, pure: a token bucket for the message rate and the in-flight
+//! byte count that bounds a session's outbox. No actors, no sockets, no clocks of its own
+//! (callers pass `Instant`s), so both are unit-tested directly.
+
+use std::time::Instant;
+
+/// A token bucket: `rate` tokens per second, holding at most `burst`.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(rate: f64, burst: f64, now: Instant) -> Self {
+        Self {
+            rate,
+            burst,
+            tokens: burst,
+            last: now,
+        }
+    }
+
+    /// Takes one token; false when the bucket is empty (the caller is over the rate).
+    pub fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Bytes sent to a client that it has not yet read.
+///
+/// WebSocket pings carry the count of bytes sent before them. A client answers a ping only
+/// after reading every frame sent before it, so the newest answered count is what the
+/// client has surely read, and `sent - read` bounds what is still queued anywhere between
+/// this process and the client: the actor's write buffer, the socket buffers, the network.
+#[derive(Debug, Default, Clone)]
+pub struct InFlight {
+    sent: u64,
+    read: u64,
+    last_probe: u64,
+}
+
+impl InFlight {
+    /// Records `bytes` handed to the socket.
+    pub fn sent(&mut self, bytes: usize) {
+        self.sent += bytes as u64;
+    }
+
+    /// Bytes sent and not yet known read.
+    pub fn unread(&self) -> u64 {
+        self.sent - self.read
+    }
+
+    /// A ping payload to send now if `every` bytes went out since the last one.
+    pub fn probe_due(&mut self, every: u64) -> Option<[u8; 8]> {
+        (self.sent - self.last_probe >= every).then(|| self.probe())
+    }
+
+    /// A ping payload carrying the current count.
+    pub fn probe(&mut self) -> [u8; 8] {
+        self.last_probe = self.sent;
+        self.sent.to_be_bytes()
+    }
+
+    /// Handles a pong's payload; ignores payloads that are not ours.
+    pub fn answered(&mut self, payload: &[u8]) {
+        if let Ok(bytes) = <[u8; 8]>::try_from(payload) {
+            let read = u64::from_be_bytes(bytes);
+            if read <= self.sent {
+                self.read = self.read.max(read);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn bucket_allows_the_burst_then_the_rate() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(10.0, 5.0, start);
+        assert_eq!((0..8).filter(|_| bucket.take(start)).count(), 5);
+        let later = start + Duration::from_millis(500);
+        assert_eq!((0..8).filter(|_| bucket.take(later)).count(), 5);
+    }
+
+    #[test]
+    fn unread_bytes_fall_only_when_a_probe_is_answered() {
+        let mut flight = InFlight::default();
+        flight.sent(100);
+        assert_eq!(flight.probe_due(1000), None);
+        let probe = flight.probe();
+        flight.sent(50);
+        assert_eq!(flight.unread(), 150);
+        flight.answered(&probe);
+        assert_eq!(flight.unread(), 50);
+        flight.answered(b"other"); // not ours
+        flight.answered(&u64::MAX.to_be_bytes()); // impossible count
+        assert_eq!(flight.unread(), 50);
+        flight.sent(1000);
+        assert!(flight.probe_due(1000).is_some());
+    }
+}

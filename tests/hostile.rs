@@ -1,0 +1,193 @@
+//! Hostile input and resource limits against a live server: every bad input gets its
+//! documented close code or HTTP status, and afterwards the server is healthy and the good
+//! sessions of the same room still converge.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use tandem::protocol::ysync::Message;
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[actix_rt::test]
+async fn bad_inputs_get_their_codes_and_the_room_carries_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--max-message-bytes",
+            "65536",
+            "--max-messages-per-sec",
+            "20",
+        ],
+    );
+    let room = "hostile";
+    let mut writer = YClient::synced(&server, room).await;
+    let mut reader = YClient::synced(&server, room).await;
+
+    let update_frame = |payload: &[u8]| Message::Update(Bytes::copy_from_slice(payload)).encode();
+    let cases: Vec<(&str, Bytes, u16)> = vec![
+        ("truncated varint", Bytes::from_static(&[0x80]), 4000),
+        ("truncated sync type", Bytes::from_static(&[0, 0x80]), 4000),
+        ("truncated length", Bytes::from_static(&[0, 2, 0xff]), 4000),
+        ("unknown message type", Bytes::from_static(&[7]), 4001),
+        (
+            "huge message type",
+            Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 0x0f]),
+            4001,
+        ),
+        ("unknown sync type", Bytes::from_static(&[0, 9, 0]), 4001),
+        ("corrupt update", update_frame(&[0xff, 0xff, 0xff]), 4002),
+        (
+            "update of garbage structs",
+            update_frame(&[1, 1, 5, 0, 0x27, 0xff]),
+            4002,
+        ),
+        ("oversized frame", Bytes::from(vec![0u8; 70_000]), 1009),
+    ];
+    for (name, frame, code) in cases {
+        let mut bad = YClient::connect(&server, room).await;
+        bad.send_raw(frame).await;
+        let (got, reason) = bad.expect_close().await;
+        assert_eq!(got, code, "{name}: closed with {got} ({reason})");
+    }
+
+    // A flood over the message rate (20/s, burst 40).
+    let mut flooder = YClient::connect(&server, room).await;
+    for _ in 0..200 {
+        if !flooder.try_send(&Message::QueryAwareness).await {
+            break;
+        }
+    }
+    assert_eq!(flooder.expect_close().await.0, 4029, "flood");
+
+    // Room names: invalid UTF-8, too long, path tricks.
+    for name in ["%FF%FE", &"n".repeat(200), "..", "a%2F..%2Fb", "a%00"] {
+        let (status, _) = http_get(&server, &format!("/rooms/{name}/state")).await;
+        assert_eq!(status, 400, "room name {name:?}");
+        let refused = YClient::try_connect(&server, name).await;
+        assert!(refused.is_err(), "room name {name:?} upgraded");
+    }
+
+    assert_eq!(http_get(&server, "/healthz").await.0, 200);
+    writer.append("after the storm").await;
+    reader.next_update().await;
+    assert_eq!(reader.text(), "after the storm");
+    let late = YClient::synced(&server, room).await;
+    assert_eq!(late.text(), "after the storm");
+}
+
+#[actix_rt::test]
+async fn a_client_that_stops_reading_is_cut_and_memory_stays_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--max-outbox-bytes",
+            "1048576",
+            "--max-messages-per-sec",
+            "0",
+        ],
+    );
+    let room = "slow";
+    let mut slow = YClient::synced(&server, room).await;
+    let mut reader = YClient::synced(&server, room).await;
+    let mut writer = YClient::synced(&server, room).await;
+    let rss_before = rss_kib(server.pid());
+
+    // The writer streams ~10 MB in 4 KiB edits; the slow client reads nothing meanwhile.
+    let chunk = "x".repeat(4096);
+    let total = 2500;
+    let reader_task = actix_rt::spawn(async move {
+        let mut received = 0;
+        while received < total {
+            reader.next_update().await;
+            received += 1;
+        }
+        reader
+    });
+    let started = Instant::now();
+    for i in 0..total {
+        writer.append(&chunk).await;
+        // Paced like a fast editor, so the normal reader (on this same thread) keeps up.
+        if i % 8 == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let reader = reader_task.await.unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(
+        reader.text().len(),
+        total * chunk.len(),
+        "the normal reader missed updates"
+    );
+    let rss_after = rss_kib(server.pid());
+    assert!(metric(&server, "tandem_slow_consumers_total").await >= 1.0);
+    // The document itself is 10 MB (held in memory and in sled's cache); what must not
+    // appear is the 10 MB again queued for the slow client.
+    let growth_mib = rss_after.saturating_sub(rss_before) / 1024;
+    eprintln!("streamed 10 MB in {elapsed:?}; server RSS grew {growth_mib} MiB");
+    assert!(growth_mib < 80, "server RSS grew {growth_mib} MiB");
+
+    // When the slow client finally reads, it finds the "too slow" close after what was sent.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < deadline, "no close for the slow client");
+        match slow.recv().await {
+            Received::Closed(code, reason) => {
+                assert_eq!(code, 4008, "{reason}");
+                break;
+            }
+            _ => continue,
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn connection_room_and_document_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--max-connections",
+            "3",
+            "--max-rooms",
+            "2",
+            "--max-document-bytes",
+            "4096",
+        ],
+    );
+    let _a1 = YClient::synced(&server, "a").await;
+    let _a2 = YClient::synced(&server, "a").await;
+    let mut b = YClient::synced(&server, "b").await;
+    let mut fourth = YClient::connect(&server, "a").await;
+    assert_eq!(fourth.expect_close().await.0, 1013, "connection limit");
+    drop(fourth);
+
+    // Room limit: a third room is refused over HTTP and WebSocket.
+    let (status, body) = http_get(&server, "/rooms/c/state").await;
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+
+    // Document limit: 5000 bytes into a 4096-byte document.
+    let big = "y".repeat(5000);
+    let (status, _) = http_post(
+        &server,
+        "/rooms/b/update",
+        local_append(&yrs::Doc::new(), &big),
+    )
+    .await;
+    assert_eq!(status, 413);
+    b.append(&big).await;
+    assert_eq!(b.expect_close().await.0, 4009);
+    assert_eq!(http_get(&server, "/healthz").await.0, 200);
+}
