@@ -9,6 +9,11 @@
 //!   trace's final text, the server's CPU time for it, and — measured in the same run — the
 //!   floor: applying the same updates to a `yrs` document in-process.
 //!
+//! - `amplify`: COUNT concurrent sessions each send one tiny update whose declared lengths
+//!   ask a naive decoder for gigabytes; report the server's RSS before, after and at peak;
+//! - `slow-readers`: READERS sessions stop reading while a writer streams MB megabytes;
+//!   report the server's peak RSS and how many readers were cut as too slow.
+//!
 //! ```text
 //! cargo run --release --example loadgen -- rooms --url ws://127.0.0.1:4321 --pid PID
 //! cargo run --release --example loadgen -- trace --url ws://127.0.0.1:4321 --pid PID \
@@ -51,6 +56,33 @@ enum Mode {
         /// Sessions per room.
         #[arg(long, default_value_t = 2)]
         sessions: usize,
+    },
+    /// Concurrent decode-amplification frames; RSS before/after/peak.
+    Amplify {
+        /// Server base URL (ws://HOST:PORT).
+        #[arg(long, default_value = "ws://127.0.0.1:4321")]
+        url: String,
+        /// The server's process id (for RSS).
+        #[arg(long)]
+        pid: u32,
+        /// Concurrent hostile sessions.
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+    },
+    /// Sessions that stop reading while a writer streams; peak RSS.
+    SlowReaders {
+        /// Server base URL (ws://HOST:PORT).
+        #[arg(long, default_value = "ws://127.0.0.1:4321")]
+        url: String,
+        /// The server's process id (for RSS).
+        #[arg(long)]
+        pid: u32,
+        /// Sessions that never read.
+        #[arg(long, default_value_t = 50)]
+        readers: usize,
+        /// Megabytes the writer streams (in 4 KiB edits).
+        #[arg(long, default_value_t = 10)]
+        mb: usize,
     },
     /// Replay an editing trace through the server.
     Trace {
@@ -147,6 +179,16 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS")
 }
 
+/// VmHWM (peak RSS) of `pid` in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
 /// User + system CPU seconds of `pid`.
 fn cpu_secs(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
@@ -185,6 +227,101 @@ async fn rooms(url: String, pid: u32, rooms: usize, sessions: usize) {
         })
     );
     drop(open);
+}
+
+async fn amplify(url: String, pid: u32, count: usize) {
+    let before = rss_kib(pid);
+    let peak_before = peak_rss_kib(pid);
+    // An Update whose payload is the 4-byte prefix that declares ~1e9 clients.
+    let frame = Message::Update(Bytes::from_static(&[0xfe, 0xc9, 0x9a, 0x3b])).encode();
+    let room = format!("amp{}", std::process::id());
+    let mut sockets = Vec::with_capacity(count);
+    for _ in 0..count {
+        sockets.push(connect(&url, &room).await);
+    }
+    let started = Instant::now();
+    let sends = sockets
+        .iter_mut()
+        .map(|s| s.send(WsMessage::Binary(frame.clone())));
+    futures_util::future::join_all(sends).await;
+    let mut closed = 0;
+    for socket in &mut sockets {
+        while next_message(socket, Duration::from_secs(30))
+            .await
+            .is_some()
+        {}
+        closed += 1;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let after = rss_kib(pid);
+    println!(
+        "{}",
+        serde_json::json!({
+            "mode": "amplify", "frames": count, "frame_bytes": frame.len(), "closed": closed,
+            "rss_before_kib": before, "rss_after_kib": after,
+            "peak_rss_before_kib": peak_before, "peak_rss_after_kib": peak_rss_kib(pid),
+            "secs": secs,
+        })
+    );
+}
+
+async fn slow_readers(url: String, pid: u32, readers: usize, mb: usize) {
+    let room = format!("slow{}", std::process::id());
+    let mut silent = Vec::with_capacity(readers);
+    for _ in 0..readers {
+        let mut socket = connect(&url, &room).await;
+        handshake(&mut socket, &Doc::new()).await;
+        silent.push(socket); // never read again
+    }
+    let doc = Doc::new();
+    let mut writer = connect(&url, &room).await;
+    handshake(&mut writer, &doc).await;
+    let before = rss_kib(pid);
+    let chunk = "z".repeat(4096);
+    let edits = mb * 256;
+    let text = doc.get_or_insert_text("text");
+    let started = Instant::now();
+    let mut peak = before;
+    for i in 0..edits {
+        let update = {
+            let mut txn = doc.transact_mut();
+            let len = text.len(&txn);
+            text.insert(&mut txn, len, &chunk);
+            txn.encode_update_v1()
+        };
+        send(&mut writer, &Message::Update(update.into())).await;
+        if i % 64 == 0 {
+            peak = peak.max(rss_kib(pid));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    peak = peak.max(rss_kib(pid));
+    let after = rss_kib(pid);
+    // Count the silent sessions the server cut: their streams end with a close.
+    let mut cut = 0;
+    for socket in &mut silent {
+        let mut closed = false;
+        while let Some(frame) = tokio::time::timeout(Duration::from_secs(5), socket.next())
+            .await
+            .ok()
+            .flatten()
+        {
+            if matches!(frame, Ok(Frame::Close(_)) | Err(_)) {
+                closed = true;
+                break;
+            }
+        }
+        cut += usize::from(closed);
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "mode": "slow-readers", "readers": readers, "streamed_mb": mb,
+            "rss_before_kib": before, "rss_peak_sampled_kib": peak, "rss_after_kib": after,
+            "readers_cut": cut, "stream_secs": started.elapsed().as_secs_f64(),
+        })
+    );
 }
 
 /// The trace as one v1 update per transaction, made by editing a local document.
@@ -310,6 +447,13 @@ fn main() {
                 rooms: n,
                 sessions,
             } => rooms(url, pid, n, sessions).await,
+            Mode::Amplify { url, pid, count } => amplify(url, pid, count).await,
+            Mode::SlowReaders {
+                url,
+                pid,
+                readers,
+                mb,
+            } => slow_readers(url, pid, readers, mb).await,
             Mode::Trace {
                 url,
                 pid,

@@ -3,9 +3,10 @@
 //! returns bytes ready to persist or send.
 //!
 //! It owns the rule "an update that changes nothing produces nothing": [`Document::apply_update`]
-//! returns the delta a transaction really made, or `None`. yrs is handed only payloads whose
-//! framing `protocol::ysync` already checked, and every call into yrs that reads client bytes
-//! runs under `catch_unwind`, so a yrs bug on hostile input becomes an error, not a dead thread.
+//! returns the delta a transaction really made, or `None`. yrs is handed only updates that
+//! `protocol::update_check` has walked (every declared count and length checked against the
+//! bytes that remain), and every call into yrs that reads client bytes runs under
+//! `catch_unwind`, so a yrs bug on hostile input becomes an error, not a dead thread.
 
 use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -19,6 +20,7 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Any, ArrayRef, ClientID, Doc, Map, MapRef, Out, ReadTxn, StateVector, Transact, Update};
 
+use crate::protocol::update_check::check_update_v1;
 use crate::protocol::ysync::{self, AwarenessEntry};
 
 /// Yjs client ids are at most 53 bits (they must fit a JavaScript number).
@@ -96,6 +98,9 @@ impl Document {
     /// and holds nothing a peer already has. An update whose dependencies are missing is
     /// kept by yrs as pending and its raw bytes are returned so that it is persisted too.
     pub fn apply_update(&mut self, update: &[u8]) -> Result<Option<Vec<u8>>, DocError> {
+        // yrs trusts declared counts and lengths (4 bytes can make it reserve gigabytes):
+        // nothing reaches it that the structural check has not walked first.
+        check_update_v1(update).map_err(|e| DocError::Decode(e.to_string()))?;
         let doc = self.doc();
         guard(|| {
             let decoded = Update::decode_v1(update).map_err(|e| DocError::Decode(e.to_string()))?;
