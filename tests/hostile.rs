@@ -223,3 +223,87 @@ async fn connection_room_and_document_limits() {
     assert_eq!(b.expect_close().await.0, 4009);
     assert_eq!(http_get(&server, "/healthz").await.0, 200);
 }
+
+mod live_room_property {
+    //! Random and mutated frames against one live room: whatever arrives, the server stays
+    //! up and never lets a bad frame change the document, and well-behaved sessions of the
+    //! same room still converge afterwards.
+
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::OnceLock;
+
+    fn valid_frames() -> Vec<Vec<u8>> {
+        let doc = yrs::Doc::with_client_id(77);
+        let update = local_append(&doc, "mutate me");
+        vec![
+            Message::Update(update.clone().into()).encode().to_vec(),
+            Message::SyncStep2(update.into()).encode().to_vec(),
+            Message::SyncStep1(Bytes::from_static(&[1, 77, 3]))
+                .encode()
+                .to_vec(),
+            Message::QueryAwareness.encode().to_vec(),
+            Message::Awareness(
+                tandem::protocol::ysync::encode_awareness(&[
+                    tandem::protocol::ysync::AwarenessEntry {
+                        client_id: 5,
+                        clock: 1,
+                        json: "{\"a\":1}",
+                    },
+                ])
+                .into(),
+            )
+            .encode()
+            .to_vec(),
+        ]
+    }
+
+    /// One server for every case (started lazily, killed when the test process ends).
+    fn server() -> &'static Server {
+        static SERVER: OnceLock<(tempfile::TempDir, Server)> = OnceLock::new();
+        &SERVER
+            .get_or_init(|| {
+                let dir = tempfile::tempdir().unwrap();
+                let server = Server::start(dir.path(), &["--max-messages-per-sec", "0"]);
+                (dir, server)
+            })
+            .1
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        #[test]
+        fn mutated_frames_never_break_the_room(
+            which in 0usize..5,
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+            cut in any::<usize>(),
+            noise in proptest::collection::vec(any::<u8>(), 0..32),
+        ) {
+            let mut frame = valid_frames()[which].clone();
+            for (at, value) in flips {
+                let i = at % frame.len();
+                frame[i] = value;
+            }
+            frame.truncate(cut % (frame.len() + 1));
+            frame.extend(noise);
+            let server = server();
+            actix_rt::System::new().block_on(async move {
+                let mut client = YClient::connect(server, "fuzzed").await;
+                client.send_raw(Bytes::from(frame)).await;
+                // Whatever happened to that session, the server answers and a fresh pair
+                // of sessions in the same room converges.
+                drop(client);
+                assert_eq!(http_get(server, "/healthz").await.0, 200);
+                let mut a = YClient::synced(server, "fuzzed").await;
+                let mut b = YClient::synced(server, "fuzzed").await;
+                let marker = format!("<{}>", rand::random::<u32>());
+                a.append(&marker).await;
+                while !b.text().contains(&marker) {
+                    b.next_update().await;
+                }
+                assert_eq!(a.text(), b.text(), "sessions of the fuzzed room diverged");
+            });
+        }
+    }
+}

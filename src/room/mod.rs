@@ -27,6 +27,7 @@ pub use name::{RoomName, RoomNameError, MAX_ROOM_NAME_LEN};
 use crate::auth::Access;
 use crate::metrics;
 use crate::protocol::close::{self, Close};
+use crate::protocol::update_check::check_update_v1;
 use crate::protocol::ysync::{self, Message as SyncMessage};
 use crate::storage::{Durable, Store, StoreError};
 
@@ -440,6 +441,11 @@ impl Room {
             return;
         }
         let state = self.document.snapshot();
+        // Never replace a loadable log with a snapshot that would not load.
+        if let Err(e) = check_update_v1(&state) {
+            error!(room = %self.name, error = %e, "snapshot does not validate; keeping the log");
+            return;
+        }
         match self.store.write_snapshot(&self.name, self.last_seq, &state) {
             Ok(()) => {
                 debug!(room = %self.name, seq = self.last_seq, bytes = state.len(), "snapshot written");

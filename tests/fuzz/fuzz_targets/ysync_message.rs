@@ -1,4 +1,5 @@
-//! Any frame: decoding never panics, and what decodes re-encodes to the same bytes.
+//! Any frame: decoding never panics, and what decodes survives an encode/decode round trip
+//! (the bytes may differ: lib0 readers accept overlong varints, the writer never emits them).
 #![no_main]
 
 use bytes::Bytes;
@@ -8,6 +9,6 @@ use tandem::protocol::ysync::Message;
 fuzz_target!(|data: &[u8]| {
     let frame = Bytes::copy_from_slice(data);
     if let Ok(message) = Message::decode(&frame) {
-        assert_eq!(message.encode(), frame, "decode/encode is not a round trip");
+        assert_eq!(Message::decode(&message.encode()), Ok(message), "round trip");
     }
 });
