@@ -12,6 +12,8 @@
 //! - [`session`] — one actor per WebSocket: frames, heartbeat, close codes;
 //! - [`registry`] — room name → room actor; activation and deactivation;
 //! - [`storage`] — the [`storage::Store`] trait; sled (default) and in-memory;
+//! - [`stream`] — the chat stream's pure core and JSON wire format (not yet served: the
+//!   chat issue is in progress);
 //! - [`http`] — routes, the WebSocket upgrade, the REST and ops endpoints;
 //! - [`config`] — flags, environment and TOML file, validated;
 //! - [`metrics`] — the Prometheus metrics;
@@ -27,6 +29,7 @@ pub mod room;
 pub mod server;
 pub mod session;
 pub mod storage;
+pub mod stream;
 
 pub use config::{Config, Settings};
 pub use server::{run, run_with_store, ServerError};
