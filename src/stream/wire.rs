@@ -154,9 +154,12 @@ impl Event {
 
 fn to_json(value: &impl Serialize) -> Bytes {
     // Serializing these plain structs cannot fail (no maps with non-string keys).
+    // Should it ever fail, send a fixed, valid error event rather than splice the error's
+    // text (unescaped) into JSON.
     serde_json::to_vec(value)
         .unwrap_or_else(|e| {
-            format!(r#"{{"type":"error","code":"internal","message":"{e}"}}"#).into_bytes()
+            tracing::error!(error = %e, "could not encode a stream event");
+            br#"{"type":"error","code":"internal","message":"event could not be encoded"}"#.to_vec()
         })
         .into()
 }
