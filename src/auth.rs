@@ -40,6 +40,9 @@ struct Claims {
     /// Whether the bearer may use admin endpoints.
     #[serde(default)]
     admin: bool,
+    /// Public presence info (a name, an avatar URL…) shown to the room's other members.
+    #[serde(default)]
+    info: Option<serde_json::Value>,
 }
 
 fn read_access() -> Access {
@@ -47,7 +50,7 @@ fn read_access() -> Access {
 }
 
 /// What a verified token grants in one room.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Grant {
     /// The token's subject, if any.
     pub subject: Option<String>,
@@ -55,6 +58,8 @@ pub struct Grant {
     pub access: Access,
     /// Whether the bearer is an admin.
     pub admin: bool,
+    /// The token's public presence info (`info` claim).
+    pub info: Option<serde_json::Value>,
 }
 
 /// Why a request is refused. The first group maps to 401, the second to 403.
@@ -166,6 +171,7 @@ impl Authenticator {
                     subject: None,
                     access: Access::Write,
                     admin: false,
+                    info: None,
                 })
             }
             Some(claims) => claims,
@@ -177,6 +183,7 @@ impl Authenticator {
             subject: claims.sub,
             access: claims.perm,
             admin: claims.admin,
+            info: claims.info,
         })
     }
 

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::auth::Authenticator;
-use crate::room::RoomConfig;
+use crate::room::{RoomConfig, StreamConfig};
 use crate::session::SessionConfig;
 use crate::storage::FlushPolicy;
 
@@ -48,6 +48,16 @@ pub const DEFAULT_MAX_ROOMS: usize = 100_000;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 50_000;
 /// Default time a client has to send its request head (the WebSocket handshake).
 pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: f64 = 5.0;
+/// Default chat messages kept per room.
+pub const DEFAULT_STREAM_RETENTION_MESSAGES: u64 = 10_000;
+/// Default age after which chat messages are dropped: 7 days.
+pub const DEFAULT_STREAM_RETENTION_SECS: f64 = 7.0 * 86_400.0;
+/// Default largest chat message body (compact JSON bytes).
+pub const DEFAULT_MAX_CHAT_BODY_BYTES: usize = 64 * 1024;
+/// Default life of a typing/status state.
+pub const DEFAULT_TYPING_TTL_SECS: f64 = 5.0;
+/// Default client message ids remembered per room for idempotent retries.
+pub const DEFAULT_IDEMPOTENCY_WINDOW: usize = 10_000;
 /// Default flush policy.
 pub const DEFAULT_FLUSH: &str = "batch";
 
@@ -125,6 +135,22 @@ pub struct Settings {
     /// Seconds of clock skew tolerated when checking `exp` and `nbf` [default: 5]
     #[arg(long, env = "TANDEM_JWT_LEEWAY_SECS")]
     pub jwt_leeway_secs: Option<u64>,
+    /// Chat messages kept per room; older ones are dropped [default: 10000]
+    #[arg(long, env = "TANDEM_STREAM_RETENTION_MESSAGES")]
+    pub stream_retention_messages: Option<u64>,
+    /// Seconds a chat message is kept [default: 604800, 7 days]
+    #[arg(long, env = "TANDEM_STREAM_RETENTION_SECS")]
+    pub stream_retention_secs: Option<f64>,
+    /// Largest chat message body, in bytes of compact JSON [default: 65536]
+    #[arg(long, env = "TANDEM_MAX_CHAT_BODY_BYTES")]
+    pub max_chat_body_bytes: Option<usize>,
+    /// Seconds a typing/status state lasts unless set again [default: 5]
+    #[arg(long, env = "TANDEM_TYPING_TTL_SECS")]
+    pub typing_ttl_secs: Option<f64>,
+    /// Client message ids remembered per room for idempotent retries; 0 disables
+    /// [default: 10000]
+    #[arg(long, env = "TANDEM_IDEMPOTENCY_WINDOW")]
+    pub idempotency_window: Option<usize>,
 }
 
 impl Settings {
@@ -173,6 +199,15 @@ impl Settings {
             jwt_secret: self.jwt_secret.or(fallback.jwt_secret),
             jwt_public_key: self.jwt_public_key.or(fallback.jwt_public_key),
             jwt_leeway_secs: self.jwt_leeway_secs.or(fallback.jwt_leeway_secs),
+            stream_retention_messages: self
+                .stream_retention_messages
+                .or(fallback.stream_retention_messages),
+            stream_retention_secs: self
+                .stream_retention_secs
+                .or(fallback.stream_retention_secs),
+            max_chat_body_bytes: self.max_chat_body_bytes.or(fallback.max_chat_body_bytes),
+            typing_ttl_secs: self.typing_ttl_secs.or(fallback.typing_ttl_secs),
+            idempotency_window: self.idempotency_window.or(fallback.idempotency_window),
         }
     }
 }
@@ -367,6 +402,42 @@ impl Config {
                 reason: "must be longer than heartbeat-interval-secs".into(),
             });
         }
+        let max_outbox_bytes = settings
+            .max_outbox_bytes
+            .unwrap_or(DEFAULT_MAX_OUTBOX_BYTES);
+        let stream = StreamConfig {
+            retention_messages: positive(
+                "stream-retention-messages",
+                settings
+                    .stream_retention_messages
+                    .unwrap_or(DEFAULT_STREAM_RETENTION_MESSAGES) as usize,
+            )? as u64,
+            retention_age: seconds(
+                "stream-retention-secs",
+                settings
+                    .stream_retention_secs
+                    .unwrap_or(DEFAULT_STREAM_RETENTION_SECS),
+                0.1,
+                10.0 * 365.0 * 86_400.0,
+            )?,
+            max_body_bytes: positive(
+                "max-chat-body-bytes",
+                settings
+                    .max_chat_body_bytes
+                    .unwrap_or(DEFAULT_MAX_CHAT_BODY_BYTES),
+            )?
+            .min(max_message_bytes),
+            typing_ttl: seconds(
+                "typing-ttl-secs",
+                settings.typing_ttl_secs.unwrap_or(DEFAULT_TYPING_TTL_SECS),
+                0.05,
+                3600.0,
+            )?,
+            idempotency_window: settings
+                .idempotency_window
+                .unwrap_or(DEFAULT_IDEMPOTENCY_WINDOW),
+            max_replay_bytes: max_outbox_bytes / 2,
+        };
         Ok(Config {
             listen: match settings.listen {
                 Some(addr) => addr,
@@ -396,14 +467,13 @@ impl Config {
                     0.01,
                     86_400.0,
                 )?,
+                stream,
             },
             session: SessionConfig {
                 max_message_bytes,
                 heartbeat_interval,
                 heartbeat_timeout,
-                max_outbox_bytes: settings
-                    .max_outbox_bytes
-                    .unwrap_or(DEFAULT_MAX_OUTBOX_BYTES),
+                max_outbox_bytes,
                 max_messages_per_sec: settings
                     .max_messages_per_sec
                     .unwrap_or(DEFAULT_MAX_MESSAGES_PER_SEC),

@@ -43,6 +43,18 @@ pub struct Metrics {
     pub activations: Counter,
     /// Room deactivations after the idle timeout.
     pub evictions: Counter,
+    /// Chat messages published (made durable), not counting idempotent retries.
+    pub chat_published: Counter,
+    /// Chat message events delivered to members (one per recipient).
+    pub chat_delivered: Counter,
+    /// Publishes answered from the idempotency window instead of publishing again.
+    pub chat_duplicates: Counter,
+    /// Chat members (WebSocket and SSE) currently joined.
+    pub chat_members: Gauge,
+    /// Resuming joins that got every missed message.
+    pub chat_recovered: Counter,
+    /// Resuming joins told the server could not recover (the app must reload).
+    pub chat_not_recovered: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -69,6 +81,12 @@ impl Metrics {
             snapshots: Counter::default(),
             activations: Counter::default(),
             evictions: Counter::default(),
+            chat_published: Counter::default(),
+            chat_delivered: Counter::default(),
+            chat_duplicates: Counter::default(),
+            chat_members: Gauge::default(),
+            chat_recovered: Counter::default(),
+            chat_not_recovered: Counter::default(),
             registry: Registry::default(),
         };
         let m = &metrics;
@@ -142,6 +160,40 @@ impl Metrics {
             "tandem_room_evictions",
             "Idle room deactivations",
             m.evictions.clone(),
+        );
+        for (name, help, counter) in [
+            (
+                "tandem_chat_published",
+                "Chat messages published",
+                &m.chat_published,
+            ),
+            (
+                "tandem_chat_delivered",
+                "Chat message events delivered to members",
+                &m.chat_delivered,
+            ),
+            (
+                "tandem_chat_duplicates",
+                "Chat publishes answered from the idempotency window",
+                &m.chat_duplicates,
+            ),
+            (
+                "tandem_chat_recovered",
+                "Resuming chat joins that recovered every missed message",
+                &m.chat_recovered,
+            ),
+            (
+                "tandem_chat_not_recovered",
+                "Resuming chat joins that could not recover",
+                &m.chat_not_recovered,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
+        registry.register(
+            "tandem_chat_members",
+            "Chat members currently joined",
+            m.chat_members.clone(),
         );
         Self {
             registry,

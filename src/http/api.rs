@@ -17,7 +17,8 @@ pub struct StateQuery {
     format: Option<String>,
 }
 
-async fn durable(reply: DurableReply) -> Result<Bytes, ApiError> {
+/// Waits for a room's durable reply.
+pub(super) async fn durable(reply: DurableReply) -> Result<Bytes, ApiError> {
     reply
         .await
         .map_err(|_| ApiError::Unavailable("room stopped before the write was durable".into()))?

@@ -4,9 +4,12 @@
 //! Routes:
 //! - `GET /yjs/{room}` — WebSocket upgrade, y-websocket protocol ([`yjs`]);
 //! - `GET /rooms/{room}/state`, `POST /rooms/{room}/update` — the document over HTTP ([`api`]);
+//! - `GET /rooms/{room}/ws` (WebSocket), `GET /rooms/{room}/events` (SSE),
+//!   `POST|GET /rooms/{room}/messages` — the chat stream ([`chat`]);
 //! - `GET /healthz`, `GET /readyz`, `GET /metrics` — operations ([`ops`]).
 
 mod api;
+mod chat;
 mod ops;
 mod yjs;
 
@@ -46,6 +49,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/yjs/{room}", web::get().to(yjs::upgrade))
         .route("/rooms/{room}/state", web::get().to(api::get_state))
         .route("/rooms/{room}/update", web::post().to(api::post_update))
+        .route("/rooms/{room}/ws", web::get().to(chat::upgrade))
+        .route("/rooms/{room}/events", web::get().to(chat::events))
+        .route("/rooms/{room}/messages", web::post().to(chat::publish))
+        .route("/rooms/{room}/messages", web::get().to(chat::read))
         .route("/healthz", web::get().to(ops::healthz))
         .route("/readyz", web::get().to(ops::readyz))
         .route("/metrics", web::get().to(ops::metrics));
@@ -66,6 +73,9 @@ pub enum ApiError {
     /// The document would exceed its size limit.
     #[error("document would exceed {0} bytes")]
     TooLarge(u64),
+    /// The request body is larger than allowed.
+    #[error("{0}")]
+    PayloadTooLarge(String),
     /// Authentication or authorization failed.
     #[error(transparent)]
     Auth(#[from] AuthError),
@@ -82,6 +92,9 @@ impl From<RoomError> for ApiError {
             }
             RoomError::Unavailable(why) | RoomError::Full(why) => ApiError::Unavailable(why),
             RoomError::TooLarge { limit } => ApiError::TooLarge(limit),
+            RoomError::BodyTooLarge { limit } => {
+                ApiError::PayloadTooLarge(format!("message body is larger than {limit} bytes"))
+            }
         }
     }
 }
@@ -91,7 +104,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::RoomName(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooLarge(_) | ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Auth(e) if e.is_unauthenticated() => StatusCode::UNAUTHORIZED,
             ApiError::Auth(_) => StatusCode::FORBIDDEN,
         }

@@ -28,6 +28,17 @@ pub async fn upgrade(
         state.config.session.clone(),
         Arc::clone(&state.connections),
     );
+    start(session, &req, stream, &state)
+}
+
+/// Completes the upgrade of `req` into `session` (y-websocket or chat) with the configured
+/// frame limit.
+pub(super) fn start(
+    session: Session,
+    req: &HttpRequest,
+    stream: web::Payload,
+    state: &AppState,
+) -> Result<HttpResponse, actix_web::Error> {
     // Over the connection limit the upgrade still happens, so that the client gets a close
     // code it understands (1013, try again later) instead of a failed handshake.
     let session = if state.connections.load(Ordering::Relaxed) >= state.config.max_connections {
@@ -35,7 +46,7 @@ pub async fn upgrade(
     } else {
         session
     };
-    ws::WsResponseBuilder::new(session, &req, stream)
+    ws::WsResponseBuilder::new(session, req, stream)
         .frame_size(state.config.max_message_bytes)
         .start()
 }

@@ -7,6 +7,7 @@
 //! (only the [`Store`] trait). Activation happens in `started` (load snapshot + log tail);
 //! deactivation after the idle timeout writes a final snapshot and tells the registry.
 
+mod chat;
 pub mod document;
 mod name;
 
@@ -21,6 +22,10 @@ use thiserror::Error;
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
+pub use chat::{
+    ChatJoin, ChatRequest, HttpPublish, ReadMessages, ReadReply, StreamConfig, DEFAULT_PAGE,
+    MAX_PAGE,
+};
 pub use document::{DocError, Document};
 pub use name::{RoomName, RoomNameError, MAX_ROOM_NAME_LEN};
 
@@ -30,6 +35,7 @@ use crate::protocol::close::{self, Close};
 use crate::protocol::update_check::check_update_v1;
 use crate::protocol::ysync::{self, Message as SyncMessage};
 use crate::storage::{Durable, Store, StoreError};
+use crate::stream::wire::Event;
 
 /// A v1 update with no structs and no deletions.
 const EMPTY_UPDATE: &[u8] = &[0, 0];
@@ -59,6 +65,12 @@ pub enum RoomError {
         /// The configured limit.
         limit: u64,
     },
+    /// A chat message body is larger than the configured limit.
+    #[error("message body is larger than {limit} bytes")]
+    BodyTooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
 }
 
 /// Room behaviour knobs (from the configuration).
@@ -72,14 +84,18 @@ pub struct RoomConfig {
     pub snapshot_interval: Duration,
     /// Refuse updates once the stored document (snapshot plus log) would exceed this.
     pub max_document_bytes: u64,
+    /// The chat stream's knobs.
+    pub stream: StreamConfig,
 }
 
 /// Something for a session to do: send a frame or close.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
 pub enum Outbound {
-    /// Send this binary frame.
+    /// Send this binary frame (y-websocket sessions).
     Frame(Bytes),
+    /// Send this chat event (chat members).
+    Event(Event),
     /// Close with this code; the string adds detail to the reason.
     Close(Close, String),
 }
@@ -166,10 +182,12 @@ enum AfterFlush {
         tx: oneshot::Sender<Result<Bytes, RoomError>>,
         body: Bytes,
     },
+    Chat(chat::ChatAction),
 }
 
 struct Pending {
-    seq: u64,
+    /// Performed once this many writes are durable.
+    writes: u64,
     since: Instant,
     action: AfterFlush,
 }
@@ -197,12 +215,16 @@ pub struct Room {
     config: RoomConfig,
     document: Document,
     sessions: HashMap<SessionId, SessionEntry>,
+    /// The chat stream, loaded on first use.
+    chat: Option<chat::Chat>,
     /// Stored size of the document: the last snapshot plus the log after it.
     stored_bytes: u64,
     /// Highest sequence number appended to the log.
     last_seq: u64,
-    /// Highest sequence number known durable.
-    durable_seq: u64,
+    /// Writes (log appends and stream messages) made to the store by this activation.
+    writes: u64,
+    /// How many of them are known durable.
+    durable_writes: u64,
     /// Sequence number the last snapshot covers.
     snapshot_seq: u64,
     last_snapshot_at: Instant,
@@ -231,9 +253,11 @@ impl Room {
             config,
             document: Document::new(),
             sessions: HashMap::new(),
+            chat: None,
             stored_bytes: 0,
             last_seq: 0,
-            durable_seq: 0,
+            writes: 0,
+            durable_writes: 0,
             snapshot_seq: 0,
             last_snapshot_at: Instant::now(),
             pending: VecDeque::new(),
@@ -255,7 +279,6 @@ impl Room {
         self.stored_bytes = stored.snapshot.as_ref().map_or(0, |s| s.len() as u64)
             + stored.updates.iter().map(|u| u.len() as u64).sum::<u64>();
         self.last_seq = stored.last_seq;
-        self.durable_seq = stored.last_seq;
         self.snapshot_seq = stored.last_seq - stored.updates.len() as u64;
         debug!(
             room = %self.name,
@@ -267,7 +290,11 @@ impl Room {
     }
 
     fn tick_interval(&self) -> Duration {
-        let shortest = self.config.idle_timeout.min(self.config.snapshot_interval);
+        let shortest = self
+            .config
+            .idle_timeout
+            .min(self.config.snapshot_interval)
+            .min(self.config.stream.typing_ttl);
         (shortest / 4).clamp(Duration::from_millis(20), Duration::from_secs(1))
     }
 
@@ -302,6 +329,7 @@ impl Room {
             self.fail(&format!("appending to the log failed: {e}"), ctx);
             return Err(e.into());
         }
+        self.writes += 1;
         let frame = SyncMessage::Update(delta.into()).encode();
         self.after_durable(
             AfterFlush::Broadcast {
@@ -319,12 +347,12 @@ impl Room {
     /// Runs `action` once everything logged so far is durable.
     fn after_durable(&mut self, action: AfterFlush, ctx: &mut Context<Self>) {
         self.poll_flush(ctx);
-        if self.durable_seq >= self.last_seq && self.pending.is_empty() {
-            self.perform(action);
+        if self.durable_writes >= self.writes && self.pending.is_empty() {
+            self.perform(action, ctx);
             return;
         }
         self.pending.push_back(Pending {
-            seq: self.last_seq,
+            writes: self.writes,
             since: Instant::now(),
             action,
         });
@@ -341,7 +369,7 @@ impl Room {
         let done = self.store.flush().shared();
         self.in_flight = Some(InFlight {
             generation,
-            upto: self.last_seq,
+            upto: self.writes,
             done: done.clone(),
         });
         // Wakes the room when the flush ends while it is idle. Under a steady stream of
@@ -376,8 +404,7 @@ impl Room {
         };
         match result {
             Ok(()) => {
-                self.durable_seq = self.durable_seq.max(in_flight.upto);
-                tracing::trace!(room = %self.name, upto = in_flight.upto, last = self.last_seq, pending = self.pending.len(), "flush done");
+                self.durable_writes = self.durable_writes.max(in_flight.upto);
                 self.release(ctx);
             }
             Err(e) => self.fail(&format!("flush failed: {e}"), ctx),
@@ -389,7 +416,7 @@ impl Room {
         while self
             .pending
             .front()
-            .is_some_and(|p| p.seq <= self.durable_seq)
+            .is_some_and(|p| p.writes <= self.durable_writes)
         {
             let Some(pending) = self.pending.pop_front() else {
                 break;
@@ -397,18 +424,19 @@ impl Room {
             metrics::get()
                 .persist_seconds
                 .observe(pending.since.elapsed().as_secs_f64());
-            self.perform(pending.action);
+            self.perform(pending.action, ctx);
         }
         self.request_flush(ctx);
     }
 
-    fn perform(&mut self, action: AfterFlush) {
+    fn perform(&mut self, action: AfterFlush, ctx: &mut Context<Self>) {
         match action {
             AfterFlush::Broadcast { frame, except } => self.broadcast(&frame, except),
             AfterFlush::Send { to, frame } => self.send(to, frame),
             AfterFlush::Reply { tx, body } => {
                 let _ = tx.send(Ok(body));
             }
+            AfterFlush::Chat(action) => self.perform_chat(action, ctx),
         }
     }
 
@@ -496,6 +524,7 @@ impl Room {
                 .do_send(Outbound::Close(close::INTERNAL_ERROR, why.to_owned()));
         }
         self.sessions.clear();
+        self.chat_close_all(close::INTERNAL_ERROR, why);
         self.stopping = true;
         ctx.stop();
     }
@@ -505,7 +534,9 @@ impl Room {
         if snapshot_due && self.last_seq > self.snapshot_seq {
             self.snapshot();
         }
+        self.chat_tick();
         let idle = self.sessions.is_empty()
+            && self.chat.as_ref().is_none_or(chat::Chat::is_idle)
             && self.pending.is_empty()
             && self.in_flight.is_none()
             && self.empty_since.elapsed() >= self.config.idle_timeout;
@@ -580,6 +611,7 @@ impl Handler<Leave> for Room {
 
     fn handle(&mut self, msg: Leave, _ctx: &mut Self::Context) {
         self.remove_session(msg.session);
+        self.chat_leave(msg.session);
     }
 }
 
@@ -699,6 +731,7 @@ impl Handler<Shutdown> for Room {
                 .do_send(Outbound::Close(close::GOING_AWAY, String::new()));
         }
         self.sessions.clear();
+        self.chat_close_all(close::GOING_AWAY, "");
         self.snapshot();
         Box::pin(
             self.store
@@ -707,7 +740,7 @@ impl Handler<Shutdown> for Room {
                 .map(|result, room, ctx| {
                     match result {
                         Ok(()) => {
-                            room.durable_seq = room.last_seq;
+                            room.durable_writes = room.writes;
                             room.release(ctx);
                         }
                         Err(e) => error!(room = %room.name, error = %e, "final flush failed"),

@@ -1,12 +1,15 @@
-//! One actor per WebSocket connection on `/yjs/{room}`: it owns the socket's concerns only
-//! (frame reassembly and size limits, decoding, heartbeat and keepalive, close codes) and
-//! forwards each decoded message to its room. It holds no document state, so the transport
-//! could change in this one file.
+//! One actor per WebSocket connection: `/yjs/{room}` (binary y-websocket frames) or
+//! `/rooms/{room}/ws` (the chat stream's JSON text frames). It owns the socket's concerns
+//! only (frame reassembly and size limits, decoding, heartbeat and keepalive, close codes)
+//! and forwards each decoded message to its room. It holds no document or stream state, so
+//! the transport could change in this one file.
 //!
-//! Join and leave are sent from `started` and `stopping`, so a session can never be
-//! forgotten by its room. Flow control (message rate, unread outbox bytes) is in [`limits`].
+//! A y-websocket session joins its room from `started`; a chat session when its client
+//! sends `join`. Leave is sent from `stopping`, so a session can never be forgotten by its
+//! room. Flow control (message rate, unread outbox bytes) is in [`limits`].
 
 mod limits;
+pub mod sse;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,6 +19,8 @@ use actix::prelude::*;
 use actix_http::ws::Item;
 use actix_web_actors::ws;
 use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
+use serde_json::Value;
 use tracing::{debug, info, warn};
 
 use crate::auth::Access;
@@ -23,7 +28,11 @@ use crate::metrics;
 use crate::protocol::close::{self, Close};
 use crate::protocol::ysync::{DecodeError, Message as SyncMessage};
 use crate::registry::{send_to_room, Registry};
-use crate::room::{Join, Leave, Outbound, Receive, Room, RoomError, RoomName, SessionId};
+use crate::room::{
+    ChatJoin, ChatRequest, Join, Leave, Outbound, Receive, Room, RoomError, RoomName, SessionId,
+};
+use crate::stream::wire::{self, ErrorCode, Request};
+use crate::stream::ResumeFrom;
 use limits::{InFlight, TokenBucket};
 
 /// Send a ping carrying the sent-bytes count at least this often (in bytes), so the
@@ -52,6 +61,21 @@ pub struct SessionConfig {
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
+/// Which protocol the socket speaks.
+enum Protocol {
+    /// y-websocket: binary frames, joined on start.
+    Yjs,
+    /// The chat stream: JSON text frames, joined on the client's `join`.
+    Chat {
+        /// The token's subject.
+        subject: Option<String>,
+        /// The token's public presence info.
+        info: Option<Value>,
+        /// Whether a `join` was accepted (or is under way).
+        joined: bool,
+    },
+}
+
 /// The session actor.
 pub struct Session {
     id: SessionId,
@@ -72,6 +96,7 @@ pub struct Session {
     connections: Arc<AtomicUsize>,
     /// If set, the session closes with this as soon as it starts (node over a limit).
     refuse: Option<Close>,
+    protocol: Protocol,
 }
 
 impl Session {
@@ -93,6 +118,7 @@ impl Session {
             rate,
             connections,
             refuse: None,
+            protocol: Protocol::Yjs,
             id: SessionId(NEXT_SESSION.fetch_add(1, Ordering::Relaxed)),
             room_name,
             access,
@@ -111,10 +137,36 @@ impl Session {
         self
     }
 
+    /// Makes this a chat-stream session (JSON text frames, joined on `join`).
+    pub fn chat(mut self, subject: Option<String>, info: Option<Value>) -> Self {
+        self.protocol = Protocol::Chat {
+            subject,
+            info,
+            joined: false,
+        };
+        self
+    }
+
+    fn is_chat(&self) -> bool {
+        matches!(self.protocol, Protocol::Chat { .. })
+    }
+
     /// Sends one frame, counting it, and probes the client's progress when due.
     fn send_frame(&mut self, frame: Bytes, ctx: &mut ws::WebsocketContext<Self>) {
         self.in_flight.sent(frame.len());
         ctx.binary(frame);
+        self.sent(ctx);
+    }
+
+    /// Sends one text frame (a chat event), counting it like [`Self::send_frame`].
+    fn send_text(&mut self, text: ByteString, ctx: &mut ws::WebsocketContext<Self>) {
+        self.in_flight.sent(text.len());
+        ctx.text(text);
+        self.sent(ctx);
+    }
+
+    /// After a send: note the time and probe the client's progress when due.
+    fn sent(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
         self.last_sent = Instant::now();
         let every = (self.config.max_outbox_bytes / 8).max(MIN_PROBE_BYTES);
         if let Some(probe) = self.in_flight.probe_due(every) {
@@ -143,16 +195,28 @@ impl Session {
         ctx.stop();
     }
 
-    /// Decodes one whole message and hands it to the room.
-    fn receive(&mut self, frame: Bytes, ctx: &mut ws::WebsocketContext<Self>) {
-        metrics::get().bytes_in.inc_by(frame.len() as u64);
+    /// Counts an incoming message against the rate limit; false (and closed) when over it.
+    fn within_rate(&mut self, size: usize, ctx: &mut ws::WebsocketContext<Self>) -> bool {
+        metrics::get().bytes_in.inc_by(size as u64);
         if let Some(rate) = &mut self.rate {
             if !rate.take(Instant::now()) {
                 info!(room = %self.room_name, session = self.id.0, "closing session: over the message rate");
                 metrics::get().protocol_errors.inc();
                 self.close(ctx, close::RATE_LIMITED, "");
-                return;
+                return false;
             }
+        }
+        true
+    }
+
+    /// Decodes one whole binary message and hands it to the room.
+    fn receive(&mut self, frame: Bytes, ctx: &mut ws::WebsocketContext<Self>) {
+        if self.is_chat() {
+            self.close(ctx, close::UNSUPPORTED_DATA, "chat frames are JSON text");
+            return;
+        }
+        if !self.within_rate(frame.len(), ctx) {
+            return;
         }
         let message = match SyncMessage::decode(&frame) {
             Ok(message) => message,
@@ -178,10 +242,128 @@ impl Session {
         }
     }
 
+    /// Parses one whole chat request and acts on it: `join` here, the rest in the room.
+    fn receive_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
+        if !self.within_rate(text.len(), ctx) {
+            return;
+        }
+        let request = match Request::parse(text) {
+            Ok(request) => request,
+            Err(e) => {
+                metrics::get().protocol_errors.inc();
+                self.send_event(
+                    wire::error(ErrorCode::BadRequest, &e.to_string(), None),
+                    ctx,
+                );
+                return;
+            }
+        };
+        let Protocol::Chat {
+            subject,
+            info,
+            joined,
+        } = &mut self.protocol
+        else {
+            return;
+        };
+        match request {
+            Request::Join { v, epoch, since } if !*joined => {
+                if v.is_some_and(|v| v != wire::VERSION) {
+                    let why = format!("protocol version {} is not supported", v.unwrap_or(0));
+                    self.send_event(wire::error(ErrorCode::BadRequest, &why, None), ctx);
+                    return;
+                }
+                *joined = true;
+                let resume = since.map(|since| ResumeFrom { epoch, since });
+                let (subject, info) = (subject.clone(), info.clone());
+                self.join_chat(subject, info, resume, ctx);
+            }
+            request if !*joined => {
+                let id = match &request {
+                    Request::Publish { id, .. } => id.clone(),
+                    Request::History { req, .. } => req.clone(),
+                    _ => None,
+                };
+                let error = wire::error(ErrorCode::NotJoined, "send join first", id.as_deref());
+                self.send_event(error, ctx);
+            }
+            request => {
+                // `room` is None only while the join is under way; `ctx.wait` holds frames
+                // back until then, so a request is never dropped here.
+                if let Some(room) = &self.room {
+                    room.do_send(ChatRequest {
+                        session: self.id,
+                        request,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Joins the room's chat stream; frames wait until the room has answered.
+    fn join_chat(
+        &mut self,
+        subject: Option<String>,
+        info: Option<Value>,
+        resume: Option<ResumeFrom>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        let (registry, name, id, access) = (
+            self.registry.clone(),
+            self.room_name.clone(),
+            self.id,
+            self.access,
+        );
+        let outbox = ctx.address().recipient::<Outbound>();
+        let join = async move {
+            send_to_room(&registry, &name, || ChatJoin {
+                session: id,
+                access,
+                subject: subject.clone(),
+                info: info.clone(),
+                outbox: outbox.clone(),
+                resume: resume.clone(),
+            })
+            .await?
+        };
+        ctx.wait(
+            join.into_actor(self)
+                .map(|result, session, ctx| session.joined(result, ctx)),
+        );
+    }
+
+    /// The room's answer to a join (y-websocket or chat).
+    fn joined(
+        &mut self,
+        result: Result<Addr<Room>, RoomError>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        match result {
+            Ok(room) => self.room = Some(room),
+            Err(RoomError::Full(why)) => self.close(ctx, close::TRY_AGAIN_LATER, &why),
+            Err(e) => {
+                warn!(room = %self.room_name, error = %e, "could not join room");
+                self.close(ctx, close::INTERNAL_ERROR, &e.to_string());
+            }
+        }
+    }
+
+    /// Sends a chat event the session itself produced (not from the room).
+    fn send_event(&mut self, event: wire::Event, ctx: &mut ws::WebsocketContext<Self>) {
+        match ByteString::try_from(event.json) {
+            Ok(text) => self.send_text(text, ctx),
+            Err(_) => warn!(
+                session = self.id.0,
+                "dropping a chat event that is not UTF-8"
+            ),
+        }
+    }
+
     fn on_fragment(&mut self, item: Item, ctx: &mut ws::WebsocketContext<Self>) {
         let (chunk, first, last) = match item {
-            Item::FirstBinary(b) => (b, true, false),
-            Item::FirstText(_) => {
+            Item::FirstBinary(b) if !self.is_chat() => (b, true, false),
+            Item::FirstText(b) if self.is_chat() => (b, true, false),
+            Item::FirstBinary(_) | Item::FirstText(_) => {
                 self.close(ctx, close::UNSUPPORTED_DATA, "");
                 return;
             }
@@ -206,7 +388,14 @@ impl Session {
         buffer.extend_from_slice(&chunk);
         if last {
             let whole = self.partial.take().unwrap_or_default().freeze();
-            self.receive(whole, ctx);
+            if !self.is_chat() {
+                self.receive(whole, ctx);
+                return;
+            }
+            match std::str::from_utf8(&whole) {
+                Ok(text) => self.receive_text(text, ctx),
+                Err(_) => self.close(ctx, close::MALFORMED_MESSAGE, "text is not UTF-8"),
+            }
         }
     }
 
@@ -217,7 +406,8 @@ impl Session {
             return;
         }
         ctx.ping(&self.in_flight.probe());
-        if self.last_sent.elapsed() >= self.config.heartbeat_interval {
+        // Chat clients see pings (browsers answer them); only y-websocket needs a frame.
+        if !self.is_chat() && self.last_sent.elapsed() >= self.config.heartbeat_interval {
             self.send_frame(Bytes::from_static(KEEPALIVE_FRAME), ctx);
         }
     }
@@ -234,6 +424,9 @@ impl Actor for Session {
             return;
         }
         ctx.run_interval(self.config.heartbeat_interval, Self::heartbeat);
+        if self.is_chat() {
+            return; // joins on the client's `join` request
+        }
         let (registry, name, id, access) = (
             self.registry.clone(),
             self.room_name.clone(),
@@ -252,16 +445,7 @@ impl Actor for Session {
         // `wait` holds back the socket's frames until the room has accepted the session.
         ctx.wait(
             join.into_actor(self)
-                .map(|result, session, ctx| match result {
-                    Ok(room) => session.room = Some(room),
-                    Err(RoomError::Full(why)) => {
-                        session.close(ctx, close::TRY_AGAIN_LATER, &why);
-                    }
-                    Err(e) => {
-                        warn!(room = %session.room_name, error = %e, "could not join room");
-                        session.close(ctx, close::INTERNAL_ERROR, &e.to_string());
-                    }
-                }),
+                .map(|result, session, ctx| session.joined(result, ctx)),
         );
     }
 
@@ -282,17 +466,18 @@ impl Handler<Outbound> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: Outbound, ctx: &mut Self::Context) {
-        match msg {
-            Outbound::Frame(frame) => {
-                let unread = self.in_flight.unread();
-                if unread > self.config.max_outbox_bytes {
-                    info!(room = %self.room_name, session = self.id.0, unread, "closing session: client too slow");
-                    metrics::get().slow_consumers.inc();
-                    self.close(ctx, close::TOO_SLOW, &format!("{unread} bytes unread"));
-                    return;
-                }
-                self.send_frame(frame, ctx);
+        if matches!(msg, Outbound::Frame(_) | Outbound::Event(_)) {
+            let unread = self.in_flight.unread();
+            if unread > self.config.max_outbox_bytes {
+                info!(room = %self.room_name, session = self.id.0, unread, "closing session: client too slow");
+                metrics::get().slow_consumers.inc();
+                self.close(ctx, close::TOO_SLOW, &format!("{unread} bytes unread"));
+                return;
             }
+        }
+        match msg {
+            Outbound::Frame(frame) => self.send_frame(frame, ctx),
+            Outbound::Event(event) => self.send_event(event, ctx),
             Outbound::Close(close, detail) => {
                 self.room = None; // the room has already forgotten this session
                 self.close(ctx, close, &detail);
@@ -319,6 +504,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
         match message {
             ws::Message::Binary(frame) => self.receive(frame, ctx),
             ws::Message::Continuation(item) => self.on_fragment(item, ctx),
+            ws::Message::Text(text) if self.is_chat() => self.receive_text(&text, ctx),
             ws::Message::Text(_) => self.close(ctx, close::UNSUPPORTED_DATA, ""),
             ws::Message::Ping(payload) => ctx.pong(&payload),
             ws::Message::Pong(payload) => self.in_flight.answered(&payload),

@@ -4,13 +4,16 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use super::{Durable, Store, StoreError, StoredDoc};
+use super::{Durable, Store, StoreError, StoredDoc, StoredStream};
 use crate::room::RoomName;
 
 #[derive(Default)]
 struct RoomRecords {
     snapshot: Option<(u64, Vec<u8>)>,
     log: BTreeMap<u64, Vec<u8>>,
+    /// The stream's epoch and trimmed-up-to seq, once it exists.
+    stream: Option<(String, u64)>,
+    messages: BTreeMap<u64, Vec<u8>>,
 }
 
 /// A [`Store`] that keeps everything in a map.
@@ -60,6 +63,90 @@ impl Store for MemoryStore {
         self.with_room(room, |records| {
             records.snapshot = Some((upto, state.to_vec()));
             records.log.retain(|&seq, _| seq > upto);
+        });
+        Ok(())
+    }
+
+    fn load_stream(&self, room: &RoomName) -> Result<Option<StoredStream>, StoreError> {
+        Ok(self.with_room(room, |records| {
+            let (epoch, trimmed) = records.stream.clone()?;
+            let last_seq = records
+                .messages
+                .keys()
+                .next_back()
+                .copied()
+                .unwrap_or(0)
+                .max(trimmed);
+            let first_seq = records
+                .messages
+                .keys()
+                .next()
+                .copied()
+                .unwrap_or(last_seq + 1);
+            Some(StoredStream {
+                epoch,
+                last_seq,
+                first_seq,
+            })
+        }))
+    }
+
+    fn create_stream(&self, room: &RoomName, epoch: &str) -> Result<(), StoreError> {
+        self.with_room(room, |records| {
+            records.stream = Some((epoch.to_owned(), 0));
+            records.messages.clear();
+        });
+        Ok(())
+    }
+
+    fn append_message(&self, room: &RoomName, seq: u64, record: &[u8]) -> Result<(), StoreError> {
+        self.with_room(room, |records| {
+            records.messages.insert(seq, record.to_vec())
+        });
+        Ok(())
+    }
+
+    fn read_messages(
+        &self,
+        room: &RoomName,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        Ok(self.with_room(room, |records| {
+            records
+                .messages
+                .range(after.saturating_add(1)..)
+                .take(limit)
+                .map(|(seq, r)| (*seq, r.clone()))
+                .collect()
+        }))
+    }
+
+    fn read_messages_before(
+        &self,
+        room: &RoomName,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        Ok(self.with_room(room, |records| {
+            let mut page: Vec<_> = records
+                .messages
+                .range(..before)
+                .rev()
+                .take(limit)
+                .map(|(seq, r)| (*seq, r.clone()))
+                .collect();
+            page.reverse();
+            page
+        }))
+    }
+
+    fn trim_messages(&self, room: &RoomName, upto: u64) -> Result<(), StoreError> {
+        self.with_room(room, |records| {
+            records.messages.retain(|&seq, _| seq > upto);
+            if let Some((_, trimmed)) = &mut records.stream {
+                *trimmed = (*trimmed).max(upto);
+            }
         });
         Ok(())
     }

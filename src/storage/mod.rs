@@ -5,6 +5,10 @@
 //! Writes are cheap and buffered; [`Store::flush`] is the durability barrier: its future
 //! resolves once everything written before the call survives `kill -9`. Implementations
 //! coalesce concurrent flushes (group commit). Only this module knows sled.
+//!
+//! A room's chat stream is stored beside its document: a small meta record (the epoch and
+//! how far the stream has been trimmed) and one record per message, keyed by seq. The
+//! same flush makes both durable.
 
 mod memory;
 mod sled_store;
@@ -52,7 +56,18 @@ pub struct StoredDoc {
     pub last_seq: u64,
 }
 
-/// Where rooms keep their documents.
+/// A room's stored chat stream position (see [`Store::load_stream`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredStream {
+    /// The stream's epoch.
+    pub epoch: String,
+    /// The highest seq ever appended (0 if none).
+    pub last_seq: u64,
+    /// The lowest seq still stored (`last_seq + 1` when none is).
+    pub first_seq: u64,
+}
+
+/// Where rooms keep their documents and chat streams.
 pub trait Store: Send + Sync + 'static {
     /// Reads a room's snapshot and log tail.
     fn load_doc(&self, room: &RoomName) -> Result<StoredDoc, StoreError>;
@@ -61,6 +76,28 @@ pub trait Store: Send + Sync + 'static {
     /// Atomically stores `state` as the room's snapshot covering every log entry up to
     /// `upto` and removes those entries.
     fn write_snapshot(&self, room: &RoomName, upto: u64, state: &[u8]) -> Result<(), StoreError>;
+    /// Reads a room's stream position, or `None` if the room never had a stream.
+    fn load_stream(&self, room: &RoomName) -> Result<Option<StoredStream>, StoreError>;
+    /// Starts a room's stream (or replaces a lost one) under `epoch`, with no messages.
+    fn create_stream(&self, room: &RoomName, epoch: &str) -> Result<(), StoreError>;
+    /// Appends message `seq` (strictly increasing per room) to the room's stream.
+    fn append_message(&self, room: &RoomName, seq: u64, record: &[u8]) -> Result<(), StoreError>;
+    /// Up to `limit` messages with seq > `after`, oldest first.
+    fn read_messages(
+        &self,
+        room: &RoomName,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+    /// Up to `limit` messages with seq < `before`, the newest of them, oldest first.
+    fn read_messages_before(
+        &self,
+        room: &RoomName,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+    /// Removes every message with seq ≤ `upto` (retention), remembering that they existed.
+    fn trim_messages(&self, room: &RoomName, upto: u64) -> Result<(), StoreError>;
     /// The durability barrier; see the module docs.
     fn flush(&self) -> Durable;
     /// Whether the store can serve requests (for `/readyz`).

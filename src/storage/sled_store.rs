@@ -6,6 +6,10 @@
 //! - `name\0\0` → the snapshot: 8-byte big-endian `upto`, then the state update;
 //! - `name\0\1` + 8-byte big-endian seq → one logged update.
 //!
+//! The `streams` tree holds chat streams, with the same prefix scheme:
+//! - `name\0\0` → the stream meta: 8-byte big-endian trimmed-up-to seq, then the epoch;
+//! - `name\0\1` + 8-byte big-endian seq → one message record.
+//!
 //! sled makes writes durable only at `flush` (or its 500 ms background flush), which is
 //! why [`Store::flush`] exists and why the flusher thread is here.
 
@@ -18,18 +22,21 @@ use std::time::Instant;
 // drains a long mailbox in one poll exhausts, so it would see the flush end only late.
 use futures_channel::oneshot;
 
-use super::{Durable, FlushPolicy, Store, StoreError, StoredDoc};
+use super::{Durable, FlushPolicy, Store, StoreError, StoredDoc, StoredStream};
 use crate::metrics;
 use crate::room::RoomName;
 
 const SNAPSHOT_TAG: u8 = 0;
 const UPDATE_TAG: u8 = 1;
+const STREAM_META_TAG: u8 = 0;
+const MESSAGE_TAG: u8 = 1;
 
 type Waiter = oneshot::Sender<Result<(), StoreError>>;
 
 /// A sled-backed [`Store`].
 pub struct SledStore {
     docs: sled::Tree,
+    streams: sled::Tree,
     /// The group-commit thread; `None` under [`FlushPolicy::Interval`].
     flusher: Option<Flusher>,
 }
@@ -63,11 +70,16 @@ impl SledStore {
             .open()
             .map_err(|e| StoreError::Backend(format!("opening {}: {e}", dir.display())))?;
         let docs = db.open_tree("docs").map_err(backend)?;
+        let streams = db.open_tree("streams").map_err(backend)?;
         let flusher = match policy {
             FlushPolicy::EveryBatch => Some(spawn_flusher(db.clone())?),
             FlushPolicy::Interval(_) => None,
         };
-        Ok(Self { docs, flusher })
+        Ok(Self {
+            docs,
+            streams,
+            flusher,
+        })
     }
 
     fn prefix(room: &RoomName) -> Vec<u8> {
@@ -88,6 +100,64 @@ impl SledStore {
         key.push(UPDATE_TAG);
         key.extend_from_slice(&seq.to_be_bytes());
         key
+    }
+
+    fn stream_meta_key(room: &RoomName) -> Vec<u8> {
+        let mut key = Self::prefix(room);
+        key.push(STREAM_META_TAG);
+        key
+    }
+
+    fn message_key(room: &RoomName, seq: u64) -> Vec<u8> {
+        let mut key = Self::prefix(room);
+        key.push(MESSAGE_TAG);
+        key.extend_from_slice(&seq.to_be_bytes());
+        key
+    }
+
+    /// The stream meta: (trimmed-up-to seq, epoch).
+    fn stream_meta(&self, room: &RoomName) -> Result<Option<(u64, String)>, StoreError> {
+        let Some(value) = self
+            .streams
+            .get(Self::stream_meta_key(room))
+            .map_err(backend)?
+        else {
+            return Ok(None);
+        };
+        let corrupt = |reason: &str| StoreError::Corrupt {
+            room: room.to_string(),
+            reason: reason.to_owned(),
+        };
+        let (trimmed, epoch) = value
+            .split_first_chunk::<8>()
+            .ok_or_else(|| corrupt("stream meta shorter than its header"))?;
+        let epoch = std::str::from_utf8(epoch).map_err(|_| corrupt("stream epoch is not UTF-8"))?;
+        Ok(Some((u64::from_be_bytes(*trimmed), epoch.to_owned())))
+    }
+
+    fn meta_value(trimmed: u64, epoch: &str) -> Vec<u8> {
+        let mut value = Vec::with_capacity(8 + epoch.len());
+        value.extend_from_slice(&trimmed.to_be_bytes());
+        value.extend_from_slice(epoch.as_bytes());
+        value
+    }
+
+    /// Decodes a message entry's key into its seq.
+    fn message_entry(
+        room: &RoomName,
+        entry: sled::Result<(sled::IVec, sled::IVec)>,
+    ) -> Result<(u64, Vec<u8>), StoreError> {
+        let (key, value) = entry.map_err(backend)?;
+        let seq = key
+            .len()
+            .checked_sub(8)
+            .and_then(|at| key[at..].try_into().ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| StoreError::Corrupt {
+                room: room.to_string(),
+                reason: "message key has no 8-byte sequence number".into(),
+            })?;
+        Ok((seq, value.to_vec()))
     }
 }
 
@@ -177,6 +247,102 @@ impl Store for SledStore {
         self.docs.apply_batch(batch).map_err(backend)
     }
 
+    fn load_stream(&self, room: &RoomName) -> Result<Option<StoredStream>, StoreError> {
+        let Some((trimmed, epoch)) = self.stream_meta(room)? else {
+            return Ok(None);
+        };
+        let (start, end) = (
+            Self::message_key(room, 0),
+            Self::message_key(room, u64::MAX),
+        );
+        let first = self.streams.range(start.clone()..=end.clone()).next();
+        let last = self.streams.range(start..=end).next_back();
+        let first = first.map(|e| Self::message_entry(room, e)).transpose()?;
+        let last = last.map(|e| Self::message_entry(room, e)).transpose()?;
+        let last_seq = last.map_or(0, |(seq, _)| seq).max(trimmed);
+        Ok(Some(StoredStream {
+            epoch,
+            last_seq,
+            first_seq: first.map_or(last_seq + 1, |(seq, _)| seq),
+        }))
+    }
+
+    fn create_stream(&self, room: &RoomName, epoch: &str) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        let (start, end) = (
+            Self::message_key(room, 0),
+            Self::message_key(room, u64::MAX),
+        );
+        for key in self.streams.range(start..=end).keys() {
+            batch.remove(key.map_err(backend)?);
+        }
+        batch.insert(Self::stream_meta_key(room), Self::meta_value(0, epoch));
+        self.streams.apply_batch(batch).map_err(backend)
+    }
+
+    fn append_message(&self, room: &RoomName, seq: u64, record: &[u8]) -> Result<(), StoreError> {
+        self.streams
+            .insert(Self::message_key(room, seq), record)
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn read_messages(
+        &self,
+        room: &RoomName,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let Some(from) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let (start, end) = (
+            Self::message_key(room, from),
+            Self::message_key(room, u64::MAX),
+        );
+        self.streams
+            .range(start..=end)
+            .take(limit)
+            .map(|e| Self::message_entry(room, e))
+            .collect()
+    }
+
+    fn read_messages_before(
+        &self,
+        room: &RoomName,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let (start, end) = (Self::message_key(room, 0), Self::message_key(room, before));
+        let mut page = self
+            .streams
+            .range(start..end)
+            .rev()
+            .take(limit)
+            .map(|e| Self::message_entry(room, e))
+            .collect::<Result<Vec<_>, _>>()?;
+        page.reverse();
+        Ok(page)
+    }
+
+    fn trim_messages(&self, room: &RoomName, upto: u64) -> Result<(), StoreError> {
+        let Some((trimmed, epoch)) = self.stream_meta(room)? else {
+            return Ok(());
+        };
+        let mut batch = sled::Batch::default();
+        let (start, end) = (Self::message_key(room, 0), Self::message_key(room, upto));
+        for key in self.streams.range(start..=end).keys() {
+            batch.remove(key.map_err(backend)?);
+        }
+        // With the messages, the meta remembers how far the stream went, so the sequence
+        // continues after a restart even when every message has been trimmed.
+        batch.insert(
+            Self::stream_meta_key(room),
+            Self::meta_value(trimmed.max(upto), &epoch),
+        );
+        self.streams.apply_batch(batch).map_err(backend)
+    }
+
     fn flush(&self) -> Durable {
         let Some(requests) = self.flusher.as_ref().and_then(|f| f.requests.as_ref()) else {
             return Box::pin(async { Ok(()) });
@@ -230,6 +396,73 @@ mod tests {
         let loaded = store.load_doc(&r).unwrap();
         assert!(loaded.updates.is_empty());
         assert_eq!(loaded.last_seq, 7);
+    }
+
+    #[test]
+    fn stream_append_page_trim_and_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, ab) = (room("a"), room("ab"));
+        {
+            let store = SledStore::open(dir.path(), FlushPolicy::EveryBatch).unwrap();
+            assert_eq!(store.load_stream(&a).unwrap(), None);
+            store.create_stream(&a, "e1").unwrap();
+            store.create_stream(&ab, "e2").unwrap();
+            for seq in 1..=5 {
+                store
+                    .append_message(&a, seq, format!("m{seq}").as_bytes())
+                    .unwrap();
+            }
+            store.append_message(&ab, 1, b"other").unwrap();
+            let seqs =
+                |page: Vec<(u64, Vec<u8>)>| page.into_iter().map(|(s, _)| s).collect::<Vec<_>>();
+            assert_eq!(seqs(store.read_messages(&a, 2, 2).unwrap()), vec![3, 4]);
+            assert_eq!(
+                seqs(store.read_messages(&a, 0, 100).unwrap()),
+                vec![1, 2, 3, 4, 5]
+            );
+            assert_eq!(
+                seqs(store.read_messages(&a, u64::MAX, 10).unwrap()),
+                Vec::<u64>::new()
+            );
+            assert_eq!(
+                seqs(store.read_messages_before(&a, 5, 2).unwrap()),
+                vec![3, 4]
+            );
+            assert_eq!(
+                seqs(store.read_messages_before(&a, 2, 10).unwrap()),
+                vec![1]
+            );
+            store.trim_messages(&a, 2).unwrap();
+            let expected = StoredStream {
+                epoch: "e1".into(),
+                last_seq: 5,
+                first_seq: 3,
+            };
+            assert_eq!(store.load_stream(&a).unwrap(), Some(expected));
+            store.trim_messages(&a, 5).unwrap();
+        }
+        let store = SledStore::open(dir.path(), FlushPolicy::EveryBatch).unwrap();
+        // Everything trimmed: the sequence still continues after 5.
+        let expected = StoredStream {
+            epoch: "e1".into(),
+            last_seq: 5,
+            first_seq: 6,
+        };
+        assert_eq!(store.load_stream(&a).unwrap(), Some(expected));
+        let other = StoredStream {
+            epoch: "e2".into(),
+            last_seq: 1,
+            first_seq: 1,
+        };
+        assert_eq!(store.load_stream(&ab).unwrap(), Some(other));
+        // A new epoch starts empty.
+        store.create_stream(&a, "e3").unwrap();
+        let fresh = StoredStream {
+            epoch: "e3".into(),
+            last_seq: 0,
+            first_seq: 1,
+        };
+        assert_eq!(store.load_stream(&a).unwrap(), Some(fresh));
     }
 
     #[tokio::test(flavor = "current_thread")]

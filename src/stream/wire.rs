@@ -192,6 +192,8 @@ pub fn message_record(seq: u64, ts: u64, sender: &str, id: Option<&str>, body: &
 pub struct RecordHead {
     /// Its sequence number.
     pub seq: u64,
+    /// Its server timestamp (ms since the Unix epoch).
+    pub ts: u64,
     /// Who sent it.
     pub sender: String,
     /// The client's message id.
