@@ -14,7 +14,16 @@
 //! - `slow-readers`: READERS sessions stop reading while a writer streams MB megabytes;
 //!   report the server's peak RSS and how many readers were cut as too slow.
 //!
+//! - `stream-fanout`: one publisher, SUBSCRIBERS chat subscribers (WebSocket or SSE) in one
+//!   room; the publisher sends COUNT messages one at a time (each after the previous ack);
+//!   report publish→receive latency percentiles over every delivery, and publish→ack;
+//! - `stream-throughput`: PUBLISHERS connections publish COUNT messages in all to one room,
+//!   WINDOW unacknowledged each; report acknowledged messages per second. Run it against a
+//!   server with the default durable flush and one with `--flush interval:MS` to compare.
+//!
 //! ```text
+//! cargo run --release --example loadgen -- stream-fanout --url ws://127.0.0.1:4321 \
+//!     --subscribers 1000 --transport sse
 //! cargo run --release --example loadgen -- rooms --url ws://127.0.0.1:4321 --pid PID
 //! cargo run --release --example loadgen -- trace --url ws://127.0.0.1:4321 --pid PID \
 //!     --file ../shared/data/automerge-paper.json.gz
@@ -84,6 +93,42 @@ enum Mode {
         #[arg(long, default_value_t = 10)]
         mb: usize,
     },
+    /// One publisher, many chat subscribers: delivery latency.
+    StreamFanout {
+        /// Server base URL (ws://HOST:PORT).
+        #[arg(long, default_value = "ws://127.0.0.1:4321")]
+        url: String,
+        /// Subscribers in the room.
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        /// Messages to publish.
+        #[arg(long, default_value_t = 200)]
+        count: usize,
+        /// How subscribers connect.
+        #[arg(long, value_enum, default_value_t = Transport::Ws)]
+        transport: Transport,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+    },
+    /// Many publishers into one room: acknowledged messages per second.
+    StreamThroughput {
+        /// Server base URL (ws://HOST:PORT).
+        #[arg(long, default_value = "ws://127.0.0.1:4321")]
+        url: String,
+        /// Publishing connections.
+        #[arg(long, default_value_t = 8)]
+        publishers: usize,
+        /// Messages in all.
+        #[arg(long, default_value_t = 50_000)]
+        count: usize,
+        /// Unacknowledged messages per publisher.
+        #[arg(long, default_value_t = 64)]
+        window: usize,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+    },
     /// Replay an editing trace through the server.
     Trace {
         /// Server base URL (ws://HOST:PORT).
@@ -102,6 +147,15 @@ enum Mode {
         #[arg(long, default_value_t = 0)]
         limit: usize,
     },
+}
+
+/// How stream subscribers connect.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Transport {
+    /// `GET /rooms/{room}/ws`.
+    Ws,
+    /// `GET /rooms/{room}/events`.
+    Sse,
 }
 
 type Socket = Framed<BoxedSocket, Codec>;
@@ -437,6 +491,248 @@ async fn trace(url: String, pid: u32, file: PathBuf, timeout_secs: u64, limit: u
     assert!(ok, "the observer's text differs from endContent");
 }
 
+/// A joined chat WebSocket (`/rooms/{room}/ws`).
+async fn chat_join(url: &str, room: &str) -> Socket {
+    let (_, mut socket) = awc::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .finish()
+        .ws(format!("{url}/rooms/{room}/ws"))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}/rooms/{room}/ws: {e}"));
+    let join = serde_json::json!({"type": "join"}).to_string();
+    socket
+        .send(WsMessage::Text(join.into()))
+        .await
+        .expect("send join");
+    loop {
+        match next_text(&mut socket, Duration::from_secs(30)).await {
+            Some(event) if event["type"] == "joined" => return socket,
+            Some(_) => {}
+            None => panic!("join failed"),
+        }
+    }
+}
+
+/// The next chat event, answering pings; None when the socket ends or `limit` passes.
+async fn next_text(socket: &mut Socket, limit: Duration) -> Option<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, socket.next())
+            .await
+            .ok()??
+        {
+            Ok(Frame::Text(text)) => return serde_json::from_slice(&text).ok(),
+            Ok(Frame::Ping(p)) => {
+                let _ = socket.send(WsMessage::Pong(p)).await;
+            }
+            Ok(Frame::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The `t` (µs since `origin`) of a message event's body, if it is one.
+fn sent_at(event: &serde_json::Value) -> Option<u64> {
+    (event["type"] == "message")
+        .then(|| event["body"]["t"].as_u64())
+        .flatten()
+}
+
+/// Percentiles (µs → ms) of `samples`.
+fn percentiles(samples: &mut [u64]) -> serde_json::Value {
+    samples.sort_unstable();
+    let at = |q: f64| {
+        let i = ((samples.len() as f64 * q) as usize).min(samples.len().saturating_sub(1));
+        samples.get(i).map_or(0.0, |v| *v as f64 / 1000.0)
+    };
+    serde_json::json!({
+        "samples": samples.len(), "p50_ms": at(0.50), "p90_ms": at(0.90),
+        "p99_ms": at(0.99), "max_ms": samples.last().map_or(0.0, |v| *v as f64 / 1000.0),
+    })
+}
+
+/// One subscriber: receives `count` messages, recording each one's latency.
+async fn subscribe(
+    url: String,
+    room: String,
+    transport: Transport,
+    origin: Instant,
+    count: usize,
+    deadline: Instant,
+    ready: tokio::sync::mpsc::UnboundedSender<()>,
+) -> Vec<u64> {
+    let mut latencies = Vec::with_capacity(count);
+    let left = || deadline.saturating_duration_since(Instant::now());
+    match transport {
+        Transport::Ws => {
+            let mut socket = chat_join(&url, &room).await;
+            let _ = ready.send(());
+            while latencies.len() < count {
+                let Some(event) = next_text(&mut socket, left()).await else {
+                    break;
+                };
+                if let Some(t) = sent_at(&event) {
+                    latencies.push(origin.elapsed().as_micros() as u64 - t);
+                }
+            }
+        }
+        Transport::Sse => {
+            let http = url.replacen("ws://", "http://", 1);
+            let mut response = awc::Client::new()
+                .get(format!("{http}/rooms/{room}/events"))
+                .timeout(Duration::from_secs(3600))
+                .send()
+                .await
+                .expect("SSE subscribe");
+            let mut buffer = String::new();
+            let mut joined = false;
+            while latencies.len() < count {
+                let Ok(Some(Ok(chunk))) = tokio::time::timeout(left(), response.next()).await
+                else {
+                    break;
+                };
+                buffer.push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
+                while let Some(end) = buffer.find("\n\n") {
+                    let block: String = buffer.drain(..end + 2).collect();
+                    let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) else {
+                        continue;
+                    };
+                    let event: serde_json::Value = serde_json::from_str(data).expect("JSON");
+                    if event["type"] == "joined" && !joined {
+                        joined = true;
+                        let _ = ready.send(());
+                    }
+                    if let Some(t) = sent_at(&event) {
+                        latencies.push(origin.elapsed().as_micros() as u64 - t);
+                    }
+                }
+            }
+        }
+    }
+    latencies
+}
+
+async fn stream_fanout(
+    url: String,
+    subscribers: usize,
+    count: usize,
+    transport: Transport,
+    timeout_secs: u64,
+) {
+    let room = format!("fanout{}", std::process::id());
+    let origin = Instant::now();
+    let deadline = origin + Duration::from_secs(timeout_secs);
+    let (ready_tx, mut ready) = tokio::sync::mpsc::unbounded_channel();
+    let mut tasks = Vec::with_capacity(subscribers);
+    for _ in 0..subscribers {
+        let task = subscribe(
+            url.clone(),
+            room.clone(),
+            transport,
+            origin,
+            count,
+            deadline,
+            ready_tx.clone(),
+        );
+        tasks.push(actix_rt::spawn(task));
+        // Connect a few at a time, so the listen backlog never overflows.
+        if tasks.len() % 50 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for _ in 0..subscribers {
+        ready.recv().await.expect("a subscriber failed to join");
+    }
+    let connect_secs = origin.elapsed().as_secs_f64();
+    let mut publisher = chat_join(&url, &room).await;
+    let mut acks = Vec::with_capacity(count);
+    for n in 0..count {
+        let t = origin.elapsed().as_micros() as u64;
+        let publish = serde_json::json!({"type": "publish", "body": {"t": t, "n": n}});
+        publisher
+            .send(WsMessage::Text(publish.to_string().into()))
+            .await
+            .expect("publish");
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let event = next_text(&mut publisher, left).await.expect("ack in time");
+            if event["type"] == "ack" {
+                acks.push(origin.elapsed().as_micros() as u64 - t);
+                break;
+            }
+        }
+        // Pace the publisher so the figure is latency, not a queue.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut delivered = Vec::with_capacity(subscribers * count);
+    for task in tasks {
+        delivered.extend(task.await.expect("subscriber task"));
+    }
+    let complete = delivered.len() == subscribers * count;
+    println!(
+        "{}",
+        serde_json::json!({
+            "mode": "stream-fanout", "transport": format!("{transport:?}").to_lowercase(),
+            "subscribers": subscribers, "messages": count, "connect_secs": connect_secs,
+            "publish_to_receive": percentiles(&mut delivered),
+            "publish_to_ack": percentiles(&mut acks),
+            "every_delivery_arrived": complete,
+        })
+    );
+    assert!(complete, "some deliveries did not arrive in time");
+}
+
+async fn stream_throughput(
+    url: String,
+    publishers: usize,
+    count: usize,
+    window: usize,
+    timeout_secs: u64,
+) {
+    let room = format!("throughput{}", std::process::id());
+    let deadline = Instant::now() + Duration::from_secs(timeout_secs);
+    let mut sockets = Vec::with_capacity(publishers);
+    for _ in 0..publishers {
+        sockets.push(chat_join(&url, &room).await);
+    }
+    let per = count / publishers;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (p, mut socket) in sockets.into_iter().enumerate() {
+        tasks.push(actix_rt::spawn(async move {
+            let (mut sent, mut acked) = (0usize, 0usize);
+            while acked < per && Instant::now() < deadline {
+                while sent < per && sent - acked < window {
+                    let publish = serde_json::json!({"type": "publish", "id": format!("{p}-{sent}"), "body": {"n": sent}});
+                    socket.send(WsMessage::Text(publish.to_string().into())).await.expect("publish");
+                    sent += 1;
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                match next_text(&mut socket, left).await {
+                    Some(event) if event["type"] == "ack" => acked += 1,
+                    Some(event) if event["type"] == "error" => panic!("publish refused: {event}"),
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+            acked
+        }));
+    }
+    let mut acked = 0;
+    for task in tasks {
+        acked += task.await.expect("publisher task");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "mode": "stream-throughput", "publishers": publishers, "window": window,
+            "acked": acked, "secs": secs, "acked_per_sec": acked as f64 / secs,
+        })
+    );
+}
+
 fn main() {
     let cli = Cli::parse();
     actix_rt::System::new().block_on(async move {
@@ -454,6 +750,20 @@ fn main() {
                 readers,
                 mb,
             } => slow_readers(url, pid, readers, mb).await,
+            Mode::StreamFanout {
+                url,
+                subscribers,
+                count,
+                transport,
+                timeout_secs,
+            } => stream_fanout(url, subscribers, count, transport, timeout_secs).await,
+            Mode::StreamThroughput {
+                url,
+                publishers,
+                count,
+                window,
+                timeout_secs,
+            } => stream_throughput(url, publishers, count, window, timeout_secs).await,
             Mode::Trace {
                 url,
                 pid,
