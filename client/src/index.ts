@@ -205,3 +205,5 @@ export async function postUpdate(serverUrl: string, room: string, update: Uint8A
 }
 
 export { WebsocketProvider };
+
+export * from './chat.js';
