@@ -693,6 +693,49 @@ async fn presence_join_leave_typing_expiry_and_vanished_clients() {
         "left after {after:?}"
     );
     drop(carol);
+
+    // A read-only token may join and read, never publish (WebSocket or HTTP).
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 300;
+    let claims = json!({"sub": "dave", "exp": exp, "rooms": ["team:*"], "perm": "read"});
+    let reader = encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let (mut dave, joined) = Chat::join_as(&server, room, json!({"since": 0}), Some(&reader)).await;
+    assert_eq!(joined["recovered"], true);
+    assert_eq!(dave.messages(1).await, vec![1]);
+    dave.send(&json!({"type": "publish", "id": "ro", "body": "nope"}))
+        .await;
+    let error = dave.next_of("error").await;
+    assert_eq!(
+        (error["code"].as_str(), error["id"].as_str()),
+        (Some("read_only"), Some("ro"))
+    );
+    let (status, _) = http_post_as(
+        &server,
+        &format!("/rooms/{room}/messages"),
+        b"1".to_vec(),
+        Some(&reader),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _) = http_post_as(
+        &server,
+        &format!("/rooms/{room}/messages"),
+        b"1".to_vec(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, body) = get_json(&server, &format!("/rooms/{room}/messages?since=0")).await;
+    assert_eq!(status, 401, "history needs a token too");
+    assert!(body["error"].as_str().is_some());
 }
 
 #[actix_rt::test]
