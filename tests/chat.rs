@@ -847,3 +847,34 @@ async fn five_hundred_rooms_of_four_keep_order_and_isolation() {
     );
     assert!(metric(&server, "tandem_chat_published_total").await >= (rooms * per_room) as f64);
 }
+
+#[actix_rt::test]
+async fn count_retention_is_exact_though_removal_is_batched() {
+    let dir = tempfile::tempdir().unwrap();
+    let room = "chat-retention";
+    let mut server = Server::start(dir.path(), &["--stream-retention-messages", "200"]);
+    let (mut publisher, _) = Chat::join(&server, room, json!({})).await;
+    for n in 1..=250 {
+        publisher.send(&json!({"type": "publish", "body": n})).await;
+    }
+    for _ in 0..250 {
+        publisher.next_of("ack").await;
+    }
+    for restarted in [false, true] {
+        let (_, page) = get_json(&server, &format!("/rooms/{room}/messages?limit=1000")).await;
+        assert_eq!(seqs_of(&page), range(51, 250), "restarted: {restarted}");
+        assert_eq!(page["first_seq"], 51);
+        let (_, joined) = Chat::join(&server, room, json!({"since": 49})).await;
+        assert_eq!(joined["recovered"], false, "restarted: {restarted}");
+        let (mut client, joined) = Chat::join(&server, room, json!({"since": 50})).await;
+        assert_eq!(joined["recovered"], true);
+        assert_eq!(joined["replayed"], 200);
+        assert_eq!(client.messages(200).await, range(51, 250));
+        client
+            .send(&json!({"type": "history", "before": 60, "limit": 50}))
+            .await;
+        assert_eq!(seqs_of(&client.next_of("history").await), range(51, 59));
+        server.kill9();
+        server = server.restart();
+    }
+}

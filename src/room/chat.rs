@@ -137,6 +137,10 @@ pub(super) struct Chat {
     delivered: u64,
     /// Timestamp of the oldest stored message, for retention by age.
     oldest_ts: Option<u64>,
+    /// Messages up to here are removed from the store. Retention by count moves
+    /// `meta.first_seq` on every publish but deletes in batches (one delete per message
+    /// made publishing 4× slower); readers never see below `meta.first_seq`.
+    removed_upto: u64,
     idempotency: Idempotency,
     presence: Presence<SessionId>,
     members: HashMap<SessionId, ChatMember>,
@@ -174,12 +178,20 @@ impl Room {
 
     fn load_chat(&mut self) -> Result<Chat, RoomError> {
         let stream = &self.config.stream;
+        let retention = stream.retention_messages;
+        let mut removed_upto = 0;
         let meta = match self.store.load_stream(&self.name)? {
-            Some(stored) => StreamMeta {
-                epoch: stored.epoch,
-                last_seq: stored.last_seq,
-                first_seq: stored.first_seq,
-            },
+            Some(stored) => {
+                removed_upto = stored.first_seq - 1;
+                StreamMeta {
+                    epoch: stored.epoch,
+                    // Messages past the count retention may still be stored (batched removal).
+                    first_seq: stored
+                        .first_seq
+                        .max((stored.last_seq + 1).saturating_sub(retention)),
+                    last_seq: stored.last_seq,
+                }
+            }
             None => {
                 let meta = StreamMeta::fresh();
                 self.store.create_stream(&self.name, &meta.epoch)?;
@@ -212,6 +224,7 @@ impl Room {
             delivered: meta.last_seq,
             meta,
             oldest_ts,
+            removed_upto,
             idempotency,
             presence: Presence::new(stream.typing_ttl),
             members: HashMap::new(),
@@ -258,8 +271,12 @@ impl Room {
         metrics::get().chat_published.inc();
         let event = Event::message(seq, record);
         self.after_durable(AfterFlush::Chat(ChatAction::Deliver { seq, event }), ctx);
-        if seq + 1 - self.chat()?.meta.first_seq > retention {
-            self.trim_to(seq.saturating_sub(retention));
+        let chat = self.chat()?;
+        chat.meta.first_seq = chat.meta.first_seq.max((seq + 1).saturating_sub(retention));
+        let unremoved = chat.meta.first_seq - 1 - chat.removed_upto;
+        let first = chat.meta.first_seq;
+        if unremoved >= (retention / 64).clamp(1, 1024) {
+            self.trim_to(first - 1);
         }
         Ok((seq, false))
     }
@@ -275,6 +292,7 @@ impl Room {
             return;
         };
         chat.meta.first_seq = chat.meta.first_seq.max(upto + 1);
+        chat.removed_upto = upto;
         chat.oldest_ts = match next {
             Ok(records) => records
                 .first()
@@ -378,13 +396,15 @@ impl Room {
             .collect())
     }
 
-    /// The newest `limit` messages delivered so far.
+    /// The newest `limit` messages up to `delivered` still within retention.
     fn latest(&self, delivered: u64, limit: usize) -> Result<Vec<(u64, Bytes)>, RoomError> {
+        let first = self.chat.as_ref().map_or(1, |c| c.meta.first_seq);
         let records =
             self.store
                 .read_messages_before(&self.name, delivered.saturating_add(1), limit)?;
         Ok(records
             .into_iter()
+            .filter(|(seq, _)| *seq >= first)
             .map(|(seq, r)| (seq, Bytes::from(r)))
             .collect())
     }
