@@ -878,3 +878,45 @@ async fn count_retention_is_exact_though_removal_is_batched() {
         server = server.restart();
     }
 }
+
+#[actix_rt::test]
+async fn a_subscriber_that_stops_reading_is_cut_off_not_buffered() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--max-outbox-bytes", "262144"]);
+    let room = "chat-slow-sse";
+    // A raw SSE subscriber that sends its request and then never reads.
+    let mut stalled = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    stalled
+        .write_all(
+            format!("GET /rooms/{room}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while metric(&server, "tandem_chat_members").await < 1.0 {
+        assert!(Instant::now() < deadline, "the subscriber never joined");
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    // 40 MB of messages: far more than the socket buffers and the 256 KiB outbox hold.
+    let body = json!({"text": "z".repeat(60_000)});
+    let mut cut = false;
+    for _ in 0..700 {
+        post_message(&server, room, None, body.clone()).await;
+        if metric(&server, "tandem_chat_members").await == 0.0 {
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "the stalled subscriber was never cut off");
+    assert!(metric(&server, "tandem_slow_consumers_total").await >= 1.0);
+    // What it finally reads ends with the close event naming the reason.
+    stalled.set_read_timeout(Some(WAIT)).unwrap();
+    let mut tail = Vec::new();
+    let _ = stalled.read_to_end(&mut tail);
+    let text = String::from_utf8_lossy(&tail);
+    assert!(text.contains("event: close"), "no close event at the end");
+    assert!(
+        text.contains("4008"),
+        "the close event does not say too slow"
+    );
+}
