@@ -89,6 +89,15 @@ pub async fn run_with_store(
             .configure(http::routes)
     })
     .workers(config.http_threads)
+    // Small frames must leave at once: with Nagle's algorithm on, an event written right
+    // after another (a message, then its ack) waits for the client's delayed ACK, ~40 ms.
+    .on_connect(|connection, _| {
+        if let Some(tcp) = connection.downcast_ref::<tokio::net::TcpStream>() {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        }
+    })
     .disable_signals()
     .client_request_timeout(config.handshake_timeout)
     .shutdown_timeout(5)
