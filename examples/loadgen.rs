@@ -53,8 +53,9 @@ struct Cli {
 enum Mode {
     /// Idle rooms with synced sessions; RSS per room.
     Rooms {
-        /// Server base URL (ws://HOST:PORT).
-        #[arg(long, default_value = "ws://127.0.0.1:4321")]
+        /// WebSocket base of the rooms: ws://HOST:PORT/yjs for Tandem, ws://HOST:PORT for
+        /// the reference y-websocket server.
+        #[arg(long, default_value = "ws://127.0.0.1:4321/yjs")]
         url: String,
         /// The server's process id (for RSS).
         #[arg(long)]
@@ -68,8 +69,9 @@ enum Mode {
     },
     /// Concurrent decode-amplification frames; RSS before/after/peak.
     Amplify {
-        /// Server base URL (ws://HOST:PORT).
-        #[arg(long, default_value = "ws://127.0.0.1:4321")]
+        /// WebSocket base of the rooms: ws://HOST:PORT/yjs for Tandem, ws://HOST:PORT for
+        /// the reference y-websocket server.
+        #[arg(long, default_value = "ws://127.0.0.1:4321/yjs")]
         url: String,
         /// The server's process id (for RSS).
         #[arg(long)]
@@ -80,8 +82,9 @@ enum Mode {
     },
     /// Sessions that stop reading while a writer streams; peak RSS.
     SlowReaders {
-        /// Server base URL (ws://HOST:PORT).
-        #[arg(long, default_value = "ws://127.0.0.1:4321")]
+        /// WebSocket base of the rooms: ws://HOST:PORT/yjs for Tandem, ws://HOST:PORT for
+        /// the reference y-websocket server.
+        #[arg(long, default_value = "ws://127.0.0.1:4321/yjs")]
         url: String,
         /// The server's process id (for RSS).
         #[arg(long)]
@@ -92,6 +95,57 @@ enum Mode {
         /// Megabytes the writer streams (in 4 KiB edits).
         #[arg(long, default_value_t = 10)]
         mb: usize,
+    },
+    /// One writer → many readers of a Yjs room, open loop at a fixed rate.
+    Fanout {
+        /// WebSocket base of the rooms (see `rooms`).
+        #[arg(long, default_value = "ws://127.0.0.1:4321/yjs")]
+        url: String,
+        /// Readers in the room.
+        #[arg(long, default_value_t = 1000)]
+        readers: usize,
+        /// Updates per second the writer sends, on schedule.
+        #[arg(long, default_value_t = 50.0)]
+        rate: f64,
+        /// Seconds the writer sends for.
+        #[arg(long, default_value_t = 10.0)]
+        secs: f64,
+    },
+    /// Fan-out at rising rates until p99 passes `--p99-ms` or an update is missed.
+    Saturate {
+        /// WebSocket base of the rooms (see `rooms`).
+        #[arg(long, default_value = "ws://127.0.0.1:4321/yjs")]
+        url: String,
+        /// Readers in the room.
+        #[arg(long, default_value_t = 1000)]
+        readers: usize,
+        /// First rate (updates/s); each step doubles it.
+        #[arg(long, default_value_t = 25.0)]
+        start_rate: f64,
+        /// Seconds per step.
+        #[arg(long, default_value_t = 5.0)]
+        step_secs: f64,
+        /// A step fails when its p99 exceeds this.
+        #[arg(long, default_value_t = 500.0)]
+        p99_ms: f64,
+        /// At most this many steps.
+        #[arg(long, default_value_t = 8)]
+        max_steps: usize,
+    },
+    /// As many idle WebSocket connections as asked; server RSS per connection.
+    Conns {
+        /// WebSocket base of the rooms (see `rooms`).
+        #[arg(long, default_value = "ws://127.0.0.1:4321/yjs")]
+        url: String,
+        /// The server's process id (for RSS).
+        #[arg(long)]
+        pid: u32,
+        /// Connections to open (spread over 127.0.0.1..=127.0.0.N source addresses).
+        #[arg(long, default_value_t = 20_000)]
+        count: usize,
+        /// Connections per room.
+        #[arg(long, default_value_t = 100)]
+        per_room: usize,
     },
     /// One publisher, many chat subscribers: delivery latency.
     StreamFanout {
@@ -131,8 +185,9 @@ enum Mode {
     },
     /// Replay an editing trace through the server.
     Trace {
-        /// Server base URL (ws://HOST:PORT).
-        #[arg(long, default_value = "ws://127.0.0.1:4321")]
+        /// WebSocket base of the rooms: ws://HOST:PORT/yjs for Tandem, ws://HOST:PORT for
+        /// the reference y-websocket server.
+        #[arg(long, default_value = "ws://127.0.0.1:4321/yjs")]
         url: String,
         /// The server's process id (for CPU time).
         #[arg(long)]
@@ -164,11 +219,11 @@ async fn connect(url: &str, room: &str) -> Socket {
     let (_, socket) = awc::Client::builder()
         .timeout(Duration::from_secs(30))
         .finish()
-        .ws(format!("{url}/yjs/{room}"))
+        .ws(format!("{url}/{room}"))
         .max_frame_size(64 << 20)
         .connect()
         .await
-        .unwrap_or_else(|e| panic!("connect to {url}/yjs/{room}: {e}"));
+        .unwrap_or_else(|e| panic!("connect to {url}/{room}: {e}"));
     socket
 }
 
@@ -491,6 +546,261 @@ async fn trace(url: String, pid: u32, file: PathBuf, timeout_secs: u64, limit: u
     assert!(ok, "the observer's text differs from endContent");
 }
 
+/// The marker a fan-out update carries: `~` + 8 hex digits of its number + 16 of its
+/// scheduled send time (µs since the run's origin) + `~`, found in the raw update bytes
+/// without decoding them.
+fn marker(n: usize, t_us: u64) -> String {
+    format!("~{n:08x}{t_us:016x}~")
+}
+
+fn find_marker(frame: &[u8]) -> Option<(usize, u64)> {
+    let at = frame
+        .windows(26)
+        .position(|w| w[0] == b'~' && w[25] == b'~')?;
+    let text = std::str::from_utf8(&frame[at + 1..at + 25]).ok()?;
+    let n = usize::from_str_radix(&text[..8], 16).ok()?;
+    let t = u64::from_str_radix(&text[8..], 16).ok()?;
+    Some((n, t))
+}
+
+/// What one fan-out run measured.
+struct FanoutResult {
+    latency: hdrhistogram::Histogram<u64>,
+    delivered: u64,
+    expected: u64,
+    readers_missing: usize,
+    secs: f64,
+    connect_secs: f64,
+}
+
+/// One fan-out run: `readers` readers, one writer sending `count` updates at `rate`/s on
+/// schedule; every reader records each update's latency from its scheduled send time.
+async fn run_fanout(
+    url: &str,
+    room: &str,
+    readers: usize,
+    rate: f64,
+    count: usize,
+) -> FanoutResult {
+    let origin = Instant::now();
+    let mut tasks = Vec::with_capacity(readers);
+    let (ready_tx, mut ready) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let send_secs = count as f64 / rate;
+    let deadline = origin + Duration::from_secs_f64(60.0 + send_secs * 2.0);
+    for i in 0..readers {
+        let (url, room, ready) = (url.to_owned(), room.to_owned(), ready_tx.clone());
+        tasks.push(actix_rt::spawn(async move {
+            let doc = Doc::new();
+            let mut socket = connect(&url, &room).await;
+            handshake(&mut socket, &doc).await;
+            let _ = ready.send(());
+            let mut seen = vec![false; count];
+            let mut latency = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
+                .expect("histogram");
+            let mut got = 0;
+            while got < count {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let frame = match tokio::time::timeout(left, socket.next()).await {
+                    Ok(Some(Ok(Frame::Binary(frame)))) => frame,
+                    Ok(Some(Ok(Frame::Ping(p)))) => {
+                        let _ = socket.send(WsMessage::Pong(p)).await;
+                        continue;
+                    }
+                    Ok(Some(Ok(_))) => continue,
+                    _ => break,
+                };
+                if let Some((n, t)) = find_marker(&frame) {
+                    if n < count && !seen[n] {
+                        seen[n] = true;
+                        got += 1;
+                        let now = origin.elapsed().as_micros() as u64;
+                        latency.saturating_record(now.saturating_sub(t).max(1));
+                    }
+                }
+            }
+            (latency, got, origin.elapsed())
+        }));
+        if i % 50 == 49 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    for _ in 0..readers {
+        ready.recv().await.expect("a reader failed to connect");
+    }
+    let connect_secs = origin.elapsed().as_secs_f64();
+    let doc = Doc::new();
+    let mut writer = connect(url, room).await;
+    handshake(&mut writer, &doc).await;
+    let text = doc.get_or_insert_text("text");
+    // Open loop: update n is due at start + n/rate whatever happened before; if the writer
+    // falls behind, it sends at once, and the delay counts in the latency.
+    let start = Instant::now();
+    let start_us = start.duration_since(origin).as_micros() as u64;
+    for n in 0..count {
+        let due_us = start_us + (n as f64 * 1e6 / rate) as u64;
+        let due = origin + Duration::from_micros(due_us);
+        tokio::time::sleep_until(due.into()).await;
+        let update = {
+            let mut txn = doc.transact_mut();
+            let len = text.len(&txn);
+            text.insert(&mut txn, len, &marker(n, due_us));
+            txn.encode_update_v1()
+        };
+        send(&mut writer, &Message::Update(update.into())).await;
+    }
+    let mut latency =
+        hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram");
+    let (mut delivered, mut readers_missing, mut last) = (0u64, 0usize, Duration::ZERO);
+    for task in tasks {
+        let (h, got, done) = task.await.expect("reader task");
+        latency.add(&h).expect("merge histograms");
+        delivered += got as u64;
+        readers_missing += usize::from(got < count);
+        last = last.max(done);
+    }
+    FanoutResult {
+        latency,
+        delivered,
+        expected: (readers * count) as u64,
+        readers_missing,
+        secs: (last.saturating_sub(start.duration_since(origin))).as_secs_f64(),
+        connect_secs,
+    }
+}
+
+fn fanout_json(r: &FanoutResult, readers: usize, rate: f64) -> serde_json::Value {
+    let ms = |q: f64| r.latency.value_at_quantile(q) as f64 / 1000.0;
+    serde_json::json!({
+        "readers": readers, "rate": rate, "delivered": r.delivered, "expected": r.expected,
+        "readers_missing": r.readers_missing,
+        "delivered_per_sec": r.delivered as f64 / r.secs.max(1e-9),
+        "p50_ms": ms(0.50), "p95_ms": ms(0.95), "p99_ms": ms(0.99),
+        "max_ms": r.latency.max() as f64 / 1000.0, "connect_secs": r.connect_secs,
+    })
+}
+
+async fn fanout(url: String, readers: usize, rate: f64, secs: f64) {
+    let room = format!("fanout{}", std::process::id());
+    let count = (rate * secs).round().max(1.0) as usize;
+    let result = run_fanout(&url, &room, readers, rate, count).await;
+    let mut json = fanout_json(&result, readers, rate);
+    json["mode"] = "fanout".into();
+    println!("{json}");
+}
+
+async fn saturate(
+    url: String,
+    readers: usize,
+    start_rate: f64,
+    step_secs: f64,
+    p99_ms: f64,
+    max_steps: usize,
+) {
+    let mut rate = start_rate;
+    let mut best: Option<serde_json::Value> = None;
+    let mut steps = Vec::new();
+    for step in 0..max_steps {
+        let room = format!("saturate{}-{step}", std::process::id());
+        let count = (rate * step_secs).round().max(1.0) as usize;
+        let result = run_fanout(&url, &room, readers, rate, count).await;
+        let json = fanout_json(&result, readers, rate);
+        let p99 = json["p99_ms"].as_f64().unwrap_or(f64::MAX);
+        let ok = result.readers_missing == 0 && p99 <= p99_ms;
+        eprintln!(
+            "saturate: rate {rate}/s → {json} ({})",
+            if ok { "sustained" } else { "failed" }
+        );
+        steps.push(json.clone());
+        if !ok {
+            break;
+        }
+        best = Some(json);
+        rate *= 2.0;
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "mode": "saturate", "readers": readers, "p99_bound_ms": p99_ms,
+            "sustained_delivered_per_sec": best.as_ref().map_or(0.0, |b| b["delivered_per_sec"].as_f64().unwrap_or(0.0)),
+            "sustained_rate": best.as_ref().map_or(0.0, |b| b["rate"].as_f64().unwrap_or(0.0)),
+            "steps": steps,
+        })
+    );
+}
+
+/// Opens an idle WebSocket by hand from `source` (so many source addresses can be used),
+/// returning the raw stream once the server has answered 101.
+async fn raw_ws(
+    host: std::net::SocketAddr,
+    source: std::net::IpAddr,
+    path: &str,
+) -> std::io::Result<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::new(source, 0))?;
+    let mut stream = socket.connect(host).await?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).await? == 0 {
+            return Err(std::io::Error::other("closed during the handshake"));
+        }
+        head.push(byte[0]);
+    }
+    if !head.starts_with(b"HTTP/1.1 101") {
+        return Err(std::io::Error::other(
+            String::from_utf8_lossy(&head).into_owned(),
+        ));
+    }
+    Ok(stream)
+}
+
+async fn conns(url: String, pid: u32, count: usize, per_room: usize) {
+    let parsed = url
+        .strip_prefix("ws://")
+        .expect("a ws:// URL")
+        .split_once('/')
+        .map_or((url[5..].to_owned(), String::new()), |(h, p)| {
+            (h.to_owned(), format!("/{p}"))
+        });
+    let host: std::net::SocketAddr = parsed.0.parse().expect("HOST:PORT with an IP address");
+    let before = rss_kib(pid);
+    let started = Instant::now();
+    let mut open = Vec::with_capacity(count);
+    let mut failed = None;
+    for i in 0..count {
+        // 20,000 connections from one address would come close to the ephemeral-port range.
+        let source =
+            std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1 + (i / 10_000) as u8));
+        let path = format!("{}/conns{}-{}", parsed.1, std::process::id(), i / per_room);
+        match raw_ws(host, source, &path).await {
+            Ok(stream) => open.push(stream),
+            Err(e) => {
+                failed = Some(format!("connection {i}: {e}"));
+                break;
+            }
+        }
+    }
+    let connect_secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(pid);
+    let n = open.len().max(1);
+    println!(
+        "{}",
+        serde_json::json!({
+            "mode": "conns", "requested": count, "open": open.len(), "per_room": per_room,
+            "rss_before_kib": before, "rss_after_kib": after,
+            "kib_per_connection": after.saturating_sub(before) as f64 / n as f64,
+            "connect_secs": connect_secs, "stopped_by": failed,
+        })
+    );
+}
+
 /// A joined chat WebSocket (`/rooms/{room}/ws`).
 async fn chat_join(url: &str, room: &str) -> Socket {
     let (_, mut socket) = awc::Client::builder()
@@ -750,6 +1060,26 @@ fn main() {
                 readers,
                 mb,
             } => slow_readers(url, pid, readers, mb).await,
+            Mode::Fanout {
+                url,
+                readers,
+                rate,
+                secs,
+            } => fanout(url, readers, rate, secs).await,
+            Mode::Saturate {
+                url,
+                readers,
+                start_rate,
+                step_secs,
+                p99_ms,
+                max_steps,
+            } => saturate(url, readers, start_rate, step_secs, p99_ms, max_steps).await,
+            Mode::Conns {
+                url,
+                pid,
+                count,
+                per_room,
+            } => conns(url, pid, count, per_room).await,
             Mode::StreamFanout {
                 url,
                 subscribers,

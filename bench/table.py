@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Turns one bench/compare.sh results file (JSON lines) into the BENCHMARKS.md table.
+
+Every figure comes from the same run; ratios compare servers measured minutes apart on the
+same machine, which is what makes them meaningful on a shared, noisy host.
+"""
+import json
+import os
+import platform
+import subprocess
+import sys
+
+
+def load(path):
+    results = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                row = json.loads(line)
+                results[(row["server"], row["label"])] = row["result"]
+    return results
+
+
+def get(results, server, label, *keys):
+    value = results.get((server, label), {})
+    for key in keys:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def fmt(value, digits=1):
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def ratio(a, b, digits=2):
+    if a is None or b is None or b == 0:
+        return "—"
+    return f"{a / b:.{digits}f}×"
+
+
+def machine():
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        with open("/proc/meminfo") as f:
+            kib = int(f.readline().split()[1])
+            mem = f", {kib / 1024 / 1024:.0f} GiB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        rev = "?"
+    return f"{os.cpu_count()} × {cpu}{mem}, {platform.system()} {platform.release()}; tandem at {rev}"
+
+
+def main(path):
+    r = load(path)
+    servers = ["tandem", "reference", "bare"]
+    out = []
+    out.append("# Benchmarks\n")
+    out.append(f"Latest run of `bench/compare.sh` (`{os.path.basename(path)}`), on {machine()}.")
+    out.append("Servers: **tandem** (durable: every update flushed to sled before broadcast), "
+               "**reference** (`@y/websocket-server` 0.1.1 on Node, in memory, no persistence), "
+               "**bare** (`examples/broadcast_baseline.rs`: tokio relay, no CRDT, no storage — the "
+               "machine's fan-out ceiling). The load generator runs on the same 2 cores.\n")
+
+    out.append("## Fan-out: 1 writer → readers, 50 updates/s, open loop\n")
+    out.append("| server | readers | delivered/s | p50 ms | p95 ms | p99 ms | max ms | readers missing an update |")
+    out.append("|---|---|---|---|---|---|---|---|")
+    for s in servers:
+        f = r.get((s, "fanout"), {})
+        out.append(f"| {s} | {fmt(f.get('readers'))} | {fmt(f.get('delivered_per_sec'), 0)} | {fmt(f.get('p50_ms'))} | "
+                   f"{fmt(f.get('p95_ms'))} | {fmt(f.get('p99_ms'))} | {fmt(f.get('max_ms'))} | {fmt(f.get('readers_missing'))} |")
+    tp99 = get(r, "tandem", "fanout", "p99_ms")
+    rp99 = get(r, "reference", "fanout", "p99_ms")
+    out.append(f"\nTandem p99 / reference p99: **{ratio(tp99, rp99)}** (target ≤ 0.33×).\n")
+
+    out.append("## Saturate: rate doubled until p99 > 500 ms or an update is missed\n")
+    out.append("| server | sustained updates/s | sustained delivered/s |")
+    out.append("|---|---|---|")
+    for s in servers:
+        out.append(f"| {s} | {fmt(get(r, s, 'saturate', 'sustained_rate'), 0)} | "
+                   f"{fmt(get(r, s, 'saturate', 'sustained_delivered_per_sec'), 0)} |")
+    t = get(r, "tandem", "saturate", "sustained_delivered_per_sec")
+    out.append(f"\nTandem / reference: **{ratio(t, get(r, 'reference', 'saturate', 'sustained_delivered_per_sec'))}** "
+               f"(target ≥ 3×); Tandem / bare: **{ratio(t, get(r, 'bare', 'saturate', 'sustained_delivered_per_sec'))}** "
+               "(target ≥ 0.5×). Steps double the rate, so a figure is a lower bound within 2×.\n")
+
+    out.append("## Memory\n")
+    out.append("| server | KiB per idle room (2 sessions) | idle connections opened | KiB per idle connection |")
+    out.append("|---|---|---|---|")
+    for s in ["tandem", "reference"]:
+        out.append(f"| {s} | {fmt(get(r, s, 'rooms', 'kib_per_room'))} | {fmt(get(r, s, 'conns', 'open'))} | "
+                   f"{fmt(get(r, s, 'conns', 'kib_per_connection'))} |")
+    out.append("\nTargets: ≤ 12 KiB per idle room with 2 sessions; ≤ 16 KiB per connection at 20,000.\n")
+
+    out.append("## Editing trace (automerge-paper, 259,778 edits) writer → observer\n")
+    out.append("| server | seconds | server CPU s | raw yrs apply s (same run) | CPU / raw | observer holds endContent |")
+    out.append("|---|---|---|---|---|---|")
+    for s in ["tandem", "reference"]:
+        secs = get(r, s, "trace", "through_server_secs")
+        cpu = get(r, s, "trace", "server_cpu_secs")
+        floor = get(r, s, "trace", "floor_secs")
+        out.append(f"| {s} | {fmt(secs, 2)} | {fmt(cpu, 2)} | {fmt(floor, 2)} | {ratio(cpu, floor, 1)} | "
+                   f"{fmt(get(r, s, 'trace', 'observer_matches_end_content'))} |")
+    out.append(f"\nTandem time / reference time: **{ratio(get(r, 'tandem', 'trace', 'through_server_secs'), get(r, 'reference', 'trace', 'through_server_secs'))}** "
+               "(target ≤ 1×); CPU / raw target ≤ 1.5×.\n")
+
+    out.append("## Chat stream: 1 publisher → subscribers (Tandem only)\n")
+    out.append("| transport | subscribers | publish→receive p50 ms | p99 ms | publish→ack p50 ms | p99 ms |")
+    out.append("|---|---|---|---|---|---|")
+    for label in ["stream-ws", "stream-sse"]:
+        out.append(f"| {label[7:]} | {fmt(get(r, 'tandem', label, 'subscribers'))} | "
+                   f"{fmt(get(r, 'tandem', label, 'publish_to_receive', 'p50_ms'), 2)} | "
+                   f"{fmt(get(r, 'tandem', label, 'publish_to_receive', 'p99_ms'), 2)} | "
+                   f"{fmt(get(r, 'tandem', label, 'publish_to_ack', 'p50_ms'), 2)} | "
+                   f"{fmt(get(r, 'tandem', label, 'publish_to_ack', 'p99_ms'), 2)} |")
+    out.append("")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
