@@ -34,6 +34,8 @@ def get(results, server, label, *keys):
 def fmt(value, digits=1):
     if value is None:
         return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "**no**"
     if isinstance(value, float):
         return f"{value:,.{digits}f}"
     return f"{value:,}" if isinstance(value, int) else str(value)

@@ -16,6 +16,9 @@ use thiserror::Error;
 use crate::room::RoomName;
 
 /// What a session or request may do in a room.
+/// The prefix of anonymous chat senders; token subjects may not start with it.
+pub const ANONYMOUS_PREFIX: &str = "anon-";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Access {
@@ -178,6 +181,16 @@ impl Authenticator {
         };
         if !claims.rooms.iter().any(|p| room_matches(p, room.as_str())) {
             return Err(AuthError::WrongRoom(room.to_string()));
+        }
+        // Anonymous chat senders are named `anon-…`; a subject may not pass for one.
+        if claims
+            .sub
+            .as_deref()
+            .is_some_and(|s| s.starts_with(ANONYMOUS_PREFIX))
+        {
+            return Err(AuthError::Invalid(format!(
+                "subjects starting with {ANONYMOUS_PREFIX:?} are reserved"
+            )));
         }
         Ok(Grant {
             subject: claims.sub,

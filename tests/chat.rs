@@ -766,6 +766,16 @@ async fn protocol_errors_are_answered_and_limits_hold() {
         (error["code"].as_str(), error["id"].as_str()),
         (Some("body_too_large"), Some("big"))
     );
+    for bad in [
+        json!({"type": "publish", "id": "i".repeat(300), "body": 1}),
+        json!({"type": "typing", "status": "s".repeat(300)}),
+        json!({"type": "history", "before": 5, "after": 1}),
+        json!({"type": "history", "limit": 0}),
+        json!({"type": "history", "limit": 5000}),
+    ] {
+        chat.send(&bad).await;
+        assert_eq!(chat.next_of("error").await["code"], "bad_request", "{bad}");
+    }
     // Still usable after errors.
     assert_eq!(chat.publish(Some("ok"), json!("fine")).await["seq"], 1);
     // Binary frames are not the chat protocol: closed with 1003.
@@ -775,6 +785,18 @@ async fn protocol_errors_are_answered_and_limits_hold() {
         .unwrap();
     let closed = chat.next_of("closed").await;
     assert_eq!(closed["code"], 1003);
+
+    // Connections that drop while their join is in flight leave no ghost member.
+    for i in 0..30 {
+        let mut ghost = Chat::connect(&server, &format!("ghosts-{}", i % 3), None).await;
+        ghost.send(&json!({"type": "join", "since": 0})).await;
+        drop(ghost);
+    }
+    let deadline = Instant::now() + WAIT;
+    while metric(&server, "tandem_chat_members").await > 0.0 {
+        assert!(Instant::now() < deadline, "ghost members stayed joined");
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // HTTP: bad bodies and keys get a status with a reason.
     let url = server.url(&format!("/rooms/{room}/messages"));
@@ -874,6 +896,13 @@ async fn count_retention_is_exact_though_removal_is_batched() {
             .send(&json!({"type": "history", "before": 60, "limit": 50}))
             .await;
         assert_eq!(seqs_of(&client.next_of("history").await), range(51, 59));
+        // Paging forward from before the window starts at its oldest message.
+        client
+            .send(&json!({"type": "history", "after": 0, "limit": 5}))
+            .await;
+        let page = client.next_of("history").await;
+        assert_eq!(seqs_of(&page), range(51, 55));
+        assert_eq!(page["recovered"], false);
         server.kill9();
         server = server.restart();
     }

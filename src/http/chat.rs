@@ -18,12 +18,11 @@ use crate::registry::send_to_room;
 use crate::room::{HttpPublish, ReadMessages, ReadReply, DEFAULT_PAGE, MAX_PAGE};
 use crate::session::sse::{SseSession, Subscriber};
 use crate::session::Session;
+use crate::stream::wire::MAX_ID_BYTES;
 use crate::stream::ResumeFrom;
 
 /// Longest long-poll wait a client may ask for, in seconds.
 pub const MAX_WAIT_SECS: f64 = 60.0;
-/// Longest `Idempotency-Key` accepted.
-pub const MAX_IDEMPOTENCY_KEY: usize = 256;
 
 /// `GET /rooms/{room}/ws`: upgrade to a chat-stream WebSocket session.
 pub async fn upgrade(
@@ -130,10 +129,10 @@ pub async fn publish(
     let id = match req.headers().get("idempotency-key") {
         None => None,
         Some(value) => match value.to_str() {
-            Ok(key) if !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY => Some(key.to_owned()),
+            Ok(key) if !key.is_empty() && key.len() <= MAX_ID_BYTES => Some(key.to_owned()),
             _ => {
                 return Err(ApiError::BadRequest(format!(
-                    "Idempotency-Key must be 1..={MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+                    "Idempotency-Key must be 1..={MAX_ID_BYTES} visible ASCII characters"
                 )))
             }
         },

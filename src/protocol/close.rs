@@ -22,6 +22,11 @@ pub const UNSUPPORTED_DATA: Close = Close {
     code: 1003,
     reason: "binary frames only",
 };
+/// A binary frame arrived on the JSON chat endpoint.
+pub const TEXT_ONLY: Close = Close {
+    code: 1003,
+    reason: "text frames only",
+};
 /// No frame (not even a pong) arrived within the heartbeat timeout.
 pub const HEARTBEAT_TIMEOUT: Close = Close {
     code: 1001,

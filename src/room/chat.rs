@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use super::{AfterFlush, DurableReply, Outbound, Room, RoomError, SessionId};
-use crate::auth::Access;
+use crate::auth::{Access, ANONYMOUS_PREFIX};
 use crate::metrics;
 use crate::protocol::close;
 use crate::stream::wire::{self, ErrorCode, Event, Page, RecordHead, Request};
@@ -28,13 +28,14 @@ use crate::stream::{
     ResumeFrom, StreamMeta,
 };
 
-/// Most messages a history page or long-poll answer holds.
-pub const MAX_PAGE: usize = 1000;
+pub use crate::stream::wire::MAX_PAGE;
 /// Messages in a page when the client names no limit, and in the "latest page" sent to a
 /// client that could not be recovered.
 pub const DEFAULT_PAGE: usize = 50;
 /// Most messages replayed on join; a client further behind is told it was not recovered.
 pub const MAX_REPLAY: usize = 10_000;
+/// Records read from the store at a time when a range may be long.
+const READ_CHUNK: usize = 256;
 
 /// Chat stream knobs (from the configuration).
 #[derive(Debug, Clone)]
@@ -199,17 +200,25 @@ impl Room {
                 meta
             }
         };
-        // Rebuild the idempotency window from the newest records.
+        // Rebuild the idempotency window from the newest records, oldest first, a chunk at
+        // a time (records may be large; only their heads are kept).
         let mut idempotency = Idempotency::new(stream.idempotency_window);
-        let tail = self.store.read_messages_before(
-            &self.name,
-            meta.last_seq.saturating_add(1),
-            stream.idempotency_window,
-        )?;
-        for (seq, record) in &tail {
-            if let Some(head) = RecordHead::parse(record) {
-                if let Some(id) = head.id {
-                    idempotency.insert((key_subject_of_sender(&head.sender), id), *seq);
+        let window = stream.idempotency_window as u64;
+        let mut after = meta.last_seq.saturating_sub(window).max(meta.first_seq - 1);
+        while window > 0 && after < meta.last_seq {
+            let chunk = self.store.read_messages(&self.name, after, READ_CHUNK)?;
+            let Some((last, _)) = chunk.last() else {
+                break;
+            };
+            after = *last;
+            for (seq, record) in &chunk {
+                if let Some(RecordHead {
+                    sender,
+                    id: Some(id),
+                    ..
+                }) = RecordHead::parse(record)
+                {
+                    idempotency.insert((key_subject_of_sender(&sender), id), *seq);
                 }
             }
         }
@@ -308,6 +317,20 @@ impl Room {
             return;
         };
         chat.waiters.retain(|w| !w.is_closed());
+        // A member whose connection ended before its join was answered never sends
+        // `Leave` (its actor did not know the room yet): notice it here.
+        let gone: Vec<SessionId> = chat
+            .members
+            .iter()
+            .filter(|(_, m)| !m.outbox.connected())
+            .map(|(id, _)| *id)
+            .collect();
+        for session in gone {
+            self.chat_leave(session);
+        }
+        let Some(chat) = self.chat.as_mut() else {
+            return;
+        };
         let ttl_ms = chat.presence.status_ttl().as_millis() as u64;
         for member in chat.presence.expire(Instant::now()) {
             let event = wire::typing(&member, ttl_ms);
@@ -382,6 +405,33 @@ impl Room {
     }
 
     /// Messages `(after, upto]`, at most `limit`, as stored.
+    /// Messages `(after, upto]`, all of them, or `None` once they would pass `max_count`
+    /// messages or `max_bytes` (read a chunk at a time, so an oversized replay is refused
+    /// without being loaded).
+    fn read_all_capped(
+        &self,
+        after: u64,
+        upto: u64,
+        max_count: usize,
+        max_bytes: u64,
+    ) -> Result<Option<Vec<(u64, Bytes)>>, RoomError> {
+        let mut out = Vec::new();
+        let (mut next, mut bytes) = (after, 0u64);
+        while next < upto {
+            let chunk = self.read_range(next, upto, READ_CHUNK)?;
+            let Some((last, _)) = chunk.last() else {
+                break;
+            };
+            next = *last;
+            bytes += chunk.iter().map(|(_, r)| r.len() as u64).sum::<u64>();
+            out.extend(chunk);
+            if out.len() > max_count || bytes > max_bytes {
+                return Ok(None);
+            }
+        }
+        Ok(Some(out))
+    }
+
     fn read_range(
         &self,
         after: u64,
@@ -422,12 +472,14 @@ impl Room {
         match decision {
             Resume::Fresh => Ok((false, Vec::new())),
             Resume::Recovered { after } => {
-                let messages = self.read_range(after, delivered, MAX_REPLAY + 1)?;
-                let bytes: u64 = messages.iter().map(|(_, r)| r.len() as u64).sum();
-                let complete = messages.len() as u64 == delivered - after;
-                if complete && messages.len() <= MAX_REPLAY && bytes <= max_bytes {
-                    m.chat_recovered.inc();
-                    return Ok((true, messages));
+                let messages = self.read_all_capped(after, delivered, MAX_REPLAY, max_bytes)?;
+                if let Some(messages) = messages {
+                    // Trimmed meanwhile? Then it is not the whole range: never present a
+                    // partial replay as complete.
+                    if messages.len() as u64 == delivered - after {
+                        m.chat_recovered.inc();
+                        return Ok((true, messages));
+                    }
                 }
                 m.chat_not_recovered.inc();
                 Ok((false, self.latest(delivered, DEFAULT_PAGE)?))
@@ -445,11 +497,17 @@ impl Room {
         from: Option<&ResumeFrom>,
         before: Option<u64>,
         limit: usize,
+        from_oldest: bool,
     ) -> Result<Page, RoomError> {
         let limit = limit.clamp(1, MAX_PAGE);
         let chat = self.chat()?;
         let (delivered, meta) = (chat.delivered, chat.meta.clone());
         let (recovered, messages) = match (before, from) {
+            // History paging forward from before the retained window: start at its oldest.
+            (None, Some(from)) if from_oldest && from.since + 1 < meta.first_seq => (
+                false,
+                self.read_range(meta.first_seq - 1, delivered, limit)?,
+            ),
             (Some(before), _) => (
                 false,
                 self.latest(
@@ -479,7 +537,7 @@ impl Room {
         let sender = msg
             .subject
             .clone()
-            .unwrap_or_else(|| format!("anon-{conn}"));
+            .unwrap_or_else(|| format!("{ANONYMOUS_PREFIX}{conn}"));
         let member = Member {
             conn: conn.clone(),
             subject: sender.clone(),
@@ -615,7 +673,7 @@ impl Room {
             } => {
                 let from = after.map(|since| ResumeFrom { epoch: None, since });
                 let limit = limit.unwrap_or(DEFAULT_PAGE);
-                let event = match self.page(from.as_ref(), before, limit) {
+                let event = match self.page(from.as_ref(), before, limit, true) {
                     Ok(page) => wire::history(&page, req.as_deref()),
                     Err(e) => wire::error(ErrorCode::Unavailable, &e.to_string(), req.as_deref()),
                 };
@@ -627,7 +685,7 @@ impl Room {
 
 /// The idempotency key's subject half for a stored sender (anonymous senders share "").
 fn key_subject_of_sender(sender: &str) -> String {
-    if sender.starts_with("anon-") {
+    if sender.starts_with(ANONYMOUS_PREFIX) {
         String::new()
     } else {
         sender.to_owned()
@@ -661,7 +719,11 @@ impl Handler<HttpPublish> for Room {
         if self.stopping {
             return Err(RoomError::Unavailable("room is stopping".into()));
         }
-        let sender = msg.subject.clone().unwrap_or_else(|| "anon-http".into());
+        self.empty_since = Instant::now();
+        let sender = msg
+            .subject
+            .clone()
+            .unwrap_or_else(|| format!("{ANONYMOUS_PREFIX}http"));
         let key_subject = msg.subject.unwrap_or_default();
         let (seq, duplicate) =
             self.publish(&sender, &key_subject, msg.id.as_deref(), &msg.body, ctx)?;
@@ -680,7 +742,8 @@ impl Handler<ReadMessages> for Room {
         if self.stopping {
             return Err(RoomError::Unavailable("room is stopping".into()));
         }
-        let page = self.page(msg.from.as_ref(), None, msg.limit)?;
+        self.empty_since = Instant::now();
+        let page = self.page(msg.from.as_ref(), None, msg.limit, false)?;
         let caught_up = msg.from.as_ref().is_some_and(|f| f.since >= page.last_seq);
         if msg.wait && page.recovered && caught_up {
             let (tx, rx) = oneshot::channel();

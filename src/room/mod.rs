@@ -271,6 +271,9 @@ impl Room {
     /// Loads the document: the snapshot, then the logged updates after it.
     fn load(&mut self) -> Result<(), RoomError> {
         let started = Instant::now();
+        // What the store holds may include writes of an earlier activation that failed
+        // before they were flushed: make them durable before serving any of it.
+        self.store.flush_blocking()?;
         let stored = self.store.load_doc(&self.name)?;
         self.document = Document::load(
             stored.snapshot.as_deref(),
@@ -533,6 +536,17 @@ impl Room {
         let snapshot_due = self.last_snapshot_at.elapsed() >= self.config.snapshot_interval;
         if snapshot_due && self.last_seq > self.snapshot_seq {
             self.snapshot();
+        }
+        // A session whose connection ended before its join was answered never sends
+        // `Leave`: notice it here.
+        let gone: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| !s.outbox.connected())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.remove_session(id);
         }
         self.chat_tick();
         let idle = self.sessions.is_empty()

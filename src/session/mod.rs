@@ -212,7 +212,7 @@ impl Session {
     /// Decodes one whole binary message and hands it to the room.
     fn receive(&mut self, frame: Bytes, ctx: &mut ws::WebsocketContext<Self>) {
         if self.is_chat() {
-            self.close(ctx, close::UNSUPPORTED_DATA, "chat frames are JSON text");
+            self.close(ctx, close::TEXT_ONLY, "the chat protocol is JSON");
             return;
         }
         if !self.within_rate(frame.len(), ctx) {
@@ -247,7 +247,7 @@ impl Session {
         if !self.within_rate(text.len(), ctx) {
             return;
         }
-        let request = match Request::parse(text) {
+        let request = match Request::parse(text).and_then(Request::validated) {
             Ok(request) => request,
             Err(e) => {
                 metrics::get().protocol_errors.inc();
@@ -364,7 +364,12 @@ impl Session {
             Item::FirstBinary(b) if !self.is_chat() => (b, true, false),
             Item::FirstText(b) if self.is_chat() => (b, true, false),
             Item::FirstBinary(_) | Item::FirstText(_) => {
-                self.close(ctx, close::UNSUPPORTED_DATA, "");
+                let close = if self.is_chat() {
+                    close::TEXT_ONLY
+                } else {
+                    close::UNSUPPORTED_DATA
+                };
+                self.close(ctx, close, "");
                 return;
             }
             Item::Continue(b) => (b, false, false),

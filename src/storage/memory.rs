@@ -151,6 +151,10 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    fn flush_blocking(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     fn flush(&self) -> Durable {
         Box::pin(async { Ok(()) })
     }

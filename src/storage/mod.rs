@@ -100,6 +100,8 @@ pub trait Store: Send + Sync + 'static {
     fn trim_messages(&self, room: &RoomName, upto: u64) -> Result<(), StoreError>;
     /// The durability barrier; see the module docs.
     fn flush(&self) -> Durable;
+    /// Makes everything written so far durable before returning (blocks the caller).
+    fn flush_blocking(&self) -> Result<(), StoreError>;
     /// Whether the store can serve requests (for `/readyz`).
     fn is_ready(&self) -> bool {
         true

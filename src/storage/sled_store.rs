@@ -343,6 +343,11 @@ impl Store for SledStore {
         self.streams.apply_batch(batch).map_err(backend)
     }
 
+    fn flush_blocking(&self) -> Result<(), StoreError> {
+        // Flushes the whole database (every tree); cheap when nothing is dirty.
+        self.docs.flush().map(drop).map_err(backend)
+    }
+
     fn flush(&self) -> Durable {
         let Some(requests) = self.flusher.as_ref().and_then(|f| f.requests.as_ref()) else {
             return Box::pin(async { Ok(()) });

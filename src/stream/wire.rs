@@ -65,10 +65,48 @@ pub enum Request {
 #[error("{0}")]
 pub struct ParseError(String);
 
+/// Longest message id, history `req` or typing status accepted, in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+/// Most messages one history page holds.
+pub const MAX_PAGE: usize = 1000;
+
 impl Request {
     /// Parses one text frame.
     pub fn parse(text: &str) -> Result<Self, ParseError> {
         serde_json::from_str(text).map_err(|e| ParseError(e.to_string()))
+    }
+
+    /// Checks the limits parsing cannot: string lengths, page sizes, exclusive fields.
+    pub fn validated(self) -> Result<Self, ParseError> {
+        let too_long = |what: &str, s: &Option<String>| {
+            s.as_ref()
+                .is_some_and(|s| s.len() > MAX_ID_BYTES)
+                .then(|| ParseError(format!("{what} is longer than {MAX_ID_BYTES} bytes")))
+        };
+        let problem = match &self {
+            Request::Join { .. } => None,
+            Request::Publish { id, .. } => too_long("id", id),
+            Request::Typing { status } => too_long("status", status),
+            Request::History {
+                req,
+                before,
+                after,
+                limit,
+            } => too_long("req", req)
+                .or_else(|| {
+                    (before.is_some() && after.is_some())
+                        .then(|| ParseError("give before or after, not both".into()))
+                })
+                .or_else(|| {
+                    limit
+                        .is_some_and(|l| l == 0 || l > MAX_PAGE)
+                        .then(|| ParseError(format!("limit must be 1..={MAX_PAGE}")))
+                }),
+        };
+        match problem {
+            Some(e) => Err(e),
+            None => Ok(self),
+        }
     }
 }
 
