@@ -17,7 +17,7 @@ quick=${QUICK:-0}
 readers=1000
 fanout_secs=10
 step_secs=5
-conns=20000
+conns=19500
 if [ "$quick" = 1 ]; then readers=200; fanout_secs=3; step_secs=2; conns=2000; fi
 
 echo "== building (release)" >&2

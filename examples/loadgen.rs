@@ -140,8 +140,9 @@ enum Mode {
         /// The server's process id (for RSS).
         #[arg(long)]
         pid: u32,
-        /// Connections to open (spread over 127.0.0.1..=127.0.0.N source addresses).
-        #[arg(long, default_value_t = 20_000)]
+        /// Connections to open (spread over 127.0.0.1..=127.0.0.N source addresses). The
+        /// server needs a file descriptor per connection: keep under its `ulimit -n`.
+        #[arg(long, default_value_t = 19_500)]
         count: usize,
         /// Connections per room.
         #[arg(long, default_value_t = 100)]
@@ -778,7 +779,10 @@ async fn conns(url: String, pid: u32, count: usize, per_room: usize) {
         let source =
             std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1 + (i / 10_000) as u8));
         let path = format!("{}/conns{}-{}", parsed.1, std::process::id(), i / per_room);
-        match raw_ws(host, source, &path).await {
+        let opened = tokio::time::timeout(Duration::from_secs(5), raw_ws(host, source, &path))
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::other("no answer within 5 s")));
+        match opened {
             Ok(stream) => open.push(stream),
             Err(e) => {
                 failed = Some(format!("connection {i}: {e}"));
