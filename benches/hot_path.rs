@@ -1,0 +1,153 @@
+//! The hot path of one document update, step by step, against raw `yrs` on the same
+//! updates (the first transactions of the real automerge-paper editing trace):
+//!
+//! - `raw_yrs_apply`: decode + apply into a bare `yrs` document (the floor);
+//! - `check`: the structural check every client update passes before yrs sees it;
+//! - `document_apply`: Tandem's `Document::apply_update` (check + apply + the delta);
+//! - `frame_encode`: wrapping a delta into the y-websocket frame, once per update;
+//! - `fanout/N`: handing that one frame to N session mailboxes (actix `Recipient`s).
+//!
+//! `cargo bench --bench hot_path`; compare each figure with `raw_yrs_apply` from the same
+//! run (the machine is shared and noisy).
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use tandem::protocol::update_check::check_update_v1;
+use tandem::protocol::ysync::Message as SyncMessage;
+use tandem::room::Document;
+use yrs::updates::decoder::Decode;
+use yrs::{Doc, OffsetKind, Options, Text, Transact, Update};
+
+const TRACE: &str = "../shared/data/automerge-paper.json.gz";
+const UPDATES: usize = 20_000;
+
+/// The first `UPDATES` transactions of the trace, one v1 update each.
+fn trace_updates() -> Vec<Vec<u8>> {
+    let mut json = String::new();
+    let file = std::fs::File::open(TRACE).unwrap_or_else(|e| panic!("{TRACE}: {e}"));
+    flate2::read::GzDecoder::new(file)
+        .read_to_string(&mut json)
+        .expect("gunzip the trace");
+    let trace: serde_json::Value = serde_json::from_str(&json).expect("trace JSON");
+    let doc = Doc::with_options(Options {
+        offset_kind: OffsetKind::Utf16,
+        ..Options::default()
+    });
+    let text = doc.get_or_insert_text("text");
+    let mut updates = Vec::new();
+    for txn in trace["txns"].as_array().expect("txns").iter().take(UPDATES) {
+        let mut t = doc.transact_mut();
+        for patch in txn["patches"].as_array().expect("patches") {
+            let pos = patch[0].as_u64().unwrap() as u32;
+            let del = patch[1].as_u64().unwrap() as u32;
+            if del > 0 {
+                text.remove_range(&mut t, pos, del);
+            }
+            if let Some(ins) = patch[2].as_str().filter(|s| !s.is_empty()) {
+                text.insert(&mut t, pos, ins);
+            }
+        }
+        updates.push(t.encode_update_v1());
+    }
+    updates
+}
+
+struct Sink;
+
+impl Actor for Sink {
+    type Context = Context<Self>;
+}
+
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+struct Frame(#[allow(dead_code)] Bytes);
+
+impl Handler<Frame> for Sink {
+    type Result = ();
+    fn handle(&mut self, _msg: Frame, _ctx: &mut Self::Context) {}
+}
+
+fn hot_path(c: &mut Criterion) {
+    let updates = trace_updates();
+    let mut group = c.benchmark_group("update");
+    group.throughput(Throughput::Elements(updates.len() as u64));
+    group.sample_size(10);
+    group.bench_function("raw_yrs_apply", |b| {
+        b.iter(|| {
+            let doc = Doc::new();
+            for u in &updates {
+                let update = Update::decode_v1(u).unwrap();
+                doc.transact_mut().apply_update(update).unwrap();
+            }
+        })
+    });
+    group.bench_function("check", |b| {
+        b.iter(|| {
+            for u in &updates {
+                check_update_v1(u).unwrap();
+            }
+        })
+    });
+    group.bench_function("document_apply", |b| {
+        b.iter(|| {
+            let mut doc = Document::new();
+            for u in &updates {
+                doc.apply_update(u).unwrap();
+            }
+        })
+    });
+    let deltas: Vec<Bytes> = {
+        let mut doc = Document::new();
+        updates
+            .iter()
+            .filter_map(|u| doc.apply_update(u).unwrap())
+            .map(Bytes::from)
+            .collect()
+    };
+    group.bench_function("frame_encode", |b| {
+        b.iter(|| {
+            for d in &deltas {
+                std::hint::black_box(SyncMessage::Update(d.clone()).encode());
+            }
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("fanout");
+    group.sample_size(10);
+    let frame = SyncMessage::Update(deltas[0].clone()).encode();
+    let system = System::new();
+    for n in [10usize, 100, 1000] {
+        let recipients: Vec<Recipient<Frame>> =
+            system.block_on(async { (0..n).map(|_| Sink.start().recipient()).collect() });
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter_custom(|iters| {
+                system.block_on(async {
+                    let mut spent = Duration::ZERO;
+                    for i in 0..iters {
+                        let started = Instant::now();
+                        for r in &recipients {
+                            r.do_send(Frame(frame.clone()));
+                        }
+                        spent += started.elapsed();
+                        // Let the mailboxes drain (not timed), as the sessions would.
+                        if i % 16 == 15 {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                    tokio::task::yield_now().await;
+                    spent
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, hot_path);
+criterion_main!(benches);
