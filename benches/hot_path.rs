@@ -22,13 +22,32 @@ use tandem::room::Document;
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, OffsetKind, Options, Text, Transact, Update};
 
-const TRACE: &str = "../shared/data/automerge-paper.json.gz";
 const UPDATES: usize = 20_000;
 
-/// The first `UPDATES` transactions of the trace, one v1 update each.
+/// The trace: `$TANDEM_TRACE`, else `../shared/data/automerge-paper.json.gz` beside the
+/// repository.
+fn trace_path() -> std::path::PathBuf {
+    std::env::var_os("TANDEM_TRACE").map_or_else(
+        || {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../shared/data/automerge-paper.json.gz")
+        },
+        Into::into,
+    )
+}
+
+/// The first `UPDATES` transactions of the trace, one v1 update each; without the trace
+/// file, a synthetic one (single-character edits at scattered positions), said loudly.
 fn trace_updates() -> Vec<Vec<u8>> {
+    let path = trace_path();
+    let Ok(file) = std::fs::File::open(&path) else {
+        eprintln!(
+            "hot_path: {} not found (set TANDEM_TRACE); using a synthetic trace",
+            path.display()
+        );
+        return synthetic_updates();
+    };
     let mut json = String::new();
-    let file = std::fs::File::open(TRACE).unwrap_or_else(|e| panic!("{TRACE}: {e}"));
     flate2::read::GzDecoder::new(file)
         .read_to_string(&mut json)
         .expect("gunzip the trace");
@@ -54,6 +73,32 @@ fn trace_updates() -> Vec<Vec<u8>> {
         updates.push(t.encode_update_v1());
     }
     updates
+}
+
+fn synthetic_updates() -> Vec<Vec<u8>> {
+    let doc = Doc::new();
+    let text = doc.get_or_insert_text("text");
+    let mut state = 0x2545_f491_u64;
+    (0..UPDATES)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            let mut t = doc.transact_mut();
+            let len = text.len(&t);
+            let pos = if len == 0 {
+                0
+            } else {
+                (state >> 33) as u32 % (len + 1)
+            };
+            if state.is_multiple_of(7) && pos < len {
+                text.remove_range(&mut t, pos, 1);
+            } else {
+                text.insert(&mut t, pos, "x");
+            }
+            t.encode_update_v1()
+        })
+        .collect()
 }
 
 struct Sink;

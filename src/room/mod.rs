@@ -223,6 +223,9 @@ pub struct Room {
     last_seq: u64,
     /// Writes (log appends and stream messages) made to the store by this activation.
     writes: u64,
+    /// Logged updates not yet handed to the store: written as one record when the next
+    /// flush starts (one store write per group commit instead of one per update).
+    unwritten: Vec<Vec<u8>>,
     /// How many of them are known durable.
     durable_writes: u64,
     /// Sequence number the last snapshot covers.
@@ -257,6 +260,7 @@ impl Room {
             stored_bytes: 0,
             last_seq: 0,
             writes: 0,
+            unwritten: Vec::new(),
             durable_writes: 0,
             snapshot_seq: 0,
             last_snapshot_at: Instant::now(),
@@ -328,12 +332,9 @@ impl Room {
         };
         self.last_seq += 1;
         self.stored_bytes += delta.len() as u64;
-        if let Err(e) = self.store.append_update(&self.name, self.last_seq, &delta) {
-            self.fail(&format!("appending to the log failed: {e}"), ctx);
-            return Err(e.into());
-        }
+        let frame = SyncMessage::Update(Bytes::copy_from_slice(&delta)).encode();
+        self.unwritten.push(delta);
         self.writes += 1;
-        let frame = SyncMessage::Update(delta.into()).encode();
         self.after_durable(
             AfterFlush::Broadcast {
                 frame,
@@ -365,6 +366,10 @@ impl Room {
     /// Starts a flush unless one is running; when it ends, releases what it covered.
     fn request_flush(&mut self, ctx: &mut Context<Self>) {
         if self.in_flight.is_some() || self.pending.is_empty() {
+            return;
+        }
+        if let Err(e) = self.write_unwritten() {
+            self.fail(&format!("appending to the log failed: {e}"), ctx);
             return;
         }
         self.flush_generation += 1;
@@ -466,6 +471,17 @@ impl Room {
         }
     }
 
+    /// Hands the logged updates not yet written to the store, as one record.
+    fn write_unwritten(&mut self) -> Result<(), StoreError> {
+        if self.unwritten.is_empty() {
+            return Ok(());
+        }
+        self.store
+            .append_updates(&self.name, self.last_seq, &self.unwritten)?;
+        self.unwritten.clear();
+        Ok(())
+    }
+
     /// Writes the whole state as a snapshot covering the log, which it replaces.
     fn snapshot(&mut self) {
         if self.last_seq == self.snapshot_seq {
@@ -481,6 +497,8 @@ impl Room {
             Ok(()) => {
                 debug!(room = %self.name, seq = self.last_seq, bytes = state.len(), "snapshot written");
                 self.snapshot_seq = self.last_seq;
+                // The snapshot holds them; the next flush makes it durable.
+                self.unwritten.clear();
                 self.stored_bytes = state.len() as u64;
                 self.last_snapshot_at = Instant::now();
                 metrics::get().snapshots.inc();
@@ -516,6 +534,7 @@ impl Room {
     /// next activation reloads from what the store holds.
     fn fail(&mut self, why: &str, ctx: &mut Context<Self>) {
         error!(room = %self.name, "{why}; closing the room");
+        self.unwritten.clear(); // never acknowledged
         for pending in self.pending.drain(..) {
             if let AfterFlush::Reply { tx, .. } = pending.action {
                 let _ = tx.send(Err(RoomError::Unavailable(why.to_owned())));
@@ -558,6 +577,9 @@ impl Room {
             // Final snapshot, then stop: the registry forgets this activation when it hears
             // `Deactivated`; messages still queued here fail and their senders retry.
             self.snapshot();
+            if let Err(e) = self.write_unwritten() {
+                error!(room = %self.name, error = %e, "final log write failed");
+            }
             let store = Arc::clone(&self.store);
             actix::spawn(async move {
                 if let Err(e) = store.flush().await {
@@ -747,6 +769,9 @@ impl Handler<Shutdown> for Room {
         self.sessions.clear();
         self.chat_close_all(close::GOING_AWAY, "");
         self.snapshot();
+        if let Err(e) = self.write_unwritten() {
+            error!(room = %self.name, error = %e, "final log write failed");
+        }
         Box::pin(
             self.store
                 .flush()

@@ -54,8 +54,18 @@ impl Store for MemoryStore {
         }))
     }
 
-    fn append_update(&self, room: &RoomName, seq: u64, update: &[u8]) -> Result<(), StoreError> {
-        self.with_room(room, |records| records.log.insert(seq, update.to_vec()));
+    fn append_updates(
+        &self,
+        room: &RoomName,
+        last_seq: u64,
+        updates: &[Vec<u8>],
+    ) -> Result<(), StoreError> {
+        let first = last_seq + 1 - updates.len() as u64;
+        self.with_room(room, |records| {
+            for (seq, update) in (first..).zip(updates) {
+                records.log.insert(seq, update.clone());
+            }
+        });
         Ok(())
     }
 

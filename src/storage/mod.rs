@@ -71,8 +71,15 @@ pub struct StoredStream {
 pub trait Store: Send + Sync + 'static {
     /// Reads a room's snapshot and log tail.
     fn load_doc(&self, room: &RoomName) -> Result<StoredDoc, StoreError>;
-    /// Appends update number `seq` (strictly increasing per room) to the room's log.
-    fn append_update(&self, room: &RoomName, seq: u64, update: &[u8]) -> Result<(), StoreError>;
+    /// Appends `updates`, numbered up to `last_seq` (the last of them; strictly
+    /// increasing per room), to the room's log as one record. The room writes what arrived
+    /// since its previous flush in one go: one write per flush, not per update.
+    fn append_updates(
+        &self,
+        room: &RoomName,
+        last_seq: u64,
+        updates: &[Vec<u8>],
+    ) -> Result<(), StoreError>;
     /// Atomically stores `state` as the room's snapshot covering every log entry up to
     /// `upto` and removes those entries.
     fn write_snapshot(&self, room: &RoomName, upto: u64, state: &[u8]) -> Result<(), StoreError>;

@@ -4,7 +4,10 @@
 //! Key layout in the `docs` tree (room names never contain NUL, so `name\0` is a prefix
 //! no other room shares):
 //! - `name\0\0` → the snapshot: 8-byte big-endian `upto`, then the state update;
-//! - `name\0\1` + 8-byte big-endian seq → one logged update.
+//! - `name\0\2` + 8-byte big-endian seq → the logged updates numbered up to seq, each as a
+//!   4-byte big-endian length and the update (one record per group commit);
+//! - `name\0\1` + 8-byte big-endian seq → one logged update (written by earlier versions,
+//!   still read).
 //!
 //! The `streams` tree holds chat streams, with the same prefix scheme:
 //! - `name\0\0` → the stream meta: 8-byte big-endian trimmed-up-to seq, then the epoch;
@@ -28,6 +31,7 @@ use crate::room::RoomName;
 
 const SNAPSHOT_TAG: u8 = 0;
 const UPDATE_TAG: u8 = 1;
+const BATCH_TAG: u8 = 2;
 const STREAM_META_TAG: u8 = 0;
 const MESSAGE_TAG: u8 = 1;
 
@@ -95,9 +99,9 @@ impl SledStore {
         key
     }
 
-    fn update_key(room: &RoomName, seq: u64) -> Vec<u8> {
+    fn log_key(room: &RoomName, tag: u8, seq: u64) -> Vec<u8> {
         let mut key = Self::prefix(room);
-        key.push(UPDATE_TAG);
+        key.push(tag);
         key.extend_from_slice(&seq.to_be_bytes());
         key
     }
@@ -189,6 +193,21 @@ fn spawn_flusher(db: sled::Db) -> Result<Flusher, StoreError> {
     })
 }
 
+/// The updates of a batch record, or `None` if it is truncated.
+fn split_batch(mut value: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let mut updates = Vec::new();
+    while !value.is_empty() {
+        let (len, rest) = value.split_first_chunk::<4>()?;
+        let len = u32::from_be_bytes(*len) as usize;
+        if rest.len() < len {
+            return None;
+        }
+        updates.push(rest[..len].to_vec());
+        value = &rest[len..];
+    }
+    Some(updates)
+}
+
 fn backend(e: sled::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
@@ -209,25 +228,54 @@ impl Store for SledStore {
             stored.snapshot = Some(state.to_vec());
             stored.last_seq = covered;
         }
-        let mut log_prefix = Self::prefix(room);
-        log_prefix.push(UPDATE_TAG);
-        for entry in self.docs.scan_prefix(&log_prefix) {
-            let (key, value) = entry.map_err(backend)?;
-            let seq_bytes: [u8; 8] = key[log_prefix.len()..]
-                .try_into()
-                .map_err(|_| corrupt("log key has no 8-byte sequence number"))?;
-            let seq = u64::from_be_bytes(seq_bytes);
+        // Every logged update with its seq, from single records and batches alike.
+        let mut log: Vec<(u64, Vec<u8>)> = Vec::new();
+        for tag in [UPDATE_TAG, BATCH_TAG] {
+            let mut log_prefix = Self::prefix(room);
+            log_prefix.push(tag);
+            for entry in self.docs.scan_prefix(&log_prefix) {
+                let (key, value) = entry.map_err(backend)?;
+                let seq_bytes: [u8; 8] = key[log_prefix.len()..]
+                    .try_into()
+                    .map_err(|_| corrupt("log key has no 8-byte sequence number"))?;
+                let seq = u64::from_be_bytes(seq_bytes);
+                if tag == UPDATE_TAG {
+                    log.push((seq, value.to_vec()));
+                    continue;
+                }
+                let updates = split_batch(&value).ok_or_else(|| corrupt("truncated log batch"))?;
+                let first = (seq + 1)
+                    .checked_sub(updates.len() as u64)
+                    .ok_or_else(|| corrupt("log batch holds more updates than its seq"))?;
+                log.extend((first..).zip(updates));
+            }
+        }
+        log.sort_by_key(|(seq, _)| *seq);
+        for (seq, update) in log {
             if seq > covered {
-                stored.updates.push(value.to_vec());
+                stored.updates.push(update);
                 stored.last_seq = stored.last_seq.max(seq);
             }
         }
         Ok(stored)
     }
 
-    fn append_update(&self, room: &RoomName, seq: u64, update: &[u8]) -> Result<(), StoreError> {
+    fn append_updates(
+        &self,
+        room: &RoomName,
+        last_seq: u64,
+        updates: &[Vec<u8>],
+    ) -> Result<(), StoreError> {
+        let size = updates.iter().map(|u| u.len() + 4).sum();
+        let mut value = Vec::with_capacity(size);
+        for update in updates {
+            let len = u32::try_from(update.len())
+                .map_err(|_| StoreError::Backend("an update over 4 GiB".into()))?;
+            value.extend_from_slice(&len.to_be_bytes());
+            value.extend_from_slice(update);
+        }
         self.docs
-            .insert(Self::update_key(room, seq), update)
+            .insert(Self::log_key(room, BATCH_TAG, last_seq), value)
             .map_err(backend)?;
         Ok(())
     }
@@ -238,10 +286,12 @@ impl Store for SledStore {
         value.extend_from_slice(&upto.to_be_bytes());
         value.extend_from_slice(state);
         batch.insert(Self::snapshot_key(room), value);
-        let start = Self::update_key(room, 0);
-        let end = Self::update_key(room, upto);
-        for key in self.docs.range(start..=end).keys() {
-            batch.remove(key.map_err(backend)?);
+        for tag in [UPDATE_TAG, BATCH_TAG] {
+            let start = Self::log_key(room, tag, 0);
+            let end = Self::log_key(room, tag, upto);
+            for key in self.docs.range(start..=end).keys() {
+                batch.remove(key.map_err(backend)?);
+            }
         }
         // One batch: a crash leaves either the old snapshot and its log or the new one.
         self.docs.apply_batch(batch).map_err(backend)
@@ -374,16 +424,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path(), FlushPolicy::EveryBatch).unwrap();
         let (a, ab) = (room("a"), room("ab"));
-        store.append_update(&a, 1, b"one").unwrap();
-        store.append_update(&a, 2, b"two").unwrap();
-        store.append_update(&ab, 1, b"other room").unwrap();
+        store
+            .append_updates(&a, 2, &[b"one".to_vec(), b"two".to_vec()])
+            .unwrap();
+        store
+            .append_updates(&ab, 1, &[b"other room".to_vec()])
+            .unwrap();
         assert_eq!(
             store.load_doc(&a).unwrap().updates,
             vec![b"one".to_vec(), b"two".to_vec()]
         );
 
         store.write_snapshot(&a, 1, b"state@1").unwrap();
-        store.append_update(&a, 3, b"three").unwrap();
+        store.append_updates(&a, 3, &[b"three".to_vec()]).unwrap();
         let loaded = store.load_doc(&a).unwrap();
         assert_eq!(loaded.snapshot.as_deref(), Some(&b"state@1"[..]));
         assert_eq!(loaded.updates, vec![b"two".to_vec(), b"three".to_vec()]);
@@ -392,11 +445,44 @@ mod tests {
     }
 
     #[test]
+    fn legacy_single_records_and_batches_load_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), FlushPolicy::EveryBatch).unwrap();
+        let r = room("mixed");
+        store
+            .docs
+            .insert(SledStore::log_key(&r, UPDATE_TAG, 1), &b"1"[..])
+            .unwrap();
+        store
+            .docs
+            .insert(SledStore::log_key(&r, UPDATE_TAG, 2), &b"2"[..])
+            .unwrap();
+        store
+            .append_updates(&r, 5, &[b"3".to_vec(), b"4".to_vec(), b"5".to_vec()])
+            .unwrap();
+        let loaded = store.load_doc(&r).unwrap();
+        let texts: Vec<&[u8]> = loaded.updates.iter().map(Vec::as_slice).collect();
+        assert_eq!(texts, [&b"1"[..], b"2", b"3", b"4", b"5"]);
+        assert_eq!(loaded.last_seq, 5);
+        store.write_snapshot(&r, 5, b"s").unwrap();
+        assert!(store.load_doc(&r).unwrap().updates.is_empty());
+        // A truncated batch is reported, not half-loaded.
+        store
+            .docs
+            .insert(SledStore::log_key(&r, BATCH_TAG, 9), &[0, 0, 0, 9, 1][..])
+            .unwrap();
+        assert!(matches!(
+            store.load_doc(&r),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
     fn snapshot_alone_keeps_the_sequence() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path(), FlushPolicy::EveryBatch).unwrap();
         let r = room("r");
-        store.append_update(&r, 7, b"x").unwrap();
+        store.append_updates(&r, 7, &[b"x".to_vec()]).unwrap();
         store.write_snapshot(&r, 7, b"s").unwrap();
         let loaded = store.load_doc(&r).unwrap();
         assert!(loaded.updates.is_empty());
@@ -475,7 +561,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = SledStore::open(dir.path(), FlushPolicy::EveryBatch).unwrap();
-            store.append_update(&room("d"), 1, b"durable").unwrap();
+            store
+                .append_updates(&room("d"), 1, &[b"durable".to_vec()])
+                .unwrap();
             let flushes: Vec<_> = (0..5).map(|_| store.flush()).collect();
             for flush in flushes {
                 flush.await.unwrap();
