@@ -98,6 +98,15 @@ for server in tandem reference bare; do
     stop
   fi
 done
+# Activation of a room with a 100,000-update history, after its idle eviction compacted it.
+port=$(free_port)
+target/release/tandem serve --listen "127.0.0.1:$port" --data-dir "$work/activation" \
+  --max-messages-per-sec 0 --room-idle-secs 1 >"$work/activation.log" 2>&1 &
+pid=$!; pids+=("$pid"); wait_port "$port"
+updates=100000; [ "$quick" = 1 ] && updates=20000
+run tandem activation activation --url "ws://127.0.0.1:$port/yjs" --updates "$updates"
+stop
+
 start tandem
 http_base=${base%/yjs}
 run tandem stream-ws stream-fanout --url "$http_base" --subscribers "$readers" --transport ws

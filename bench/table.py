@@ -124,6 +124,11 @@ def main(path):
     out.append(f"\nTandem time / reference time: **{ratio(get(r, 'tandem', 'trace', 'through_server_secs'), get(r, 'reference', 'trace', 'through_server_secs'))}** "
                "(target ≤ 1×); CPU / raw target ≤ 1.5×.\n")
 
+    out.append("## Activation (Tandem)\n")
+    out.append(f"A room written with {fmt(get(r, 'tandem', 'activation', 'updates'))} updates, evicted (which compacts "
+               f"it into a snapshot), then joined: **{fmt(get(r, 'tandem', 'activation', 'activation_and_sync_ms'))} ms** "
+               "from connect to holding the whole document (target ≤ 50 ms); content matches: "
+               f"{fmt(get(r, 'tandem', 'activation', 'content_matches'))}.\n")
     out.append("## Chat stream: 1 publisher → subscribers (Tandem only)\n")
     out.append("| transport | subscribers | publish→receive p50 ms | p99 ms | publish→ack p50 ms | p99 ms |")
     out.append("|---|---|---|---|---|---|")

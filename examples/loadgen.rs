@@ -148,6 +148,22 @@ enum Mode {
         #[arg(long, default_value_t = 100)]
         per_room: usize,
     },
+    /// A room with a long history: time to activate it (load + first sync) after eviction.
+    Activation {
+        /// WebSocket base of the rooms (see `rooms`); the server must run with a short
+        /// `--room-idle-secs` so the room is evicted between writing and reading.
+        #[arg(long, default_value = "ws://127.0.0.1:4321/yjs")]
+        url: String,
+        /// The trace the updates come from.
+        #[arg(long, default_value = "../shared/data/automerge-paper.json.gz")]
+        file: PathBuf,
+        /// Updates to write (the trace's first transactions).
+        #[arg(long, default_value_t = 100_000)]
+        updates: usize,
+        /// Seconds to wait for the room's eviction before timing its activation.
+        #[arg(long, default_value_t = 3.0)]
+        idle_wait_secs: f64,
+    },
     /// One publisher, many chat subscribers: delivery latency.
     StreamFanout {
         /// Server base URL (ws://HOST:PORT).
@@ -477,6 +493,52 @@ fn trace_updates(file: &PathBuf, limit: usize) -> (Vec<Vec<u8>>, String) {
         end = expected.to_owned();
     }
     (updates, end)
+}
+
+async fn activation(url: String, file: PathBuf, updates: usize, idle_wait_secs: f64) {
+    let (log, end) = trace_updates(&file, updates);
+    let room = format!("activation{}", std::process::id());
+    let total = log.len();
+    // Write the history; the observer's receipt of the last update means it is all durable
+    // (Tandem broadcasts only after the flush).
+    let mut observer = connect(&url, &room).await;
+    handshake(&mut observer, &Doc::new()).await;
+    let mut writer = connect(&url, &room).await;
+    handshake(&mut writer, &Doc::new()).await;
+    let write_started = Instant::now();
+    let sender = actix_rt::spawn(async move {
+        for update in log {
+            send(&mut writer, &Message::Update(update.into())).await;
+        }
+        writer
+    });
+    let mut received = 0;
+    while received < total {
+        match next_message(&mut observer, Duration::from_secs(120)).await {
+            Some(Message::Update(_)) => received += 1,
+            Some(_) => {}
+            None => panic!("observer stopped after {received} of {total} updates"),
+        }
+    }
+    let write_secs = write_started.elapsed().as_secs_f64();
+    drop(sender.await);
+    drop(observer);
+    tokio::time::sleep(Duration::from_secs_f64(idle_wait_secs)).await;
+    // Activation: connect, and time until the SyncStep2 holding the whole document arrives.
+    let doc = Doc::new();
+    let started = Instant::now();
+    let mut reader = connect(&url, &room).await;
+    handshake(&mut reader, &doc).await;
+    let activation_ms = started.elapsed().as_secs_f64() * 1e3;
+    let text = doc.get_or_insert_text("text").get_string(&doc.transact());
+    println!(
+        "{}",
+        serde_json::json!({
+            "mode": "activation", "updates": total, "write_secs": write_secs,
+            "activation_and_sync_ms": activation_ms, "content_matches": text == end,
+        })
+    );
+    assert_eq!(text, end, "the reloaded room differs from what was written");
 }
 
 async fn trace(url: String, pid: u32, file: PathBuf, timeout_secs: u64, limit: usize) {
@@ -1084,6 +1146,12 @@ fn main() {
                 count,
                 per_room,
             } => conns(url, pid, count, per_room).await,
+            Mode::Activation {
+                url,
+                file,
+                updates,
+                idle_wait_secs,
+            } => activation(url, file, updates, idle_wait_secs).await,
             Mode::StreamFanout {
                 url,
                 subscribers,
