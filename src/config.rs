@@ -151,6 +151,11 @@ pub struct Settings {
     /// [default: 10000]
     #[arg(long, env = "TANDEM_IDEMPOTENCY_WINDOW")]
     pub idempotency_window: Option<usize>,
+    /// Browser origins allowed to call the HTTP and SSE endpoints from other sites
+    /// (CORS), comma-separated, e.g. "https://app.example.com"; "*" allows any
+    /// [default: none, same-origin only]
+    #[arg(long, env = "TANDEM_CORS_ORIGINS")]
+    pub cors_origins: Option<String>,
 }
 
 impl Settings {
@@ -208,6 +213,7 @@ impl Settings {
             max_chat_body_bytes: self.max_chat_body_bytes.or(fallback.max_chat_body_bytes),
             typing_ttl_secs: self.typing_ttl_secs.or(fallback.typing_ttl_secs),
             idempotency_window: self.idempotency_window.or(fallback.idempotency_window),
+            cors_origins: self.cors_origins.or(fallback.cors_origins),
         }
     }
 }
@@ -260,6 +266,8 @@ pub struct Config {
     pub max_connections: usize,
     /// Time to receive a request head.
     pub handshake_timeout: Duration,
+    /// Origins allowed by CORS (`*` for any); empty: no CORS headers.
+    pub cors_origins: Vec<String>,
 }
 
 /// Where the token verification key comes from.
@@ -334,6 +342,29 @@ fn positive(name: &'static str, value: usize) -> Result<usize, ConfigError> {
         });
     }
     Ok(value)
+}
+
+/// `*`, or a comma-separated list of `http(s)://host[:port]` origins.
+fn parse_origins(text: &str) -> Result<Vec<String>, ConfigError> {
+    let mut origins = Vec::new();
+    for origin in text.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        let valid = origin == "*"
+            || ["http://", "https://"].iter().any(|scheme| {
+                origin
+                    .strip_prefix(scheme)
+                    .is_some_and(|host| !host.is_empty() && !host.contains('/'))
+            });
+        if !valid {
+            return Err(ConfigError::Invalid {
+                name: "cors-origins",
+                reason: format!(
+                    "{origin:?}; expected \"*\" or origins like https://app.example.com"
+                ),
+            });
+        }
+        origins.push(origin.to_owned());
+    }
+    Ok(origins)
 }
 
 fn parse_flush(text: &str) -> Result<FlushPolicy, ConfigError> {
@@ -508,6 +539,7 @@ impl Config {
                 0.1,
                 300.0,
             )?,
+            cors_origins: parse_origins(settings.cors_origins.as_deref().unwrap_or(""))?,
             room_threads: threads("room-threads", settings.room_threads)?,
             http_threads: threads("http-threads", settings.http_threads)?,
         })
@@ -545,6 +577,10 @@ mod tests {
             ("heartbeat-interval-secs = 40", "heartbeat-interval-secs"),
             ("max-message-bytes = 10", "max-message-bytes"),
             ("snapshot-every-updates = 0", "snapshot-every-updates"),
+            ("cors-origins = \"app.example.com\"", "cors-origins"),
+            ("cors-origins = \"https://a.example/path\"", "cors-origins"),
+            ("stream-retention-messages = 0", "stream-retention-messages"),
+            ("typing-ttl-secs = 0", "typing-ttl-secs"),
         ];
         for (toml_text, name) in cases {
             let settings: Settings = toml::from_str(toml_text).unwrap();

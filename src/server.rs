@@ -11,6 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
+use actix_cors::Cors;
+use actix_web::http::header;
+use actix_web::middleware::Condition;
 use actix_web::{web, App, HttpServer};
 use thiserror::Error;
 use tracing::{info, warn};
@@ -40,6 +43,29 @@ pub enum ServerError {
     /// The HTTP server failed while running.
     #[error("HTTP server error: {0}")]
     Serve(std::io::Error),
+}
+
+/// CORS for browser apps on other origins: the chat's HTTP and SSE endpoints and the
+/// document endpoints, with the headers they use. (WebSockets are not subject to CORS.)
+fn cors(origins: &[String]) -> Cors {
+    let mut cors = Cors::default()
+        .allowed_methods(["GET", "POST"])
+        .allowed_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::HeaderName::from_static("idempotency-key"),
+            header::HeaderName::from_static("last-event-id"),
+        ])
+        .expose_headers([header::RETRY_AFTER, header::WWW_AUTHENTICATE])
+        .max_age(3600);
+    for origin in origins {
+        cors = if origin == "*" {
+            cors.allow_any_origin()
+        } else {
+            cors.allowed_origin(origin)
+        };
+    }
+    cors
 }
 
 /// Runs the server with the embedded sled store until `shutdown` resolves. Must run inside
@@ -82,8 +108,13 @@ pub async fn run_with_store(
     });
     let app_state = state.clone();
     let max_body = config.max_message_bytes;
+    let cors_origins = config.cors_origins.clone();
     let server = HttpServer::new(move || {
         App::new()
+            .wrap(Condition::new(
+                !cors_origins.is_empty(),
+                cors(&cors_origins),
+            ))
             .app_data(app_state.clone())
             .app_data(web::PayloadConfig::new(max_body))
             .configure(http::routes)

@@ -949,3 +949,54 @@ async fn a_subscriber_that_stops_reading_is_cut_off_not_buffered() {
         "the close event does not say too slow"
     );
 }
+
+#[actix_rt::test]
+async fn browsers_on_allowed_origins_may_use_the_http_endpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--cors-origins", "https://app.example"]);
+    let url = server.url("/rooms/cors/messages");
+    // The preflight a browser sends before a JSON POST with an Idempotency-Key.
+    let response = awc::Client::new()
+        .request(actix_http::Method::OPTIONS, &url)
+        .insert_header(("Origin", "https://app.example"))
+        .insert_header(("Access-Control-Request-Method", "POST"))
+        .insert_header((
+            "Access-Control-Request-Headers",
+            "content-type,idempotency-key",
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    assert_eq!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .unwrap(),
+        "https://app.example"
+    );
+    let response = awc::Client::new()
+        .get(&url)
+        .insert_header(("Origin", "https://app.example"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .unwrap(),
+        "https://app.example"
+    );
+    // Another origin gets no permission.
+    let response = awc::Client::new()
+        .get(&url)
+        .insert_header(("Origin", "https://evil.example"))
+        .send()
+        .await
+        .unwrap();
+    assert!(response
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+}
