@@ -23,7 +23,7 @@ step "build the server binary for the Node tests"
 cargo build --locked --bin tandem
 export TANDEM_BIN="$PWD/target/debug/tandem"
 
-step "Node tests (client/, stock y-websocket provider)"
+step "Node and browser tests (client/: stock y-websocket provider, TandemChat, Chromium)"
 cd client
 npm ci --no-audit --no-fund
 npm test
