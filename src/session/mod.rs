@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use actix::dev::ToEnvelope;
 use actix::prelude::*;
 use actix_http::ws::Item;
 use actix_web_actors::ws;
@@ -300,7 +301,7 @@ impl Session {
         }
     }
 
-    /// Joins the room's chat stream; frames wait until the room has answered.
+    /// Joins the room's chat stream.
     fn join_chat(
         &mut self,
         subject: Option<String>,
@@ -308,24 +309,32 @@ impl Session {
         resume: Option<ResumeFrom>,
         ctx: &mut ws::WebsocketContext<Self>,
     ) {
-        let (registry, name, id, access) = (
-            self.registry.clone(),
-            self.room_name.clone(),
-            self.id,
-            self.access,
-        );
-        let outbox = ctx.address().recipient::<Outbound>();
-        let join = async move {
-            send_to_room(&registry, &name, || ChatJoin {
-                session: id,
-                access,
-                subject: subject.clone(),
-                info: info.clone(),
-                outbox: outbox.clone(),
-                resume: resume.clone(),
-            })
-            .await?
+        let (session, access) = (self.id, self.access);
+        let join = move |outbox| ChatJoin {
+            session,
+            access,
+            subject: subject.clone(),
+            info: info.clone(),
+            outbox,
+            resume: resume.clone(),
         };
+        self.join(join, ctx);
+    }
+
+    /// Sends the room the join `make` builds (given this session's outbox). `wait` holds
+    /// back the socket's frames until the room has answered.
+    fn join<M>(
+        &mut self,
+        make: impl Fn(Recipient<Outbound>) -> M + 'static,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) where
+        M: Message<Result = Result<Addr<Room>, RoomError>> + Send + 'static,
+        Room: Handler<M>,
+        <Room as Actor>::Context: ToEnvelope<Room, M>,
+    {
+        let (registry, name) = (self.registry.clone(), self.room_name.clone());
+        let outbox = ctx.address().recipient::<Outbound>();
+        let join = async move { send_to_room(&registry, &name, || make(outbox.clone())).await? };
         ctx.wait(
             join.into_actor(self)
                 .map(|result, session, ctx| session.joined(result, ctx)),
@@ -432,25 +441,14 @@ impl Actor for Session {
         if self.is_chat() {
             return; // joins on the client's `join` request
         }
-        let (registry, name, id, access) = (
-            self.registry.clone(),
-            self.room_name.clone(),
-            self.id,
-            self.access,
-        );
-        let outbox = ctx.address().recipient::<Outbound>();
-        let join = async move {
-            send_to_room(&registry, &name, || Join {
-                session: id,
+        let (session, access) = (self.id, self.access);
+        self.join(
+            move |outbox| Join {
+                session,
                 access,
-                outbox: outbox.clone(),
-            })
-            .await?
-        };
-        // `wait` holds back the socket's frames until the room has accepted the session.
-        ctx.wait(
-            join.into_actor(self)
-                .map(|result, session, ctx| session.joined(result, ctx)),
+                outbox,
+            },
+            ctx,
         );
     }
 
