@@ -323,7 +323,13 @@ impl Room {
             Err(DocError::Panicked) => {
                 // The document may be half-changed: rebuild it from what is logged.
                 error!(room = %self.name, "yrs panicked on an update; reloading the room");
-                if let Err(e) = self.load() {
+                // What was applied before is only kept in memory until the next flush: the
+                // store must hold it before the document is rebuilt from the store.
+                let reloaded = match self.write_unwritten() {
+                    Ok(()) => self.load(),
+                    Err(e) => Err(e.into()),
+                };
+                if let Err(e) = reloaded {
                     self.fail(&format!("reload after a yrs panic failed: {e}"), ctx);
                 }
                 return Err(DocError::Panicked.into());
@@ -342,6 +348,10 @@ impl Room {
             },
             ctx,
         );
+        if self.stopping {
+            // Writing to the store failed while starting the flush: the room has failed.
+            return Err(RoomError::Unavailable("the room's store failed".into()));
+        }
         if self.last_seq - self.snapshot_seq >= self.config.snapshot_every_updates {
             self.snapshot();
         }
@@ -365,7 +375,7 @@ impl Room {
 
     /// Starts a flush unless one is running; when it ends, releases what it covered.
     fn request_flush(&mut self, ctx: &mut Context<Self>) {
-        if self.in_flight.is_some() || self.pending.is_empty() {
+        if self.in_flight.is_some() || self.pending.is_empty() || self.stopping {
             return;
         }
         if let Err(e) = self.write_unwritten() {
@@ -759,7 +769,7 @@ impl Handler<ReadState> for Room {
 impl Handler<Shutdown> for Room {
     type Result = ResponseActFuture<Self, ()>;
 
-    fn handle(&mut self, _msg: Shutdown, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, _msg: Shutdown, ctx: &mut Self::Context) -> Self::Result {
         self.stopping = true;
         for session in self.sessions.values() {
             session
@@ -770,7 +780,9 @@ impl Handler<Shutdown> for Room {
         self.chat_close_all(close::GOING_AWAY, "");
         self.snapshot();
         if let Err(e) = self.write_unwritten() {
-            error!(room = %self.name, error = %e, "final log write failed");
+            // Nothing pending may be acknowledged now; `fail` answers them with an error.
+            self.fail(&format!("final log write failed: {e}"), ctx);
+            return Box::pin(actix::fut::ready(()));
         }
         Box::pin(
             self.store
