@@ -116,9 +116,13 @@ async fn a_client_that_stops_reading_is_cut_and_memory_stays_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(
         dir.path(),
+        // 2 MiB: above the burst one group commit can release to the healthy reader when
+        // the machine is loaded (at 1 MiB it was cut once, 1,049,020 bytes unread, with the
+        // tests running in parallel), and below what the loopback socket buffers absorb
+        // (~4 MB), past which the server stops sending and the limit would never be seen.
         &[
             "--max-outbox-bytes",
-            "1048576",
+            "2097152",
             "--max-messages-per-sec",
             "0",
         ],
