@@ -10,17 +10,19 @@
 //! `cargo bench --bench hot_path`; compare each figure with `raw_yrs_apply` from the same
 //! run (the machine is shared and noisy).
 
-use std::io::Read;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
+#[path = "../examples/support/trace.rs"]
+mod trace;
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tandem::protocol::update_check::check_update_v1;
 use tandem::protocol::ysync::Message as SyncMessage;
 use tandem::room::Document;
 use yrs::updates::decoder::Decode;
-use yrs::{Doc, OffsetKind, Options, Text, Transact, Update};
+use yrs::{Doc, Text, Transact, Update};
 
 const UPDATES: usize = 20_000;
 
@@ -40,39 +42,16 @@ fn trace_path() -> std::path::PathBuf {
 /// file, a synthetic one (single-character edits at scattered positions), said loudly.
 fn trace_updates() -> Vec<Vec<u8>> {
     let path = trace_path();
-    let Ok(file) = std::fs::File::open(&path) else {
+    if !path.exists() {
         eprintln!(
             "hot_path: {} not found (set TANDEM_TRACE); using a synthetic trace",
             path.display()
         );
         return synthetic_updates();
-    };
-    let mut json = String::new();
-    flate2::read::GzDecoder::new(file)
-        .read_to_string(&mut json)
-        .expect("gunzip the trace");
-    let trace: serde_json::Value = serde_json::from_str(&json).expect("trace JSON");
-    let doc = Doc::with_options(Options {
-        offset_kind: OffsetKind::Utf16,
-        ..Options::default()
-    });
-    let text = doc.get_or_insert_text("text");
-    let mut updates = Vec::new();
-    for txn in trace["txns"].as_array().expect("txns").iter().take(UPDATES) {
-        let mut t = doc.transact_mut();
-        for patch in txn["patches"].as_array().expect("patches") {
-            let pos = patch[0].as_u64().unwrap() as u32;
-            let del = patch[1].as_u64().unwrap() as u32;
-            if del > 0 {
-                text.remove_range(&mut t, pos, del);
-            }
-            if let Some(ins) = patch[2].as_str().filter(|s| !s.is_empty()) {
-                text.insert(&mut t, pos, ins);
-            }
-        }
-        updates.push(t.encode_update_v1());
     }
-    updates
+    trace::load(&path, UPDATES)
+        .unwrap_or_else(|e| panic!("the trace {}: {e}", path.display()))
+        .0
 }
 
 fn synthetic_updates() -> Vec<Vec<u8>> {

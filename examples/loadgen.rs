@@ -29,8 +29,7 @@
 //!     --file ../shared/data/automerge-paper.json.gz
 //! ```
 
-use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use actix_codec::Framed;
@@ -38,10 +37,13 @@ use actix_http::ws::{Codec, Frame, Message as WsMessage};
 use awc::BoxedSocket;
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
+
+#[path = "support/trace.rs"]
+mod trace;
 use futures_util::{SinkExt, StreamExt};
 use tandem::protocol::ysync::Message;
 use yrs::updates::decoder::Decode;
-use yrs::{Doc, GetString, OffsetKind, Options, Text, Transact, Update};
+use yrs::{Doc, GetString, Text, Transact, Update};
 
 #[derive(Parser)]
 struct Cli {
@@ -450,49 +452,9 @@ async fn slow_readers(url: String, pid: u32, readers: usize, mb: usize) {
     );
 }
 
-/// The trace as one v1 update per transaction, made by editing a local document.
-fn trace_updates(file: &PathBuf, limit: usize) -> (Vec<Vec<u8>>, String) {
-    let mut json = String::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(file).expect("open the trace"))
-        .read_to_string(&mut json)
-        .expect("gunzip the trace");
-    let trace: serde_json::Value = serde_json::from_str(&json).expect("trace JSON");
-    // Trace positions count UTF-16 units, as JavaScript strings do.
-    let doc = Doc::with_options(Options {
-        offset_kind: OffsetKind::Utf16,
-        ..Options::default()
-    });
-    let text = doc.get_or_insert_text("text");
-    let mut updates = Vec::new();
-    let txns = trace["txns"].as_array().expect("txns");
-    let limit = if limit == 0 {
-        txns.len()
-    } else {
-        limit.min(txns.len())
-    };
-    for txn in &txns[..limit] {
-        // One update per transaction, holding only its changes, as a Yjs client sends.
-        let mut t = doc.transact_mut();
-        for patch in txn["patches"].as_array().expect("patches") {
-            let pos = patch[0].as_u64().unwrap() as u32;
-            let del = patch[1].as_u64().unwrap() as u32;
-            let ins = patch[2].as_str().unwrap_or("");
-            if del > 0 {
-                text.remove_range(&mut t, pos, del);
-            }
-            if !ins.is_empty() {
-                text.insert(&mut t, pos, ins);
-            }
-        }
-        updates.push(t.encode_update_v1());
-    }
-    let mut end = text.get_string(&doc.transact());
-    if limit == txns.len() {
-        let expected = trace["endContent"].as_str().expect("endContent");
-        assert_eq!(end, expected, "the trace replays to endContent locally");
-        end = expected.to_owned();
-    }
-    (updates, end)
+/// The trace as one v1 update per transaction, and the text it ends with.
+fn trace_updates(file: &Path, limit: usize) -> (Vec<Vec<u8>>, String) {
+    trace::load(file, limit).unwrap_or_else(|e| panic!("the trace {}: {e}", file.display()))
 }
 
 async fn activation(url: String, file: PathBuf, updates: usize, idle_wait_secs: f64) {

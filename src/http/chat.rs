@@ -17,7 +17,6 @@ use crate::metrics;
 use crate::registry::send_to_room;
 use crate::room::{HttpPublish, ReadMessages, ReadReply, DEFAULT_PAGE, MAX_PAGE};
 use crate::session::sse::{SseSession, Subscriber};
-use crate::session::Session;
 use crate::stream::wire::MAX_ID_BYTES;
 use crate::stream::ResumeFrom;
 
@@ -33,14 +32,7 @@ pub async fn upgrade(
 ) -> Result<HttpResponse, actix_web::Error> {
     let name = room_name(&path)?;
     let grant = authorize(&req, &state, &name, false)?;
-    let session = Session::new(
-        name,
-        grant.access,
-        state.registry.clone(),
-        state.config.session.clone(),
-        Arc::clone(&state.connections),
-    )
-    .chat(grant.subject, grant.info);
+    let session = super::yjs::session(&state, name, grant.access).chat(grant.subject, grant.info);
     super::yjs::start(session, &req, stream, &state)
 }
 

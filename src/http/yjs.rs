@@ -8,7 +8,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::{authorize, room_name, AppState};
+use crate::auth::Access;
 use crate::protocol::close;
+use crate::room::RoomName;
 use crate::session::Session;
 
 /// `GET /yjs/{room}`: upgrade to a y-websocket session.
@@ -21,14 +23,18 @@ pub async fn upgrade(
     let name = room_name(&path)?;
     // Checked before the upgrade: a refused client gets a 401/403 with a reason, never a socket.
     let grant = authorize(&req, &state, &name, false)?;
-    let session = Session::new(
+    start(session(&state, name, grant.access), &req, stream, &state)
+}
+
+/// A session for `name` with this node's configuration (y-websocket unless made chat).
+pub(super) fn session(state: &AppState, name: RoomName, access: Access) -> Session {
+    Session::new(
         name,
-        grant.access,
+        access,
         state.registry.clone(),
         state.config.session.clone(),
         Arc::clone(&state.connections),
-    );
-    start(session, &req, stream, &state)
+    )
 }
 
 /// Completes the upgrade of `req` into `session` (y-websocket or chat) with the configured
