@@ -385,7 +385,7 @@ impl Room {
     }
 
     /// Performs a chat action whose writes are now durable.
-    pub(super) fn perform_chat(&mut self, action: ChatAction, _ctx: &mut Context<Self>) {
+    pub(super) fn perform_chat(&mut self, action: ChatAction) {
         match action {
             ChatAction::Deliver { seq, event } => {
                 let Some(chat) = self.chat.as_mut() else {

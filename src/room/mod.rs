@@ -362,7 +362,7 @@ impl Room {
     fn after_durable(&mut self, action: AfterFlush, ctx: &mut Context<Self>) {
         self.poll_flush(ctx);
         if self.durable_writes >= self.writes && self.pending.is_empty() {
-            self.perform(action, ctx);
+            self.perform(action);
             return;
         }
         self.pending.push_back(Pending {
@@ -442,19 +442,19 @@ impl Room {
             metrics::get()
                 .persist_seconds
                 .observe(pending.since.elapsed().as_secs_f64());
-            self.perform(pending.action, ctx);
+            self.perform(pending.action);
         }
         self.request_flush(ctx);
     }
 
-    fn perform(&mut self, action: AfterFlush, ctx: &mut Context<Self>) {
+    fn perform(&mut self, action: AfterFlush) {
         match action {
             AfterFlush::Broadcast { frame, except } => self.broadcast(&frame, except),
             AfterFlush::Send { to, frame } => self.send(to, frame),
             AfterFlush::Reply { tx, body } => {
                 let _ = tx.send(Ok(body));
             }
-            AfterFlush::Chat(action) => self.perform_chat(action, ctx),
+            AfterFlush::Chat(action) => self.perform_chat(action),
         }
     }
 
