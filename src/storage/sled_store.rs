@@ -73,6 +73,7 @@ impl SledStore {
             .flush_every_ms(Some(interval))
             .open()
             .map_err(|e| StoreError::Backend(format!("opening {}: {e}", dir.display())))?;
+        check_format(&db, dir)?;
         let docs = db.open_tree("docs").map_err(backend)?;
         let streams = db.open_tree("streams").map_err(backend)?;
         let flusher = match policy {
@@ -163,6 +164,35 @@ impl SledStore {
             })?;
         Ok((seq, value.to_vec()))
     }
+}
+
+/// The on-disk format this binary writes: 1 logged one update per record; 2 adds batch
+/// records (`BATCH_TAG`) and the chat streams. A binary refuses a newer format than its
+/// own rather than misread it (an older one would silently skip batch records).
+const FORMAT: u32 = 2;
+
+/// Records this binary's format in the database, refusing one written by a newer binary.
+fn check_format(db: &sled::Db, dir: &Path) -> Result<(), StoreError> {
+    let meta = db.open_tree("meta").map_err(backend)?;
+    let stored = match meta.get("format").map_err(backend)? {
+        Some(bytes) => <[u8; 4]>::try_from(bytes.as_ref())
+            .map(u32::from_be_bytes)
+            .map_err(|_| StoreError::Backend("the format record is not 4 bytes".into()))?,
+        None => 1, // a database from before formats were recorded, or a new one
+    };
+    if stored > FORMAT {
+        return Err(StoreError::Backend(format!(
+            "{} was written by a newer Tandem (storage format {stored}); this binary reads \
+             formats up to {FORMAT}",
+            dir.display()
+        )));
+    }
+    if stored < FORMAT {
+        meta.insert("format", &FORMAT.to_be_bytes())
+            .map_err(backend)?;
+        db.flush().map_err(backend)?;
+    }
+    Ok(())
 }
 
 /// How long the flusher waits to gather more requests when they arrive back to back.
@@ -488,6 +518,26 @@ mod tests {
             store.load_doc(&r),
             Err(StoreError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn a_database_from_a_newer_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SledStore::open(dir.path(), FlushPolicy::EveryBatch).unwrap());
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let meta = db.open_tree("meta").unwrap();
+            assert_eq!(
+                meta.get("format").unwrap().unwrap().as_ref(),
+                FORMAT.to_be_bytes()
+            );
+            meta.insert("format", &(FORMAT + 1).to_be_bytes()).unwrap();
+            db.flush().unwrap();
+        }
+        let err = SledStore::open(dir.path(), FlushPolicy::EveryBatch)
+            .err()
+            .expect("a newer format must be refused");
+        assert!(err.to_string().contains("newer Tandem"), "{err}");
     }
 
     #[test]
