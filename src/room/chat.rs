@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
+use bytestring::ByteString;
 use serde_json::Value;
 use tokio::sync::oneshot;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use super::{AfterFlush, DurableReply, Outbound, Room, RoomError, SessionId};
 use crate::auth::{Access, ANONYMOUS_PREFIX};
@@ -265,7 +266,10 @@ impl Room {
         let seq = chat.meta.last_seq + 1;
         let ts = now_millis();
         let record = wire::message_record(seq, ts, sender, id, body);
-        if let Err(e) = self.store.append_message(&self.name, seq, &record) {
+        if let Err(e) = self
+            .store
+            .append_message(&self.name, seq, record.as_bytes())
+        {
             self.fail(&format!("appending a message failed: {e}"), ctx);
             return Err(e.into());
         }
@@ -414,7 +418,7 @@ impl Room {
         upto: u64,
         max_count: usize,
         max_bytes: u64,
-    ) -> Result<Option<Vec<(u64, Bytes)>>, RoomError> {
+    ) -> Result<Option<Vec<(u64, ByteString)>>, RoomError> {
         let mut out = Vec::new();
         let (mut next, mut bytes) = (after, 0u64);
         while next < upto {
@@ -437,17 +441,29 @@ impl Room {
         after: u64,
         upto: u64,
         limit: usize,
-    ) -> Result<Vec<(u64, Bytes)>, RoomError> {
+    ) -> Result<Vec<(u64, ByteString)>, RoomError> {
         let records = self.store.read_messages(&self.name, after, limit)?;
         Ok(records
             .into_iter()
             .take_while(|(seq, _)| *seq <= upto)
-            .map(|(seq, r)| (seq, Bytes::from(r)))
+            .filter_map(|(seq, r)| self.text_record(seq, r))
             .collect())
     }
 
+    /// A stored record as text, checked once here; a record that is not UTF-8 is left out
+    /// (so a replay missing it is not complete) and logged.
+    fn text_record(&self, seq: u64, record: Vec<u8>) -> Option<(u64, ByteString)> {
+        match String::from_utf8(record) {
+            Ok(text) => Some((seq, text.into())),
+            Err(_) => {
+                error!(room = %self.name, seq, "stored message is not UTF-8; left out");
+                None
+            }
+        }
+    }
+
     /// The newest `limit` messages up to `delivered` still within retention.
-    fn latest(&self, delivered: u64, limit: usize) -> Result<Vec<(u64, Bytes)>, RoomError> {
+    fn latest(&self, delivered: u64, limit: usize) -> Result<Vec<(u64, ByteString)>, RoomError> {
         let first = self.chat.as_ref().map_or(1, |c| c.meta.first_seq);
         let records =
             self.store
@@ -455,7 +471,7 @@ impl Room {
         Ok(records
             .into_iter()
             .filter(|(seq, _)| *seq >= first)
-            .map(|(seq, r)| (seq, Bytes::from(r)))
+            .filter_map(|(seq, r)| self.text_record(seq, r))
             .collect())
     }
 
@@ -463,7 +479,7 @@ impl Room {
     fn replay(
         &mut self,
         from: Option<&ResumeFrom>,
-    ) -> Result<(bool, Vec<(u64, Bytes)>), RoomError> {
+    ) -> Result<(bool, Vec<(u64, ByteString)>), RoomError> {
         let max_bytes = self.config.stream.max_replay_bytes;
         let chat = self.chat()?;
         let delivered = chat.delivered;
@@ -728,7 +744,9 @@ impl Handler<HttpPublish> for Room {
         let (seq, duplicate) =
             self.publish(&sender, &key_subject, msg.id.as_deref(), &msg.body, ctx)?;
         let (tx, rx) = oneshot::channel();
-        let body = wire::ack(msg.id.as_deref(), seq, duplicate).json;
+        let body = wire::ack(msg.id.as_deref(), seq, duplicate)
+            .json
+            .into_bytes();
         // A retry is answered once the original is durable too: it sits in the same queue.
         self.after_durable(AfterFlush::Reply { tx, body }, ctx);
         Ok(rx)
@@ -750,6 +768,6 @@ impl Handler<ReadMessages> for Room {
             self.chat()?.waiters.push(tx);
             return Ok(ReadReply::Wait(rx));
         }
-        Ok(ReadReply::Page(page.to_json(None, None)))
+        Ok(ReadReply::Page(page.to_json(None, None).into_bytes()))
     }
 }

@@ -357,15 +357,9 @@ impl Session {
         }
     }
 
-    /// Sends a chat event the session itself produced (not from the room).
+    /// Sends a chat event (a text frame; its UTF-8 was checked when it was made).
     fn send_event(&mut self, event: wire::Event, ctx: &mut ws::WebsocketContext<Self>) {
-        match ByteString::try_from(event.json) {
-            Ok(text) => self.send_text(text, ctx),
-            Err(_) => warn!(
-                session = self.id.0,
-                "dropping a chat event that is not UTF-8"
-            ),
-        }
+        self.send_text(event.json, ctx);
     }
 
     fn on_fragment(&mut self, item: Item, ctx: &mut ws::WebsocketContext<Self>) {

@@ -4,6 +4,7 @@
 //! frame, or an SSE `data:` line). Pure: no actors, no sockets.
 
 use bytes::Bytes;
+use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
@@ -151,8 +152,9 @@ pub struct Event {
     pub kind: EventKind,
     /// The message's sequence number, for `message` events.
     pub seq: Option<u64>,
-    /// The JSON object, with its `type` field.
-    pub json: Bytes,
+    /// The JSON object, with its `type` field; text, so every WebSocket recipient sends
+    /// it as is (its UTF-8 is known once, when the event is made).
+    pub json: ByteString,
 }
 
 impl Event {
@@ -165,7 +167,7 @@ impl Event {
     }
 
     /// A stored message record (as [`message_record`] made it) as an event.
-    pub fn message(seq: u64, record: Bytes) -> Self {
+    pub fn message(seq: u64, record: ByteString) -> Self {
         Self {
             kind: EventKind::Message,
             seq: Some(seq),
@@ -184,20 +186,21 @@ impl Event {
         out.extend_from_slice(self.kind.name().as_bytes());
         out.extend_from_slice(b"\ndata: ");
         // Records are compact JSON: they hold no raw newline, so one data line suffices.
-        out.extend_from_slice(&self.json);
+        out.extend_from_slice(self.json.as_bytes());
         out.extend_from_slice(b"\n\n");
         out.into()
     }
 }
 
-fn to_json(value: &impl Serialize) -> Bytes {
+fn to_json(value: &impl Serialize) -> ByteString {
     // Serializing these plain structs cannot fail (no maps with non-string keys).
     // Should it ever fail, send a fixed, valid error event rather than splice the error's
     // text (unescaped) into JSON.
-    serde_json::to_vec(value)
+    serde_json::to_string(value)
         .unwrap_or_else(|e| {
             tracing::error!(error = %e, "could not encode a stream event");
-            br#"{"type":"error","code":"internal","message":"event could not be encoded"}"#.to_vec()
+            r#"{"type":"error","code":"internal","message":"event could not be encoded"}"#
+                .to_owned()
         })
         .into()
 }
@@ -214,7 +217,13 @@ struct MessageRecord<'a> {
 }
 
 /// A message as stored and as sent: the `message` event's JSON.
-pub fn message_record(seq: u64, ts: u64, sender: &str, id: Option<&str>, body: &Value) -> Bytes {
+pub fn message_record(
+    seq: u64,
+    ts: u64,
+    sender: &str,
+    id: Option<&str>,
+    body: &Value,
+) -> ByteString {
     to_json(&MessageRecord {
         r#type: "message",
         seq,
@@ -393,12 +402,12 @@ pub struct Page {
     /// Whether this page continues exactly from what the client asked for.
     pub recovered: bool,
     /// The records, oldest first.
-    pub messages: Vec<(u64, Bytes)>,
+    pub messages: Vec<(u64, ByteString)>,
 }
 
 impl Page {
     /// The page as one JSON object; `kind` adds a `type` field, `req` echoes a request id.
-    pub fn to_json(&self, kind: Option<&str>, req: Option<&str>) -> Bytes {
+    pub fn to_json(&self, kind: Option<&str>, req: Option<&str>) -> ByteString {
         #[derive(Serialize)]
         struct Head<'a> {
             #[serde(skip_serializing_if = "Option::is_none")]
@@ -420,16 +429,16 @@ impl Page {
         });
         // Splice the stored records in as they are, without parsing them again.
         let size: usize = self.messages.iter().map(|(_, r)| r.len() + 1).sum();
-        let mut out = Vec::with_capacity(head.len() + size + 16);
-        out.extend_from_slice(&head[..head.len() - 1]);
-        out.extend_from_slice(br#","messages":["#);
+        let mut out = String::with_capacity(head.len() + size + 16);
+        out.push_str(&head[..head.len() - 1]);
+        out.push_str(r#","messages":["#);
         for (i, (_, record)) in self.messages.iter().enumerate() {
             if i > 0 {
-                out.push(b',');
+                out.push(',');
             }
-            out.extend_from_slice(record);
+            out.push_str(record);
         }
-        out.extend_from_slice(b"]}");
+        out.push_str("]}");
         out.into()
     }
 }
@@ -530,14 +539,11 @@ mod tests {
     fn a_message_record_round_trips_its_head() {
         let body = serde_json::json!({"text": "line\nbreak"});
         let record = message_record(7, 1000, "alice", Some("m7"), &body);
-        let v = value(&record);
+        let v = value(record.as_bytes());
         assert_eq!(v["type"], "message");
         assert_eq!(v["body"]["text"], "line\nbreak");
-        assert!(
-            !record.contains(&b'\n'),
-            "records stay on one SSE data line"
-        );
-        let head = RecordHead::parse(&record).unwrap();
+        assert!(!record.contains('\n'), "records stay on one SSE data line");
+        let head = RecordHead::parse(record.as_bytes()).unwrap();
         assert_eq!((head.seq, head.id.as_deref()), (7, Some("m7")));
         let sse = Event::message(7, record.clone()).to_sse();
         assert!(sse.starts_with(b"id: 7\nevent: message\ndata: {"));
@@ -557,11 +563,11 @@ mod tests {
                 (2, message_record(2, 0, "b", None, &body)),
             ],
         };
-        let v = value(&history(&page, Some("r1")).json);
+        let v = value(history(&page, Some("r1")).json.as_bytes());
         assert_eq!(v["type"], "history");
         assert_eq!(v["req"], "r1");
         assert_eq!(v["messages"][1]["sender"], "b");
-        let empty = value(&Page::default().to_json(None, None));
+        let empty = value(Page::default().to_json(None, None).as_bytes());
         assert_eq!(empty["messages"], serde_json::json!([]));
     }
 }
