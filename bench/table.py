@@ -120,7 +120,7 @@ def main(path):
         cpu = get(r, s, "trace", "server_cpu_secs")
         floor = get(r, s, "trace", "floor_secs")
         out.append(f"| {s} | {fmt(secs, 2)} | {fmt(cpu, 2)} | {fmt(floor, 2)} | {ratio(cpu, floor, 1)} | "
-                   f"{fmt(get(r, s, 'trace', 'observer_matches_end_content'))} |")
+                   f"{fmt(get(r, s, 'trace', 'observers_match_end_content'))} |")
     out.append(f"\nTandem time / reference time: **{ratio(get(r, 'tandem', 'trace', 'through_server_secs'), get(r, 'reference', 'trace', 'through_server_secs'))}** "
                "(target ≤ 1×); CPU / raw target ≤ 1.5×.\n")
 

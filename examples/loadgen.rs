@@ -43,7 +43,7 @@ mod trace;
 use futures_util::{SinkExt, StreamExt};
 use tandem::protocol::ysync::Message;
 use yrs::updates::decoder::Decode;
-use yrs::{Doc, GetString, Text, Transact, Update};
+use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
 
 #[derive(Parser)]
 struct Cli {
@@ -291,6 +291,25 @@ async fn handshake(socket: &mut Socket, doc: &Doc) {
     }
 }
 
+/// Applies the updates an observer receives until its document holds `target`; returns
+/// how many update messages that took (a server may merge updates that arrive together).
+async fn follow(socket: &mut Socket, doc: &Doc, target: &StateVector, limit: Duration) -> usize {
+    let deadline = Instant::now() + limit;
+    let mut messages = 0;
+    while doc.transact().state_vector() != *target {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match next_message(socket, left).await {
+            Some(Message::Update(update)) => {
+                apply(doc, &update);
+                messages += 1;
+            }
+            Some(_) => {}
+            None => panic!("observer stopped after {messages} update messages"),
+        }
+    }
+    messages
+}
+
 fn apply(doc: &Doc, update: &[u8]) {
     doc.transact_mut()
         .apply_update(Update::decode_v1(update).expect("update decodes"))
@@ -452,6 +471,16 @@ async fn slow_readers(url: String, pid: u32, readers: usize, mb: usize) {
     );
 }
 
+/// The state vector of a document holding all of `updates`.
+fn final_state(updates: &[Vec<u8>]) -> StateVector {
+    let doc = Doc::new();
+    for update in updates {
+        apply(&doc, update);
+    }
+    let state = doc.transact().state_vector();
+    state
+}
+
 /// The trace as one v1 update per transaction, and the text it ends with.
 fn trace_updates(file: &Path, limit: usize) -> (Vec<Vec<u8>>, String) {
     trace::load(file, limit).unwrap_or_else(|e| panic!("the trace {}: {e}", file.display()))
@@ -461,6 +490,7 @@ async fn activation(url: String, file: PathBuf, updates: usize, idle_wait_secs: 
     let (log, end) = trace_updates(&file, updates);
     let room = format!("activation{}", std::process::id());
     let total = log.len();
+    let target = final_state(&log);
     // Write the history; the observer's receipt of the last update means it is all durable
     // (Tandem broadcasts only after the flush).
     let mut observer = connect(&url, &room).await;
@@ -474,14 +504,13 @@ async fn activation(url: String, file: PathBuf, updates: usize, idle_wait_secs: 
         }
         writer
     });
-    let mut received = 0;
-    while received < total {
-        match next_message(&mut observer, Duration::from_secs(120)).await {
-            Some(Message::Update(_)) => received += 1,
-            Some(_) => {}
-            None => panic!("observer stopped after {received} of {total} updates"),
-        }
-    }
+    follow(
+        &mut observer,
+        &Doc::new(),
+        &target,
+        Duration::from_secs(120),
+    )
+    .await;
     let write_secs = write_started.elapsed().as_secs_f64();
     drop(sender.await);
     drop(observer);
@@ -521,16 +550,21 @@ async fn trace(url: String, pid: u32, file: PathBuf, timeout_secs: u64, limit: u
         end
     );
 
+    let target = floor_doc.transact().state_vector();
+
     let room = format!("trace{}", std::process::id());
-    let observer_doc = Doc::new();
-    let mut observer = connect(&url, &room).await;
-    handshake(&mut observer, &observer_doc).await;
+    let mut observers = Vec::new();
+    for _ in 0..2 {
+        let doc = Doc::new();
+        let mut socket = connect(&url, &room).await;
+        handshake(&mut socket, &doc).await;
+        observers.push((socket, doc));
+    }
     let mut writer = connect(&url, &room).await;
     handshake(&mut writer, &Doc::new()).await;
 
     let cpu_before = cpu_secs(pid);
     let started = Instant::now();
-    let deadline = Duration::from_secs(timeout_secs);
     let total = updates.len();
     let sender = actix_rt::spawn(async move {
         for update in updates {
@@ -538,25 +572,17 @@ async fn trace(url: String, pid: u32, file: PathBuf, timeout_secs: u64, limit: u
         }
         writer
     });
-    let mut received = 0usize;
-    while received < total {
-        let left = deadline.saturating_sub(started.elapsed());
-        match next_message(&mut observer, left).await {
-            Some(Message::Update(u)) => {
-                apply(&observer_doc, &u);
-                received += 1;
-            }
-            Some(_) => {}
-            None => panic!("observer stopped after {received} of {total} updates"),
-        }
-    }
+    let limit = Duration::from_secs(timeout_secs);
+    let follows = observers
+        .iter_mut()
+        .map(|(socket, doc)| follow(socket, doc, &target, limit));
+    let messages = futures_util::future::join_all(follows).await;
     let through_secs = started.elapsed().as_secs_f64();
     let cpu = cpu_secs(pid) - cpu_before;
     let _writer = sender.await;
-    let text = observer_doc
-        .get_or_insert_text("text")
-        .get_string(&observer_doc.transact());
-    let ok = text == end;
+    let ok = observers
+        .iter()
+        .all(|(_, doc)| doc.get_or_insert_text("text").get_string(&doc.transact()) == end);
     println!(
         "{}",
         serde_json::json!({
@@ -565,10 +591,11 @@ async fn trace(url: String, pid: u32, file: PathBuf, timeout_secs: u64, limit: u
             "server_cpu_secs": cpu,
             "wall_ratio_vs_floor": through_secs / floor_secs,
             "server_cpu_ratio_vs_floor": cpu / floor_secs,
-            "observer_matches_end_content": ok,
+            "observers_match_end_content": ok,
+            "messages_per_observer": messages,
         })
     );
-    assert!(ok, "the observer's text differs from endContent");
+    assert!(ok, "an observer's text differs from endContent");
 }
 
 /// The marker a fan-out update carries: `~` + 8 hex digits of its number + 16 of its
@@ -578,14 +605,30 @@ fn marker(n: usize, t_us: u64) -> String {
     format!("~{n:08x}{t_us:016x}~")
 }
 
-fn find_marker(frame: &[u8]) -> Option<(usize, u64)> {
-    let at = frame
-        .windows(26)
-        .position(|w| w[0] == b'~' && w[25] == b'~')?;
-    let text = std::str::from_utf8(&frame[at + 1..at + 25]).ok()?;
-    let n = usize::from_str_radix(&text[..8], 16).ok()?;
-    let t = u64::from_str_radix(&text[8..], 16).ok()?;
-    Some((n, t))
+/// Every marker in a frame: a server may merge several updates into one (Tandem does when
+/// they arrive faster than it applies them one by one).
+fn find_markers(frame: &[u8]) -> Vec<(usize, u64)> {
+    let mut found = Vec::new();
+    let mut at = 0;
+    while at + 26 <= frame.len() {
+        let w = &frame[at..at + 26];
+        let parsed = (w[0] == b'~' && w[25] == b'~')
+            .then(|| std::str::from_utf8(&w[1..25]).ok())
+            .flatten()
+            .and_then(|text| {
+                let n = usize::from_str_radix(&text[..8], 16).ok()?;
+                let t = u64::from_str_radix(&text[8..], 16).ok()?;
+                Some((n, t))
+            });
+        match parsed {
+            Some(marker) => {
+                found.push(marker);
+                at += 26;
+            }
+            None => at += 1,
+        }
+    }
+    found
 }
 
 /// What one fan-out run measured.
@@ -634,7 +677,7 @@ async fn run_fanout(
                     Ok(Some(Ok(_))) => continue,
                     _ => break,
                 };
-                if let Some((n, t)) = find_marker(&frame) {
+                for (n, t) in find_markers(&frame) {
                     if n < count && !seen[n] {
                         seen[n] = true;
                         got += 1;

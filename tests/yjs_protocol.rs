@@ -8,6 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use tandem::protocol::ysync::{encode_awareness, parse_awareness, AwarenessEntry, Message};
+use yrs::updates::decoder::Decode;
+use yrs::Update;
 
 fn awareness(client_id: u64, clock: u32, json: &str) -> Message {
     Message::Awareness(
@@ -125,6 +127,85 @@ async fn malformed_frames_close_only_the_offending_session() {
     reader.next_update().await;
     assert_eq!(reader.text(), "still here");
     assert_eq!(http_get(&server, "/healthz").await.0, 200);
+}
+
+/// A burst of updates is applied in batches (one transaction per sender's run): nothing is
+/// lost or reordered, nobody hears their own edits, and a refused update in the middle of
+/// a burst closes only its sender, keeping what it sent before.
+#[actix_rt::test]
+async fn bursts_from_two_writers_merge_and_a_refused_update_closes_only_its_sender() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut observer = YClient::synced(&server, "burst").await;
+    let mut a = YClient::synced(&server, "burst").await;
+    let mut b = YClient::synced(&server, "burst").await;
+    let mut a_sent = String::new();
+    // Interleaved and pipelined: nothing waits for the server between sends.
+    for i in 0..400 {
+        let s = format!("a{i},");
+        a.append(&s).await;
+        a_sent.push_str(&s);
+        b.append(&format!("b{i},")).await;
+    }
+    a.send_raw(Bytes::from_static(&[0, 2, 3, 0xff, 0xff, 0xff]))
+        .await;
+    for i in 0..50 {
+        if !a
+            .try_send(&Message::Update(
+                local_append(&a.doc, &format!("late{i},")).into(),
+            ))
+            .await
+        {
+            break;
+        }
+    }
+    let (code, reason) = a.expect_close().await;
+    assert_eq!(code, 4002, "closed with {code} ({reason})");
+
+    // Everything before the refusal arrives; what came after it never does.
+    let expected_len = a_sent.len() + (0..400).map(|i| format!("b{i},").len()).sum::<usize>();
+    while observer.text().len() < expected_len {
+        observer.next_update().await;
+    }
+    let text = observer.text();
+    assert_eq!(text.len(), expected_len, "{text}");
+    assert!(
+        !text.contains("late"),
+        "an update after the refused one was applied"
+    );
+    let a_part: String = text
+        .split(',')
+        .filter(|s| s.starts_with('a'))
+        .map(|s| format!("{s},"))
+        .collect();
+    assert_eq!(a_part, a_sent, "a's edits are missing or out of order");
+    for i in 0..400 {
+        assert!(text.contains(&format!("b{i},")), "b{i} is missing");
+    }
+
+    // b hears a's edits, never its own, and stays connected.
+    while b.text() != text {
+        match b.recv().await {
+            Received::Message(Message::Update(u)) => {
+                let authors = Update::decode_v1(&u).unwrap().state_vector();
+                assert!(
+                    !authors.contains_client(&b.doc.client_id()),
+                    "b received its own edits"
+                );
+                b.apply(&u);
+            }
+            Received::Closed(code, reason) => panic!("b was closed: {code} {reason}"),
+            _ => {}
+        }
+    }
+    b.append("after").await;
+    observer.next_update().await;
+    assert!(observer.text().ends_with("after"));
+
+    // What was acknowledged by broadcast is what the store holds.
+    let (status, state) = http_get(&server, "/rooms/burst/state").await;
+    assert_eq!(status, 200);
+    assert_eq!(text_of_state(&state), observer.text());
 }
 
 #[actix_rt::test]

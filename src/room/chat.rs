@@ -17,9 +17,9 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use serde_json::Value;
 use tokio::sync::oneshot;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
-use super::{AfterFlush, DurableReply, Outbound, Room, RoomError, SessionId};
+use super::{AfterFlush, DurableReply, Outbound, Outbox, Room, RoomError, SessionId};
 use crate::auth::{Access, ANONYMOUS_PREFIX};
 use crate::metrics;
 use crate::protocol::close;
@@ -68,7 +68,7 @@ pub struct ChatJoin {
     /// Public presence info from the token.
     pub info: Option<Value>,
     /// Where the room sends its events.
-    pub outbox: Recipient<Outbound>,
+    pub outbox: Outbox,
     /// Where to resume from, if the client asked to.
     pub resume: Option<ResumeFrom>,
 }
@@ -124,7 +124,7 @@ pub(super) enum ChatAction {
 }
 
 struct ChatMember {
-    outbox: Recipient<Outbound>,
+    outbox: Outbox,
     access: Access,
     /// The `sender` of its messages: the subject, or `anon-` and the connection id.
     sender: String,
@@ -373,19 +373,42 @@ impl Room {
     }
 
     /// Hands one event to every member.
-    fn chat_broadcast(&self, event: &Event) {
+    fn chat_broadcast(&mut self, event: &Event) {
         let Some(chat) = &self.chat else {
             return;
         };
-        for member in chat.members.values() {
-            member.outbox.do_send(Outbound::Event(event.clone()));
+        let slow: Vec<SessionId> = chat
+            .members
+            .iter()
+            .filter(|(_, m)| !m.outbox.send(Outbound::Event(event.clone())))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in slow {
+            self.chat_close_slow(id);
         }
     }
 
-    fn chat_send(&self, to: SessionId, event: Event) {
+    fn chat_send(&mut self, to: SessionId, event: Event) {
         if let Some(member) = self.chat.as_ref().and_then(|c| c.members.get(&to)) {
-            member.outbox.do_send(Outbound::Event(event));
+            if !member.outbox.send(Outbound::Event(event)) {
+                self.chat_close_slow(to);
+            }
         }
+    }
+
+    /// A member stopped taking events (its socket is full) and has its limit queued.
+    fn chat_close_slow(&mut self, id: SessionId) {
+        let Some(member) = self.chat.as_ref().and_then(|c| c.members.get(&id)) else {
+            return;
+        };
+        let queued = member.outbox.queued();
+        info!(room = %self.name, session = id.0, queued, "closing chat member: client too slow");
+        metrics::get().slow_consumers.inc();
+        member.outbox.send(Outbound::Close(
+            close::TOO_SLOW,
+            format!("{queued} bytes queued"),
+        ));
+        self.chat_leave(id);
     }
 
     /// Performs a chat action whose writes are now durable.
@@ -578,10 +601,11 @@ impl Room {
             },
             &members,
         );
-        msg.outbox.do_send(Outbound::Event(joined));
+        // The replay is bounded below the outbox limit, so these are all queued.
+        msg.outbox.send(Outbound::Event(joined));
         for (seq, record) in replay {
             msg.outbox
-                .do_send(Outbound::Event(Event::message(seq, record)));
+                .send(Outbound::Event(Event::message(seq, record)));
         }
         chat.members.insert(
             msg.session,
@@ -620,9 +644,7 @@ impl Room {
         };
         for (_, member) in chat.members.drain() {
             metrics::get().chat_members.dec();
-            member
-                .outbox
-                .do_send(Outbound::Close(code, detail.to_owned()));
+            member.outbox.send(Outbound::Close(code, detail.to_owned()));
         }
         chat.waiters.clear();
     }

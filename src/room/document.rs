@@ -2,8 +2,8 @@
 //! room needs. Pure: no actors, no storage, no sockets; every method is synchronous and
 //! returns bytes ready to persist or send.
 //!
-//! It owns the rule "an update that changes nothing produces nothing": [`Document::apply_update`]
-//! returns the delta a transaction really made, or `None`. yrs is handed only updates that
+//! It owns the rule "an update that changes nothing produces nothing": [`Document::apply_updates`]
+//! returns the delta a transaction really made, or nothing. yrs is handed only updates that
 //! `protocol::update_check` has walked (every declared count and length checked against the
 //! bytes that remain), and every call into yrs that reads client bytes runs under
 //! `catch_unwind`, so a yrs bug on hostile input becomes an error, not a dead thread.
@@ -55,6 +55,17 @@ pub struct AwarenessChange {
     pub removed: Vec<u64>,
 }
 
+/// What [`Document::apply_updates`] did.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// How many of the updates were applied (all of them unless `error` is set).
+    pub count: usize,
+    /// Why the update after the applied ones was refused, if one was.
+    pub error: Option<DocError>,
+    /// What to persist and broadcast, in order; empty when nothing changed.
+    pub records: Vec<Vec<u8>>,
+}
+
 /// A Yjs document plus its awareness states.
 pub struct Document {
     awareness: Awareness,
@@ -92,32 +103,58 @@ impl Document {
     }
 
     /// Applies a v1 update. Returns the delta it made (a v1 update holding only what was new),
-    /// or `None` when the document already held everything in it.
-    ///
-    /// The delta, not the input, is what gets persisted and broadcast: it is never larger
-    /// and holds nothing a peer already has. An update whose dependencies are missing is
-    /// kept by yrs as pending and its raw bytes are returned so that it is persisted too.
+    /// or `None` when the document already held everything in it: [`Document::apply_updates`]
+    /// for one update.
     pub fn apply_update(&mut self, update: &[u8]) -> Result<Option<Vec<u8>>, DocError> {
-        // yrs trusts declared counts and lengths (4 bytes can make it reserve gigabytes):
-        // nothing reaches it that the structural check has not walked first.
-        check_update_v1(update).map_err(|e| DocError::Decode(e.to_string()))?;
+        let applied = self.apply_updates(&[update])?;
+        match applied.error {
+            Some(e) => Err(e),
+            None => Ok(applied.records.into_iter().next()),
+        }
+    }
+
+    /// Applies v1 updates in order, in one transaction, stopping at the first one refused.
+    ///
+    /// One transaction for many updates is what makes a busy room cheap: yrs commits (and
+    /// Tandem logs and broadcasts) once per batch instead of once per update. What is
+    /// returned to persist and broadcast is the delta the transaction made (never larger
+    /// than its inputs, holding nothing a peer already has); if nothing was integrated but
+    /// yrs keeps some of the updates as pending (their dependencies are missing), the
+    /// applied updates themselves, so that they survive a restart like any other update.
+    /// `Err` only for [`DocError::Panicked`]: the document may then be half-changed.
+    pub fn apply_updates(&mut self, updates: &[&[u8]]) -> Result<Applied, DocError> {
         let doc = self.doc();
         guard(|| {
-            let decoded = Update::decode_v1(update).map_err(|e| DocError::Decode(e.to_string()))?;
             let mut txn = doc.transact_mut();
-            txn.apply_update(decoded)
-                .map_err(|e| DocError::Apply(e.to_string()))?;
+            let mut applied = Applied::default();
+            for update in updates {
+                // yrs trusts declared counts and lengths (4 bytes can make it reserve
+                // gigabytes): nothing reaches it that the structural check has not walked.
+                let integrated = check_update_v1(update)
+                    .map_err(|e| DocError::Decode(e.to_string()))
+                    .and_then(|_| {
+                        Update::decode_v1(update).map_err(|e| DocError::Decode(e.to_string()))
+                    })
+                    .and_then(|decoded| {
+                        txn.apply_update(decoded)
+                            .map_err(|e| DocError::Apply(e.to_string()))
+                    });
+                if let Err(e) = integrated {
+                    applied.error = Some(e);
+                    break;
+                }
+                applied.count += 1;
+            }
             let changed = txn.before_state() != txn.after_state() || !txn.delete_set().is_empty();
             if changed {
-                Ok(Some(txn.encode_update_v1()))
+                applied.records.push(txn.encode_update_v1());
             } else if txn.has_missing_updates() {
-                // Not integrated yet (its dependencies are missing), but it is state a client
-                // gave us: keep it so that it survives a restart like any other update. (While
-                // anything is pending, a duplicate may be kept too: harmless, updates are idempotent.)
-                Ok(Some(update.to_vec()))
-            } else {
-                Ok(None)
+                // Not integrated yet; while anything is pending a duplicate may be kept
+                // too: harmless, updates are idempotent.
+                let kept = &updates[..applied.count];
+                applied.records.extend(kept.iter().map(|u| u.to_vec()));
             }
+            Ok(applied)
         })
     }
 
@@ -349,6 +386,34 @@ mod tests {
             .expect("delete is a change");
         assert!(!delta.is_empty());
         assert_eq!(text_of(&document), "llo");
+    }
+
+    #[test]
+    fn a_batch_is_one_delta_and_stops_at_the_first_refused_update() {
+        let a = edit(1, &[], |t, txn| t.insert(txn, 0, "abc"));
+        let b = edit(2, &a, |t, txn| t.insert(txn, 3, "def"));
+        let c = edit(3, &a, |t, txn| t.remove_range(txn, 0, 1));
+        let mut document = Document::new();
+        let applied = document
+            .apply_updates(&[&a, &b, &[0xff, 0xff, 0xff], &c])
+            .unwrap();
+        assert_eq!(applied.count, 2);
+        assert!(matches!(applied.error, Some(DocError::Decode(_))));
+        // One record: the delta of what was applied, which rebuilds the same document.
+        assert_eq!(applied.records.len(), 1);
+        let reloaded = Document::load(None, [applied.records[0].as_slice()]).unwrap();
+        assert_eq!(text_of(&reloaded), "abcdef");
+        assert_eq!(text_of(&document), "abcdef");
+        // Already known: nothing to log.
+        assert!(document
+            .apply_updates(&[&a, &b])
+            .unwrap()
+            .records
+            .is_empty());
+        // Missing its dependencies: kept as it came, so that it is logged.
+        let mut fresh = Document::new();
+        let pending = fresh.apply_updates(&[&c]).unwrap();
+        assert_eq!(pending.records, vec![c.clone()]);
     }
 
     #[test]

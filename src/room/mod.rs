@@ -10,6 +10,7 @@
 mod chat;
 pub mod document;
 mod name;
+mod outbox;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -28,6 +29,7 @@ pub use chat::{
 };
 pub use document::{DocError, Document};
 pub use name::{RoomName, RoomNameError, MAX_ROOM_NAME_LEN};
+pub use outbox::Outbox;
 
 use crate::auth::Access;
 use crate::metrics;
@@ -36,6 +38,12 @@ use crate::protocol::update_check::check_update_v1;
 use crate::protocol::ysync::{self, Message as SyncMessage};
 use crate::storage::{Durable, Store, StoreError};
 use crate::stream::wire::Event;
+
+/// Queued updates applied at once, whatever is still in the mailbox: bounds the batch
+/// (and the delay of its first update) under a steady stream.
+const MAX_INBOX_UPDATES: usize = 512;
+/// The same bound in bytes.
+const MAX_INBOX_BYTES: usize = 1 << 20;
 
 /// A v1 update with no structs and no deletions.
 const EMPTY_UPDATE: &[u8] = &[0, 0];
@@ -110,7 +118,7 @@ pub struct Join {
     /// What the session may do; a read-only session's updates are refused.
     pub access: Access,
     /// Where the room sends the session's frames.
-    pub outbox: Recipient<Outbound>,
+    pub outbox: Outbox,
 }
 
 /// A session left; its awareness states are removed and the removal broadcast.
@@ -168,6 +176,12 @@ pub struct Deactivated {
     pub activation: u64,
 }
 
+/// Sent by the room to itself: apply the queued updates (handled after the messages
+/// already in the mailbox).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ApplyInbox;
+
 /// What to do once the room's log is durable up to a sequence number.
 enum AfterFlush {
     Broadcast {
@@ -200,7 +214,7 @@ struct InFlight {
 }
 
 struct SessionEntry {
-    outbox: Recipient<Outbound>,
+    outbox: Outbox,
     access: Access,
     /// Awareness client ids this session has announced.
     clients: HashSet<u64>,
@@ -223,6 +237,10 @@ pub struct Room {
     last_seq: u64,
     /// Writes (log appends and stream messages) made to the store by this activation.
     writes: u64,
+    /// Updates received and not yet applied, with their senders (see `apply_inbox`).
+    inbox: Vec<(SessionId, Bytes)>,
+    /// Their total size.
+    inbox_bytes: usize,
     /// Logged updates not yet handed to the store: written as one record when the next
     /// flush starts (one store write per group commit instead of one per update).
     unwritten: Vec<Vec<u8>>,
@@ -260,6 +278,8 @@ impl Room {
             stored_bytes: 0,
             last_seq: 0,
             writes: 0,
+            inbox: Vec::new(),
+            inbox_bytes: 0,
             unwritten: Vec::new(),
             durable_writes: 0,
             snapshot_seq: 0,
@@ -305,49 +325,55 @@ impl Room {
         (shortest / 4).clamp(Duration::from_millis(20), Duration::from_secs(1))
     }
 
-    /// Applies an update; if it changed the document, logs it and queues its broadcast.
+    /// Applies one sender's updates in one transaction; what they changed is logged and
+    /// its broadcast queued (to everyone but the sender). Stops at the first update refused
+    /// and returns why: the ones before it are kept.
     fn apply(
         &mut self,
-        update: &[u8],
+        updates: &[&[u8]],
         from: Option<SessionId>,
         ctx: &mut Context<Self>,
     ) -> Result<(), RoomError> {
-        metrics::get().updates_in.inc();
         let limit = self.config.max_document_bytes;
-        if self.stored_bytes + update.len() as u64 > limit {
-            return Err(RoomError::TooLarge { limit });
-        }
-        let delta = match self.document.apply_update(update) {
-            Ok(Some(delta)) => delta,
-            Ok(None) => return Ok(()),
-            Err(DocError::Panicked) => {
-                // The document may be half-changed: rebuild it from what is logged.
-                error!(room = %self.name, "yrs panicked on an update; reloading the room");
-                // What was applied before is only kept in memory until the next flush: the
-                // store must hold it before the document is rebuilt from the store.
-                let reloaded = match self.write_unwritten() {
-                    Ok(()) => self.load(),
-                    Err(e) => Err(e.into()),
-                };
-                if let Err(e) = reloaded {
-                    self.fail(&format!("reload after a yrs panic failed: {e}"), ctx);
+        let mut size = self.stored_bytes;
+        let fit = updates
+            .iter()
+            .take_while(|u| {
+                size += u.len() as u64;
+                size <= limit
+            })
+            .count();
+        let applied = match self.document.apply_updates(&updates[..fit]) {
+            Ok(applied) => applied,
+            Err(DocError::Panicked) if fit > 1 => {
+                // One of them made yrs panic: rebuild and apply them one by one, so that
+                // only the guilty update is refused.
+                self.reload_after_panic(ctx);
+                for update in updates {
+                    self.apply(&[update], from, ctx)?;
                 }
-                return Err(DocError::Panicked.into());
+                return Ok(());
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                self.reload_after_panic(ctx);
+                return Err(e.into());
+            }
         };
-        self.last_seq += 1;
-        self.stored_bytes += delta.len() as u64;
-        let frame = SyncMessage::Update(Bytes::copy_from_slice(&delta)).encode();
-        self.unwritten.push(delta);
-        self.writes += 1;
-        self.after_durable(
-            AfterFlush::Broadcast {
-                frame,
-                except: from,
-            },
-            ctx,
-        );
+        metrics::get().updates_in.inc_by(applied.count as u64);
+        for record in applied.records {
+            self.last_seq += 1;
+            self.stored_bytes += record.len() as u64;
+            let frame = SyncMessage::Update(Bytes::copy_from_slice(&record)).encode();
+            self.unwritten.push(record);
+            self.writes += 1;
+            self.after_durable(
+                AfterFlush::Broadcast {
+                    frame,
+                    except: from,
+                },
+                ctx,
+            );
+        }
         if self.stopping {
             // Writing to the store failed while starting the flush: the room has failed.
             return Err(RoomError::Unavailable("the room's store failed".into()));
@@ -355,7 +381,53 @@ impl Room {
         if self.last_seq - self.snapshot_seq >= self.config.snapshot_every_updates {
             self.snapshot();
         }
-        Ok(())
+        match applied.error {
+            Some(e) => Err(e.into()),
+            None if fit < updates.len() => Err(RoomError::TooLarge { limit }),
+            None => Ok(()),
+        }
+    }
+
+    /// yrs panicked: the document may be half-changed, so rebuild it from the store.
+    fn reload_after_panic(&mut self, ctx: &mut Context<Self>) {
+        error!(room = %self.name, "yrs panicked on an update; reloading the room");
+        // What was applied before is only kept in memory until the next flush: the store
+        // must hold it before the document is rebuilt from the store.
+        let reloaded = match self.write_unwritten() {
+            Ok(()) => self.load(),
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = reloaded {
+            self.fail(&format!("reload after a yrs panic failed: {e}"), ctx);
+        }
+    }
+
+    /// Applies the updates queued by `Receive`, each sender's consecutive ones in one
+    /// transaction, closing a sender whose update is refused.
+    fn apply_inbox(&mut self, ctx: &mut Context<Self>) {
+        let inbox = std::mem::take(&mut self.inbox);
+        self.inbox_bytes = 0;
+        let mut rest = &inbox[..];
+        while let Some(&(session, _)) = rest.first() {
+            let run = rest.iter().take_while(|(s, _)| *s == session).count();
+            let (updates, next) = rest.split_at(run);
+            rest = next;
+            if !self.sessions.contains_key(&session) {
+                continue; // closed by an earlier refusal: its later updates are dropped
+            }
+            let updates: Vec<&[u8]> = updates.iter().map(|(_, u)| u.as_ref()).collect();
+            if let Err(e) = self.apply(&updates, Some(session), ctx) {
+                info!(room = %self.name, session = session.0, error = %e, "closing session: update refused");
+                let code = match e {
+                    RoomError::TooLarge { .. } => close::DOCUMENT_TOO_LARGE,
+                    _ => {
+                        metrics::get().protocol_errors.inc();
+                        close::INVALID_UPDATE
+                    }
+                };
+                self.close_session(session, code, e.to_string());
+            }
+        }
     }
 
     /// Runs `action` once everything logged so far is durable.
@@ -459,26 +531,46 @@ impl Room {
     }
 
     /// Hands the same frame to every session but `except`.
-    fn broadcast(&self, frame: &Bytes, except: Option<SessionId>) {
+    fn broadcast(&mut self, frame: &Bytes, except: Option<SessionId>) {
         let started = Instant::now();
         let mut sent = 0u64;
+        let mut slow = Vec::new();
         for (id, session) in &self.sessions {
             if Some(*id) != except {
-                session.outbox.do_send(Outbound::Frame(frame.clone()));
-                sent += 1;
+                if session.outbox.send(Outbound::Frame(frame.clone())) {
+                    sent += 1;
+                } else {
+                    slow.push(*id);
+                }
             }
         }
         let m = metrics::get();
         m.updates_out.inc_by(sent);
         m.bytes_out.inc_by(sent * frame.len() as u64);
         m.broadcast_seconds.observe(started.elapsed().as_secs_f64());
+        for id in slow {
+            self.close_slow_session(id);
+        }
     }
 
-    fn send(&self, to: SessionId, frame: Bytes) {
+    fn send(&mut self, to: SessionId, frame: Bytes) {
         if let Some(session) = self.sessions.get(&to) {
             metrics::get().bytes_out.inc_by(frame.len() as u64);
-            session.outbox.do_send(Outbound::Frame(frame));
+            if !session.outbox.send(Outbound::Frame(frame)) {
+                self.close_slow_session(to);
+            }
         }
+    }
+
+    /// A session stopped taking frames (its socket is full) and has its limit queued.
+    fn close_slow_session(&mut self, id: SessionId) {
+        let Some(session) = self.sessions.get(&id) else {
+            return;
+        };
+        let queued = session.outbox.queued();
+        info!(room = %self.name, session = id.0, queued, "closing session: client too slow");
+        metrics::get().slow_consumers.inc();
+        self.close_session(id, close::TOO_SLOW, format!("{queued} bytes queued"));
     }
 
     /// Hands the logged updates not yet written to the store, as one record.
@@ -535,7 +627,7 @@ impl Room {
     /// Closes one session with `close` and forgets it.
     fn close_session(&mut self, id: SessionId, close: Close, detail: String) {
         if let Some(session) = self.sessions.get(&id) {
-            session.outbox.do_send(Outbound::Close(close, detail));
+            session.outbox.send(Outbound::Close(close, detail));
         }
         self.remove_session(id);
     }
@@ -553,7 +645,7 @@ impl Room {
         for session in self.sessions.values() {
             session
                 .outbox
-                .do_send(Outbound::Close(close::INTERNAL_ERROR, why.to_owned()));
+                .send(Outbound::Close(close::INTERNAL_ERROR, why.to_owned()));
         }
         self.sessions.clear();
         self.chat_close_all(close::INTERNAL_ERROR, why);
@@ -562,6 +654,7 @@ impl Room {
     }
 
     fn on_tick(&mut self, ctx: &mut Context<Self>) {
+        self.apply_inbox(ctx);
         let snapshot_due = self.last_snapshot_at.elapsed() >= self.config.snapshot_interval;
         if snapshot_due && self.last_seq > self.snapshot_seq {
             self.snapshot();
@@ -633,10 +726,11 @@ impl Handler<Join> for Room {
         if self.stopping {
             return Err(RoomError::Unavailable("room is stopping".into()));
         }
+        self.apply_inbox(ctx);
         let greeting = SyncMessage::SyncStep1(self.document.state_vector().into()).encode();
-        msg.outbox.do_send(Outbound::Frame(greeting));
+        msg.outbox.send(Outbound::Frame(greeting));
         if let Some(states) = self.document.awareness_states() {
-            msg.outbox.do_send(Outbound::Frame(
+            msg.outbox.send(Outbound::Frame(
                 SyncMessage::Awareness(states.into()).encode(),
             ));
         }
@@ -655,7 +749,8 @@ impl Handler<Join> for Room {
 impl Handler<Leave> for Room {
     type Result = ();
 
-    fn handle(&mut self, msg: Leave, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: Leave, ctx: &mut Self::Context) {
+        self.apply_inbox(ctx);
         self.remove_session(msg.session);
         self.chat_leave(msg.session);
     }
@@ -672,6 +767,9 @@ impl Handler<Receive> for Room {
         } = msg;
         if !self.sessions.contains_key(&session) {
             return; // closed by the room already; late frames are dropped
+        }
+        if !matches!(message, SyncMessage::SyncStep2(_) | SyncMessage::Update(_)) {
+            self.apply_inbox(ctx); // everything is handled in the order it arrived
         }
         match message {
             SyncMessage::SyncStep1(sv) => match self.document.diff(&sv) {
@@ -693,16 +791,16 @@ impl Handler<Receive> for Room {
                 }
             }
             SyncMessage::SyncStep2(update) | SyncMessage::Update(update) => {
-                if let Err(e) = self.apply(&update, Some(session), ctx) {
-                    info!(room = %self.name, session = session.0, error = %e, "closing session: update refused");
-                    let code = match e {
-                        RoomError::TooLarge { .. } => close::DOCUMENT_TOO_LARGE,
-                        _ => {
-                            metrics::get().protocol_errors.inc();
-                            close::INVALID_UPDATE
-                        }
-                    };
-                    self.close_session(session, code, e.to_string());
+                // Queued, and applied once the mailbox is empty (or the queue full): when
+                // updates arrive faster than one at a time, a batch costs one transaction,
+                // one log record and one broadcast.
+                if self.inbox.is_empty() {
+                    ctx.notify(ApplyInbox);
+                }
+                self.inbox_bytes += update.len();
+                self.inbox.push((session, update));
+                if self.inbox.len() >= MAX_INBOX_UPDATES || self.inbox_bytes >= MAX_INBOX_BYTES {
+                    self.apply_inbox(ctx);
                 }
             }
             SyncMessage::Awareness(payload) => match self.document.apply_awareness(&payload) {
@@ -731,6 +829,14 @@ impl Handler<Receive> for Room {
     }
 }
 
+impl Handler<ApplyInbox> for Room {
+    type Result = ();
+
+    fn handle(&mut self, _msg: ApplyInbox, ctx: &mut Self::Context) {
+        self.apply_inbox(ctx);
+    }
+}
+
 impl Handler<ApplyUpdate> for Room {
     type Result = Result<DurableReply, RoomError>;
 
@@ -738,7 +844,8 @@ impl Handler<ApplyUpdate> for Room {
         if self.stopping {
             return Err(RoomError::Unavailable("room is stopping".into()));
         }
-        self.apply(&msg.update, None, ctx)?;
+        self.apply_inbox(ctx);
+        self.apply(&[&msg.update], None, ctx)?;
         let (tx, rx) = oneshot::channel();
         self.after_durable(
             AfterFlush::Reply {
@@ -755,6 +862,7 @@ impl Handler<ReadState> for Room {
     type Result = Result<DurableReply, RoomError>;
 
     fn handle(&mut self, msg: ReadState, ctx: &mut Self::Context) -> Self::Result {
+        self.apply_inbox(ctx);
         let body: Bytes = if msg.json {
             self.document.to_json().to_string().into()
         } else {
@@ -770,11 +878,12 @@ impl Handler<Shutdown> for Room {
     type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, _msg: Shutdown, ctx: &mut Self::Context) -> Self::Result {
+        self.apply_inbox(ctx);
         self.stopping = true;
         for session in self.sessions.values() {
             session
                 .outbox
-                .do_send(Outbound::Close(close::GOING_AWAY, String::new()));
+                .send(Outbound::Close(close::GOING_AWAY, String::new()));
         }
         self.sessions.clear();
         self.chat_close_all(close::GOING_AWAY, "");

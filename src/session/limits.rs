@@ -2,7 +2,8 @@
 //! byte count that bounds a session's outbox. No actors, no sockets, no clocks of its own
 //! (callers pass `Instant`s), so both are unit-tested directly.
 
-use std::time::Instant;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 /// A token bucket: `rate` tokens per second, holding at most `burst`.
 #[derive(Debug, Clone)]
@@ -44,11 +45,17 @@ impl TokenBucket {
 /// after reading every frame sent before it, so the newest answered count is what the
 /// client has surely read, and `sent - read` bounds what is still queued anywhere between
 /// this process and the client: the actor's write buffer, the socket buffers, the network.
+///
+/// A healthy client is always a round trip behind, and one group commit can release a
+/// large burst at once, so what judges a client is [`InFlight::overdue`]: the bytes it has
+/// left unread for longer than a grace period.
 #[derive(Debug, Default, Clone)]
 pub struct InFlight {
     sent: u64,
     read: u64,
     last_probe: u64,
+    /// Unanswered probes: when each was sent and the count it carried, oldest first.
+    probes: VecDeque<(Instant, u64)>,
 }
 
 impl InFlight {
@@ -62,14 +69,28 @@ impl InFlight {
         self.sent - self.read
     }
 
+    /// Bytes sent at least `grace` before `now` and not yet known read.
+    pub fn overdue(&self, now: Instant, grace: Duration) -> u64 {
+        let sent_before = self
+            .probes
+            .iter()
+            .rev()
+            .find(|(at, _)| now.saturating_duration_since(*at) >= grace)
+            .map_or(self.read, |&(_, count)| count);
+        sent_before.saturating_sub(self.read)
+    }
+
     /// A ping payload to send now if `every` bytes went out since the last one.
-    pub fn probe_due(&mut self, every: u64) -> Option<[u8; 8]> {
-        (self.sent - self.last_probe >= every).then(|| self.probe())
+    pub fn probe_due(&mut self, every: u64, now: Instant) -> Option<[u8; 8]> {
+        (self.sent - self.last_probe >= every).then(|| self.probe(now))
     }
 
     /// A ping payload carrying the current count.
-    pub fn probe(&mut self) -> [u8; 8] {
+    pub fn probe(&mut self, now: Instant) -> [u8; 8] {
         self.last_probe = self.sent;
+        if self.sent > self.read && self.probes.back().is_none_or(|&(_, c)| c < self.sent) {
+            self.probes.push_back((now, self.sent));
+        }
         self.sent.to_be_bytes()
     }
 
@@ -79,6 +100,9 @@ impl InFlight {
             let read = u64::from_be_bytes(bytes);
             if read <= self.sent {
                 self.read = self.read.max(read);
+                while self.probes.front().is_some_and(|&(_, c)| c <= self.read) {
+                    self.probes.pop_front();
+                }
             }
         }
     }
@@ -100,10 +124,11 @@ mod tests {
 
     #[test]
     fn unread_bytes_fall_only_when_a_probe_is_answered() {
+        let now = Instant::now();
         let mut flight = InFlight::default();
         flight.sent(100);
-        assert_eq!(flight.probe_due(1000), None);
-        let probe = flight.probe();
+        assert_eq!(flight.probe_due(1000, now), None);
+        let probe = flight.probe(now);
         flight.sent(50);
         assert_eq!(flight.unread(), 150);
         flight.answered(&probe);
@@ -112,6 +137,33 @@ mod tests {
         flight.answered(&u64::MAX.to_be_bytes()); // impossible count
         assert_eq!(flight.unread(), 50);
         flight.sent(1000);
-        assert!(flight.probe_due(1000).is_some());
+        assert!(flight.probe_due(1000, now).is_some());
+    }
+
+    #[test]
+    fn only_bytes_unread_for_longer_than_the_grace_are_overdue() {
+        let grace = Duration::from_secs(2);
+        let start = Instant::now();
+        let mut flight = InFlight::default();
+        flight.sent(1000);
+        let first = flight.probe(start);
+        assert_eq!(
+            flight.overdue(start, grace),
+            0,
+            "a fresh burst is not overdue"
+        );
+        let later = start + Duration::from_secs(1);
+        flight.sent(500);
+        let second = flight.probe(later);
+        assert_eq!(flight.overdue(later, grace), 0);
+        // Two seconds on, the first burst is overdue but not the second.
+        assert_eq!(flight.overdue(start + grace, grace), 1000);
+        assert_eq!(flight.overdue(later + grace, grace), 1500);
+        // Reading catches up.
+        flight.answered(&first);
+        assert_eq!(flight.overdue(later + grace, grace), 500);
+        flight.answered(&second);
+        assert_eq!(flight.overdue(later + grace * 10, grace), 0);
+        assert_eq!(flight.unread(), 0);
     }
 }

@@ -30,7 +30,8 @@ use crate::protocol::close::{self, Close};
 use crate::protocol::ysync::{DecodeError, Message as SyncMessage};
 use crate::registry::{send_to_room, Registry};
 use crate::room::{
-    ChatJoin, ChatRequest, Join, Leave, Outbound, Receive, Room, RoomError, RoomName, SessionId,
+    ChatJoin, ChatRequest, Join, Leave, Outbound, Outbox, Receive, Room, RoomError, RoomName,
+    SessionId,
 };
 use crate::stream::wire::{self, ErrorCode, Request};
 use crate::stream::ResumeFrom;
@@ -39,6 +40,11 @@ use limits::{InFlight, TokenBucket};
 /// Send a ping carrying the sent-bytes count at least this often (in bytes), so the
 /// unread-bytes measure stays fresh while a session streams.
 const MIN_PROBE_BYTES: u64 = 16 * 1024;
+/// How long a client may leave bytes unread before they count against `max_outbox_bytes`:
+/// a healthy client is a round trip behind, and one flush can release a large burst.
+const SLOW_READER_GRACE: Duration = Duration::from_secs(2);
+/// Unread bytes, as a multiple of `max_outbox_bytes`, that close a session at once.
+const UNREAD_HARD_FACTOR: u64 = 4;
 
 /// An awareness update with no entries: a valid message that changes nothing. Sent when a
 /// session has been quiet, because the stock y-websocket client reconnects after 30 s
@@ -91,6 +97,8 @@ pub struct Session {
     partial: Option<BytesMut>,
     /// Bytes sent and not yet read by the client.
     in_flight: InFlight,
+    /// Where the room sends this session's frames (set when it joins).
+    outbox: Option<Outbox>,
     /// The message-rate limit, if any.
     rate: Option<TokenBucket>,
     /// Live sessions on this node (for the connection limit).
@@ -116,6 +124,7 @@ impl Session {
         });
         Self {
             in_flight: InFlight::default(),
+            outbox: None,
             rate,
             connections,
             refuse: None,
@@ -170,7 +179,7 @@ impl Session {
     fn sent(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
         self.last_sent = Instant::now();
         let every = (self.config.max_outbox_bytes / 8).max(MIN_PROBE_BYTES);
-        if let Some(probe) = self.in_flight.probe_due(every) {
+        if let Some(probe) = self.in_flight.probe_due(every, self.last_sent) {
             ctx.ping(&probe);
         }
     }
@@ -325,7 +334,7 @@ impl Session {
     /// back the socket's frames until the room has answered.
     fn join<M>(
         &mut self,
-        make: impl Fn(Recipient<Outbound>) -> M + 'static,
+        make: impl Fn(Outbox) -> M + 'static,
         ctx: &mut ws::WebsocketContext<Self>,
     ) where
         M: Message<Result = Result<Addr<Room>, RoomError>> + Send + 'static,
@@ -333,7 +342,8 @@ impl Session {
         <Room as Actor>::Context: ToEnvelope<Room, M>,
     {
         let (registry, name) = (self.registry.clone(), self.room_name.clone());
-        let outbox = ctx.address().recipient::<Outbound>();
+        let outbox = Outbox::new(ctx.address().recipient(), self.config.max_outbox_bytes);
+        self.outbox = Some(outbox.clone());
         let join = async move { send_to_room(&registry, &name, || make(outbox.clone())).await? };
         ctx.wait(
             join.into_actor(self)
@@ -413,7 +423,7 @@ impl Session {
             self.close(ctx, close::HEARTBEAT_TIMEOUT, "");
             return;
         }
-        ctx.ping(&self.in_flight.probe());
+        ctx.ping(&self.in_flight.probe(Instant::now()));
         // Chat clients see pings (browsers answer them); only y-websocket needs a frame.
         if !self.is_chat() && self.last_sent.elapsed() >= self.config.heartbeat_interval {
             self.send_frame(Bytes::from_static(KEEPALIVE_FRAME), ctx);
@@ -463,9 +473,16 @@ impl Handler<Outbound> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: Outbound, ctx: &mut Self::Context) {
+        if let Some(outbox) = &self.outbox {
+            outbox.taken(&msg);
+        }
         if matches!(msg, Outbound::Frame(_) | Outbound::Event(_)) {
+            // Cut when what the client left unread for longer than the grace is over the
+            // limit, or when its unread bytes pass the hard bound whatever their age.
+            let max = self.config.max_outbox_bytes;
             let unread = self.in_flight.unread();
-            if unread > self.config.max_outbox_bytes {
+            let overdue = self.in_flight.overdue(Instant::now(), SLOW_READER_GRACE);
+            if overdue > max || unread > max.saturating_mul(UNREAD_HARD_FACTOR) {
                 info!(room = %self.room_name, session = self.id.0, unread, "closing session: client too slow");
                 metrics::get().slow_consumers.inc();
                 self.close(ctx, close::TOO_SLOW, &format!("{unread} bytes unread"));

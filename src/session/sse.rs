@@ -20,7 +20,7 @@ use crate::auth::Access;
 use crate::metrics;
 use crate::protocol::close::{self, Close};
 use crate::registry::{send_to_room, Registry};
-use crate::room::{ChatJoin, Leave, Outbound, Room, RoomError, RoomName, SessionId};
+use crate::room::{ChatJoin, Leave, Outbound, Outbox, Room, RoomError, RoomName, SessionId};
 use crate::stream::ResumeFrom;
 
 /// A comment line: ignored by `EventSource`, but it keeps proxies from timing out.
@@ -49,6 +49,8 @@ pub struct SseSession {
     out: mpsc::UnboundedSender<Bytes>,
     /// Bytes handed to the response and not yet taken by it.
     queued: Arc<AtomicU64>,
+    /// Where the room sends this member's events (set when it joins).
+    outbox: Option<Outbox>,
     connections: Arc<AtomicUsize>,
 }
 
@@ -73,6 +75,7 @@ impl SseSession {
             subscriber: Some(subscriber),
             out,
             queued,
+            outbox: None,
             connections,
         }
         .start();
@@ -122,7 +125,8 @@ impl Actor for SseSession {
             return;
         };
         let (registry, name, id) = (self.registry.clone(), self.room_name.clone(), self.id);
-        let outbox = ctx.address().recipient::<Outbound>();
+        let outbox = Outbox::new(ctx.address().recipient(), self.config.max_outbox_bytes);
+        self.outbox = Some(outbox.clone());
         let join = async move {
             send_to_room(&registry, &name, || ChatJoin {
                 session: id,
@@ -163,6 +167,9 @@ impl Handler<Outbound> for SseSession {
     type Result = ();
 
     fn handle(&mut self, msg: Outbound, ctx: &mut Self::Context) {
+        if let Some(outbox) = &self.outbox {
+            outbox.taken(&msg);
+        }
         match msg {
             Outbound::Event(event) => {
                 let queued = self.queued.load(Ordering::Relaxed);
