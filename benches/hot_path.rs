@@ -4,6 +4,8 @@
 //! - `raw_yrs_apply`: decode + apply into a bare `yrs` document (the floor);
 //! - `check`: the structural check every client update passes before yrs sees it;
 //! - `document_apply`: Tandem's `Document::apply_update` (check + apply + the delta);
+//! - `document_apply_batched`: `Document::apply_updates` on runs of 512, what a room does
+//!   with a burst (one transaction and one delta per run);
 //! - `frame_encode`: wrapping a delta into the y-websocket frame, once per update;
 //! - `fanout/N`: handing that one frame to N session mailboxes (actix `Recipient`s).
 //!
@@ -121,6 +123,15 @@ fn hot_path(c: &mut Criterion) {
             let mut doc = Document::new();
             for u in &updates {
                 doc.apply_update(u).unwrap();
+            }
+        })
+    });
+    group.bench_function("document_apply_batched", |b| {
+        b.iter(|| {
+            let mut doc = Document::new();
+            for run in updates.chunks(512) {
+                let run: Vec<&[u8]> = run.iter().map(Vec::as_slice).collect();
+                doc.apply_updates(&run).unwrap();
             }
         })
     });
