@@ -383,23 +383,33 @@ impl Room {
             .filter(|(_, m)| !m.outbox.send(Outbound::Event(event.clone())))
             .map(|(id, _)| *id)
             .collect();
-        for id in slow {
-            self.chat_close_slow(id);
-        }
+        self.close_slow_sessions(slow);
     }
 
     fn chat_send(&mut self, to: SessionId, event: Event) {
         if let Some(member) = self.chat.as_ref().and_then(|c| c.members.get(&to)) {
             if !member.outbox.send(Outbound::Event(event)) {
-                self.chat_close_slow(to);
+                self.close_slow_sessions(vec![to]);
             }
         }
     }
 
-    /// A member stopped taking events (its socket is full) and has its limit queued.
-    fn chat_close_slow(&mut self, id: SessionId) {
+    /// Members whose outbox says they are too slow (see [`Outbox::too_slow`]).
+    pub(super) fn chat_too_slow(&self) -> Vec<SessionId> {
+        self.chat.as_ref().map_or_else(Vec::new, |chat| {
+            chat.members
+                .iter()
+                .filter(|(_, m)| m.outbox.too_slow())
+                .map(|(id, _)| *id)
+                .collect()
+        })
+    }
+
+    /// Closes a member that stopped taking events (its socket is full) with its limit
+    /// queued; false if it is no member. (Called from the room's `close_slow_sessions`.)
+    pub(super) fn chat_close_slow(&mut self, id: SessionId) -> bool {
         let Some(member) = self.chat.as_ref().and_then(|c| c.members.get(&id)) else {
-            return;
+            return false;
         };
         let queued = member.outbox.queued();
         info!(room = %self.name, session = id.0, queued, "closing chat member: client too slow");
@@ -409,6 +419,7 @@ impl Room {
             format!("{queued} bytes queued"),
         ));
         self.chat_leave(id);
+        true
     }
 
     /// Performs a chat action whose writes are now durable.
@@ -601,12 +612,16 @@ impl Room {
             },
             &members,
         );
-        // The replay is bounded below the outbox limit, so these are all queued.
-        msg.outbox.send(Outbound::Event(joined));
+        // A replay larger than the outbox takes would leave a gap: the member is closed
+        // (and resumes from what it got) rather than left with a hole.
+        let mut queued_all = msg.outbox.send(Outbound::Event(joined));
         for (seq, record) in replay {
-            msg.outbox
-                .send(Outbound::Event(Event::message(seq, record)));
+            queued_all = queued_all
+                && msg
+                    .outbox
+                    .send(Outbound::Event(Event::message(seq, record)));
         }
+        let id = msg.session;
         chat.members.insert(
             msg.session,
             ChatMember {
@@ -617,6 +632,9 @@ impl Room {
             },
         );
         metrics::get().chat_members.inc();
+        if !queued_all {
+            self.close_slow_sessions(vec![id]);
+        }
         Ok(())
     }
 

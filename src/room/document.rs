@@ -148,9 +148,11 @@ impl Document {
             let changed = txn.before_state() != txn.after_state() || !txn.delete_set().is_empty();
             if changed {
                 applied.records.push(txn.encode_update_v1());
-            } else if txn.has_missing_updates() {
-                // Not integrated yet; while anything is pending a duplicate may be kept
-                // too: harmless, updates are idempotent.
+            }
+            if txn.has_missing_updates() {
+                // What yrs could not integrate yet is pending, outside the delta: keep the
+                // updates themselves too. (While anything is pending a duplicate may be
+                // kept: harmless, updates are idempotent.)
                 let kept = &updates[..applied.count];
                 applied.records.extend(kept.iter().map(|u| u.to_vec()));
             }
@@ -414,6 +416,23 @@ mod tests {
         let mut fresh = Document::new();
         let pending = fresh.apply_updates(&[&c]).unwrap();
         assert_eq!(pending.records, vec![c.clone()]);
+        // Integrated and pending in one batch: the delta leaves the pending one out, so it
+        // is kept as it came beside the delta.
+        let x = edit(5, &[], |t, txn| t.insert(txn, 0, "xyz"));
+        let mut fresh = Document::new();
+        let mixed = fresh.apply_updates(&[&x, &c]).unwrap();
+        assert_eq!(mixed.records.len(), 3, "the delta, then both updates");
+        assert_eq!(mixed.records[2], c);
+        let reloaded = Document::load(
+            None,
+            mixed
+                .records
+                .iter()
+                .map(Vec::as_slice)
+                .chain([a.as_slice()]),
+        )
+        .unwrap();
+        assert_eq!(text_of(&reloaded), "bcxyz");
     }
 
     #[test]

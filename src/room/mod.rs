@@ -29,7 +29,7 @@ pub use chat::{
 };
 pub use document::{DocError, Document};
 pub use name::{RoomName, RoomNameError, MAX_ROOM_NAME_LEN};
-pub use outbox::Outbox;
+pub use outbox::{Outbox, HARD_FACTOR, SLOW_GRACE};
 
 use crate::auth::Access;
 use crate::metrics;
@@ -237,6 +237,9 @@ pub struct Room {
     last_seq: u64,
     /// Writes (log appends and stream messages) made to the store by this activation.
     writes: u64,
+    /// Sessions found too slow and not yet closed (see `close_slow_sessions`).
+    slow: Vec<SessionId>,
+    closing_slow: bool,
     /// Updates received and not yet applied, with their senders (see `apply_inbox`).
     inbox: Vec<(SessionId, Bytes)>,
     /// Their total size.
@@ -278,6 +281,8 @@ impl Room {
             stored_bytes: 0,
             last_seq: 0,
             writes: 0,
+            slow: Vec::new(),
+            closing_slow: false,
             inbox: Vec::new(),
             inbox_bytes: 0,
             unwritten: Vec::new(),
@@ -349,6 +354,9 @@ impl Room {
                 // One of them made yrs panic: rebuild and apply them one by one, so that
                 // only the guilty update is refused.
                 self.reload_after_panic(ctx);
+                if self.stopping {
+                    return Err(RoomError::Unavailable("the room failed to reload".into()));
+                }
                 for update in updates {
                     self.apply(&[update], from, ctx)?;
                 }
@@ -548,29 +556,41 @@ impl Room {
         m.updates_out.inc_by(sent);
         m.bytes_out.inc_by(sent * frame.len() as u64);
         m.broadcast_seconds.observe(started.elapsed().as_secs_f64());
-        for id in slow {
-            self.close_slow_session(id);
-        }
+        self.close_slow_sessions(slow);
     }
 
     fn send(&mut self, to: SessionId, frame: Bytes) {
         if let Some(session) = self.sessions.get(&to) {
             metrics::get().bytes_out.inc_by(frame.len() as u64);
             if !session.outbox.send(Outbound::Frame(frame)) {
-                self.close_slow_session(to);
+                self.close_slow_sessions(vec![to]);
             }
         }
     }
 
-    /// A session stopped taking frames (its socket is full) and has its limit queued.
-    fn close_slow_session(&mut self, id: SessionId) {
-        let Some(session) = self.sessions.get(&id) else {
-            return;
-        };
-        let queued = session.outbox.queued();
-        info!(room = %self.name, session = id.0, queued, "closing session: client too slow");
-        metrics::get().slow_consumers.inc();
-        self.close_session(id, close::TOO_SLOW, format!("{queued} bytes queued"));
+    /// Closes sessions that stopped taking frames (their sockets are full) with their limit
+    /// queued. Closing one broadcasts its awareness removal, which can find more: they join
+    /// the same work list, so a room full of stalled sessions is closed in a loop, not by
+    /// recursion as deep as their number.
+    fn close_slow_sessions(&mut self, ids: Vec<SessionId>) {
+        self.slow.extend(ids);
+        if self.closing_slow {
+            return; // an outer call is draining the list
+        }
+        self.closing_slow = true;
+        while let Some(id) = self.slow.pop() {
+            if self.chat_close_slow(id) {
+                continue;
+            }
+            let Some(session) = self.sessions.get(&id) else {
+                continue; // already closed
+            };
+            let queued = session.outbox.queued();
+            info!(room = %self.name, session = id.0, queued, "closing session: client too slow");
+            metrics::get().slow_consumers.inc();
+            self.close_session(id, close::TOO_SLOW, format!("{queued} bytes queued"));
+        }
+        self.closing_slow = false;
     }
 
     /// Hands the logged updates not yet written to the store, as one record.
@@ -670,6 +690,15 @@ impl Room {
         for id in gone {
             self.remove_session(id);
         }
+        // A stalled session is sent nothing once a burst ends: look at the queues here too.
+        let slow: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.outbox.too_slow())
+            .map(|(id, _)| *id)
+            .chain(self.chat_too_slow())
+            .collect();
+        self.close_slow_sessions(slow);
         self.chat_tick();
         let idle = self.sessions.is_empty()
             && self.chat.as_ref().is_none_or(chat::Chat::is_idle)
@@ -770,7 +799,13 @@ impl Handler<Receive> for Room {
         }
         if !matches!(message, SyncMessage::SyncStep2(_) | SyncMessage::Update(_)) {
             self.apply_inbox(ctx); // everything is handled in the order it arrived
+            if !self.sessions.contains_key(&session) {
+                return; // closed while the queue was applied (refused, or too slow)
+            }
         }
+        let Some(access) = self.sessions.get(&session).map(|s| s.access) else {
+            return;
+        };
         match message {
             SyncMessage::SyncStep1(sv) => match self.document.diff(&sv) {
                 Ok(diff) => {
@@ -781,7 +816,7 @@ impl Handler<Receive> for Room {
                 Err(e) => self.close_session(session, close::MALFORMED_MESSAGE, e.to_string()),
             },
             SyncMessage::SyncStep2(update) | SyncMessage::Update(update)
-                if self.sessions[&session].access != Access::Write =>
+                if access != Access::Write =>
             {
                 // Refused, never applied. An empty update (a fresh client's SyncStep2) is no
                 // attempt to write and gets no answer; anything else gets y-protocols'
@@ -879,6 +914,9 @@ impl Handler<Shutdown> for Room {
 
     fn handle(&mut self, _msg: Shutdown, ctx: &mut Self::Context) -> Self::Result {
         self.apply_inbox(ctx);
+        if self.stopping {
+            return Box::pin(actix::fut::ready(())); // failed while applying: nothing to save
+        }
         self.stopping = true;
         for session in self.sessions.values() {
             session

@@ -4,12 +4,20 @@
 //! this count is what bounds such a session's queue. It owns no policy beyond that bound:
 //! the room decides what a refused send means (the session is closed as too slow).
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::Recipient;
 
 use super::Outbound;
+
+/// How long a client may stay over its outbox limit before it is closed as too slow: a
+/// healthy client is a round trip behind, and one group commit can release a large burst.
+pub const SLOW_GRACE: Duration = Duration::from_secs(2);
+/// Bytes over the limit, as a multiple of it, that close a session at once.
+pub const HARD_FACTOR: u64 = 4;
 
 /// A session's outbox: where the room sends, and how much is queued there.
 #[derive(Clone)]
@@ -17,6 +25,8 @@ pub struct Outbox {
     recipient: Recipient<Outbound>,
     queued: Arc<AtomicU64>,
     limit: u64,
+    /// Since when the queue has been over the limit (the room's copy only).
+    over_since: Cell<Option<Instant>>,
 }
 
 impl Outbox {
@@ -26,19 +36,36 @@ impl Outbox {
             recipient,
             queued: Arc::default(),
             limit,
+            over_since: Cell::new(None),
         }
     }
 
-    /// Queues a frame or event; false, queuing nothing, when the session already has more
-    /// than its limit queued. Closes are always queued.
+    /// Queues a frame or event; false, queuing nothing, when the session has had more than
+    /// its limit queued for [`SLOW_GRACE`], or has more than [`HARD_FACTOR`] times it.
+    /// Closes are always queued.
     pub fn send(&self, message: Outbound) -> bool {
         let size = message.size();
-        if size > 0 && self.queued.fetch_add(size, Ordering::Relaxed) > self.limit {
-            self.queued.fetch_sub(size, Ordering::Relaxed);
+        if size > 0 && self.too_slow() {
             return false;
         }
+        self.queued.fetch_add(size, Ordering::Relaxed);
         self.recipient.do_send(message);
         true
+    }
+
+    /// Whether the session has had more than its limit queued for [`SLOW_GRACE`], or has
+    /// more than [`HARD_FACTOR`] times it (the room also asks on its tick, since a stalled
+    /// session may be sent nothing more).
+    pub fn too_slow(&self) -> bool {
+        let queued = self.queued.load(Ordering::Relaxed);
+        if queued <= self.limit {
+            self.over_since.set(None);
+            return false;
+        }
+        let now = Instant::now();
+        let since = self.over_since.get().unwrap_or(now);
+        self.over_since.set(Some(since));
+        queued > self.limit.saturating_mul(HARD_FACTOR) || now - since >= SLOW_GRACE
     }
 
     /// Bytes queued and not yet taken.
@@ -65,5 +92,50 @@ impl Outbound {
             Outbound::Event(event) => event.json.len() as u64,
             Outbound::Close(..) => 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::close;
+    use actix::{Actor, Context, Handler};
+    use bytes::Bytes;
+
+    /// A session that never takes anything (its mailbox only fills).
+    struct Stalled;
+
+    impl Actor for Stalled {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Outbound> for Stalled {
+        type Result = ();
+        fn handle(&mut self, _msg: Outbound, _ctx: &mut Self::Context) {}
+    }
+
+    #[actix_rt::test]
+    async fn sends_are_refused_once_the_limit_is_queued_and_taking_frees_room() {
+        let outbox = Outbox::new(Stalled.start().recipient(), 150);
+        let frame = || Outbound::Frame(Bytes::from(vec![0u8; 100]));
+        // Under the limit, then over it within the grace: queued up to 4x the limit (the
+        // send that crosses a bound is the last one taken).
+        let accepted = (0..10).take_while(|_| outbox.send(frame())).count();
+        assert_eq!(accepted, 7);
+        assert_eq!(outbox.queued(), 700, "a refused send queues nothing");
+        assert!(outbox.too_slow());
+        assert!(outbox.send(Outbound::Close(close::TOO_SLOW, String::new())));
+        for _ in 0..7 {
+            outbox.taken(&frame());
+        }
+        assert_eq!(outbox.queued(), 0);
+        assert!(!outbox.too_slow());
+        assert!(outbox.send(frame()));
+        assert!(outbox.send(frame()));
+        // Over the limit for longer than the grace: refused.
+        outbox
+            .over_since
+            .set(Some(Instant::now() - SLOW_GRACE - Duration::from_millis(1)));
+        assert!(!outbox.send(frame()));
     }
 }

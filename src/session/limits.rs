@@ -5,6 +5,9 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+/// Unanswered probes remembered per session.
+const MAX_PROBES: usize = 64;
+
 /// A token bucket: `rate` tokens per second, holding at most `burst`.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
@@ -89,7 +92,15 @@ impl InFlight {
     pub fn probe(&mut self, now: Instant) -> [u8; 8] {
         self.last_probe = self.sent;
         if self.sent > self.read && self.probes.back().is_none_or(|&(_, c)| c < self.sent) {
-            self.probes.push_back((now, self.sent));
+            if self.probes.len() >= MAX_PROBES {
+                // A client that never answers: fold into the newest (bounded memory; its
+                // time stays, so what is overdue is only under-counted).
+                if let Some(newest) = self.probes.back_mut() {
+                    newest.1 = self.sent;
+                }
+            } else {
+                self.probes.push_back((now, self.sent));
+            }
         }
         self.sent.to_be_bytes()
     }

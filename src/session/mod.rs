@@ -31,7 +31,7 @@ use crate::protocol::ysync::{DecodeError, Message as SyncMessage};
 use crate::registry::{send_to_room, Registry};
 use crate::room::{
     ChatJoin, ChatRequest, Join, Leave, Outbound, Outbox, Receive, Room, RoomError, RoomName,
-    SessionId,
+    SessionId, HARD_FACTOR, SLOW_GRACE,
 };
 use crate::stream::wire::{self, ErrorCode, Request};
 use crate::stream::ResumeFrom;
@@ -40,11 +40,6 @@ use limits::{InFlight, TokenBucket};
 /// Send a ping carrying the sent-bytes count at least this often (in bytes), so the
 /// unread-bytes measure stays fresh while a session streams.
 const MIN_PROBE_BYTES: u64 = 16 * 1024;
-/// How long a client may leave bytes unread before they count against `max_outbox_bytes`:
-/// a healthy client is a round trip behind, and one flush can release a large burst.
-const SLOW_READER_GRACE: Duration = Duration::from_secs(2);
-/// Unread bytes, as a multiple of `max_outbox_bytes`, that close a session at once.
-const UNREAD_HARD_FACTOR: u64 = 4;
 
 /// An awareness update with no entries: a valid message that changes nothing. Sent when a
 /// session has been quiet, because the stock y-websocket client reconnects after 30 s
@@ -423,6 +418,19 @@ impl Session {
             self.close(ctx, close::HEARTBEAT_TIMEOUT, "");
             return;
         }
+        // A client that talks but leaves our pings unanswered is not reading.
+        let unanswered = self
+            .in_flight
+            .overdue(Instant::now(), self.config.heartbeat_timeout);
+        if unanswered > 0 {
+            info!(
+                session = self.id.0,
+                unanswered, "closing session: pings unanswered"
+            );
+            metrics::get().slow_consumers.inc();
+            self.close(ctx, close::TOO_SLOW, &format!("{unanswered} bytes unread"));
+            return;
+        }
         ctx.ping(&self.in_flight.probe(Instant::now()));
         // Chat clients see pings (browsers answer them); only y-websocket needs a frame.
         if !self.is_chat() && self.last_sent.elapsed() >= self.config.heartbeat_interval {
@@ -481,8 +489,8 @@ impl Handler<Outbound> for Session {
             // limit, or when its unread bytes pass the hard bound whatever their age.
             let max = self.config.max_outbox_bytes;
             let unread = self.in_flight.unread();
-            let overdue = self.in_flight.overdue(Instant::now(), SLOW_READER_GRACE);
-            if overdue > max || unread > max.saturating_mul(UNREAD_HARD_FACTOR) {
+            let overdue = self.in_flight.overdue(Instant::now(), SLOW_GRACE);
+            if overdue > max || unread > max.saturating_mul(HARD_FACTOR) {
                 info!(room = %self.room_name, session = self.id.0, unread, "closing session: client too slow");
                 metrics::get().slow_consumers.inc();
                 self.close(ctx, close::TOO_SLOW, &format!("{unread} bytes unread"));
