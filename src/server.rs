@@ -9,19 +9,30 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use actix_cors::Cors;
+use actix_http::HttpService;
+use actix_service::{map_config, IntoServiceFactory};
+use actix_web::dev::AppConfig;
 use actix_web::http::header;
 use actix_web::middleware::Condition;
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, App};
 use thiserror::Error;
+use tokio::net::TcpSocket;
 use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::registry::{Registry, ShutdownAll};
 use crate::storage::{SledStore, Store, StoreError};
+
+/// Pending connections the kernel queues before the server accepts them.
+const BACKLOG: u32 = 1024;
+
+/// Longest wait at shutdown for sessions to finish their close handshakes.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, Error)]
@@ -68,6 +79,32 @@ fn cors(origins: &[String]) -> Cors {
     cors
 }
 
+/// A listening socket on `addr` with a backlog deep enough for bursts of connections.
+fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)?.into_std()
+}
+
+/// Waits until every session has finished its close handshake (the rooms have sent them
+/// "going away"), for at most [`DRAIN_TIMEOUT`]. Upgraded sockets are not the HTTP
+/// server's connections any more, so its graceful stop would not wait for them.
+async fn drain(connections: &AtomicUsize) {
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    while connections.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = connections.load(Ordering::Relaxed);
+    if left > 0 {
+        warn!(left, "sessions still open at shutdown; dropping them");
+    }
+}
+
 /// Runs the server with the embedded sled store until `shutdown` resolves. Must run inside
 /// an actix system (`actix_web::main` or `actix::System`).
 pub async fn run(
@@ -109,7 +146,7 @@ pub async fn run_with_store(
     let app_state = state.clone();
     let max_body = config.max_message_bytes;
     let cors_origins = config.cors_origins.clone();
-    let server = HttpServer::new(move || {
+    let app = move || {
         App::new()
             .wrap(Condition::new(
                 !cors_origins.is_empty(),
@@ -118,28 +155,35 @@ pub async fn run_with_store(
             .app_data(app_state.clone())
             .app_data(web::PayloadConfig::new(max_body))
             .configure(http::routes)
-    })
-    .workers(config.http_threads)
-    // Small frames must leave at once: with Nagle's algorithm on, an event written right
-    // after another (a message, then its ack) waits for the client's delayed ACK, ~40 ms.
-    .on_connect(|connection, _| {
-        if let Some(tcp) = connection.downcast_ref::<tokio::net::TcpStream>() {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "could not set TCP_NODELAY");
-            }
-        }
-    })
-    .disable_signals()
-    .client_request_timeout(config.handshake_timeout)
-    .shutdown_timeout(5)
-    .bind(config.listen)
-    .map_err(|source| ServerError::Listen {
+    };
+    let listener = listen(config.listen).map_err(|source| ServerError::Listen {
         addr: config.listen,
         source,
     })?;
-    for addr in server.addrs() {
-        info!(%addr, data_dir = %config.data_dir.display(), "tandem listening");
-    }
+    let addr = listener.local_addr().unwrap_or(config.listen);
+    info!(%addr, data_dir = %config.data_dir.display(), "tandem listening");
+    let handshake_timeout = config.handshake_timeout;
+    let server = actix_server::Server::build()
+        .workers(config.http_threads)
+        .disable_signals()
+        .shutdown_timeout(5)
+        .listen("tandem", listener, move || {
+            HttpService::build()
+                .client_request_timeout(handshake_timeout)
+                // Small frames must leave at once: with Nagle's algorithm on, an event
+                // written right after another (a message, then its ack) waits for the
+                // client's delayed ACK, ~40 ms.
+                .tcp_nodelay(true)
+                .local_addr(addr)
+                // WebSocket handshakes leave the HTTP dispatcher for a bare socket.
+                .upgrade(http::upgrade::service(app.clone()))
+                .finish(map_config(app().into_factory(), |()| AppConfig::default()))
+                .tcp()
+        })
+        .map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
     let server = server.run();
     let handle = server.handle();
     actix::spawn(async move {
@@ -150,6 +194,7 @@ pub async fn run_with_store(
         if let Err(e) = registry.send(ShutdownAll).await {
             warn!(error = %e, "registry gone before shutdown");
         }
+        drain(&state.connections).await;
         handle.stop(true).await;
     });
     let result = server.await.map_err(ServerError::Serve);

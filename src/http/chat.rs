@@ -27,13 +27,12 @@ pub const MAX_WAIT_SECS: f64 = 60.0;
 pub async fn upgrade(
     req: HttpRequest,
     path: web::Path<String>,
-    stream: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let name = room_name(&path)?;
     let grant = authorize(&req, &state, &name, false)?;
     let session = super::yjs::session(&state, name, grant.access).chat(grant.subject, grant.info);
-    super::yjs::start(session, &req, stream, &state)
+    super::upgrade::accept(session, &req, &state)
 }
 
 /// Where a subscriber or reader resumes: `since` (or SSE's `Last-Event-ID`), and `epoch`.

@@ -2,7 +2,7 @@
 //! errors become HTTP responses. The only module that knows actix-web's request types.
 //!
 //! Routes:
-//! - `GET /yjs/{room}` — WebSocket upgrade, y-websocket protocol ([`yjs`]);
+//! - `GET /yjs/{room}` — WebSocket upgrade, y-websocket protocol ([`yjs`], [`upgrade`]);
 //! - `GET /rooms/{room}/state`, `POST /rooms/{room}/update` — the document over HTTP ([`api`]);
 //! - `GET /rooms/{room}/ws` (WebSocket), `GET /rooms/{room}/events` (SSE),
 //!   `POST|GET /rooms/{room}/messages` — the chat stream ([`chat`]);
@@ -11,6 +11,7 @@
 mod api;
 mod chat;
 mod ops;
+pub mod upgrade;
 mod yjs;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize};

@@ -1,27 +1,31 @@
 //! One actor per WebSocket connection: `/yjs/{room}` (binary y-websocket frames) or
 //! `/rooms/{room}/ws` (the chat stream's JSON text frames). It owns the socket's concerns
-//! only (frame reassembly and size limits, decoding, heartbeat and keepalive, close codes)
-//! and forwards each decoded message to its room. It holds no document or stream state, so
-//! the transport could change in this one file.
+//! only (frame reassembly and size limits, decoding, heartbeat and keepalive, the close
+//! handshake) and forwards each decoded message to its room. It holds no document or
+//! stream state.
 //!
-//! A y-websocket session joins its room from `started`; a chat session when its client
-//! sends `join`. Leave is sent from `stopping`, so a session can never be forgotten by its
-//! room. Flow control (message rate, unread outbox bytes) is in [`limits`].
+//! The HTTP edge checks the upgrade request and hands over the bare TCP stream
+//! ([`SessionPlan::start`]); reading and writing frames is in [`socket`]. A y-websocket
+//! session joins its room from `started`; a chat session when its client sends `join`.
+//! Leave is sent when the session begins to close or stops, so a session can never be
+//! forgotten by its room. Flow control (message rate, unread outbox bytes) is in [`limits`].
 
 mod limits;
+mod socket;
 pub mod sse;
 
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::dev::ToEnvelope;
 use actix::prelude::*;
-use actix_http::ws::Item;
-use actix_web_actors::ws;
+use actix_http::ws::{self, Frame, Item, ProtocolError};
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use serde_json::Value;
+use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use crate::auth::Access;
@@ -36,6 +40,11 @@ use crate::room::{
 use crate::stream::wire::{self, ErrorCode, Request};
 use crate::stream::ResumeFrom;
 use limits::{InFlight, TokenBucket};
+use socket::{FrameReader, FrameWriter};
+
+/// How long a closing session waits for its client's close frame (or for the socket to
+/// take the last frames) before it drops the connection.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Send a ping carrying the sent-bytes count at least this often (in bytes), so the
 /// unread-bytes measure stays fresh while a session streams.
@@ -78,6 +87,92 @@ enum Protocol {
     },
 }
 
+/// Everything a session needs but its socket: made by the HTTP edge while it checks the
+/// upgrade request, started on the socket once the handshake response is written.
+pub struct SessionPlan {
+    room_name: RoomName,
+    access: Access,
+    registry: Addr<Registry>,
+    config: SessionConfig,
+    connections: Arc<AtomicUsize>,
+    refuse: Option<Close>,
+    protocol: Protocol,
+}
+
+impl SessionPlan {
+    /// A y-websocket session for `room_name`; it joins the room when started.
+    pub fn new(
+        room_name: RoomName,
+        access: Access,
+        registry: Addr<Registry>,
+        config: SessionConfig,
+        connections: Arc<AtomicUsize>,
+    ) -> Self {
+        Self {
+            room_name,
+            access,
+            registry,
+            config,
+            connections,
+            refuse: None,
+            protocol: Protocol::Yjs,
+        }
+    }
+
+    /// Makes the session close with `close` right after the upgrade (the node is full).
+    pub fn refusing(mut self, close: Close) -> Self {
+        self.refuse = Some(close);
+        self
+    }
+
+    /// Makes this a chat-stream session (JSON text frames, joined on `join`).
+    pub fn chat(mut self, subject: Option<String>, info: Option<Value>) -> Self {
+        self.protocol = Protocol::Chat {
+            subject,
+            info,
+            joined: false,
+        };
+        self
+    }
+
+    /// Starts the session on `io`, the upgraded connection; `pending` holds bytes the
+    /// client sent right behind its handshake request.
+    pub fn start(self, io: TcpStream, pending: &[u8]) -> Addr<Session> {
+        let io = Rc::new(io);
+        let reader = FrameReader::new(Rc::clone(&io), pending, self.config.max_message_bytes);
+        let now = Instant::now();
+        let rate = (self.config.max_messages_per_sec > 0).then(|| {
+            let per_sec = f64::from(self.config.max_messages_per_sec);
+            TokenBucket::new(per_sec, (2.0 * per_sec).max(10.0), now)
+        });
+        Session::create(move |ctx| {
+            ctx.add_stream(reader);
+            Session {
+                id: SessionId(NEXT_SESSION.fetch_add(1, Ordering::Relaxed)),
+                room_name: self.room_name,
+                access: self.access,
+                registry: self.registry,
+                room: None,
+                config: self.config,
+                last_heard: now,
+                last_sent: now,
+                partial: None,
+                in_flight: InFlight::default(),
+                outbox: None,
+                rate,
+                connections: self.connections,
+                refuse: self.refuse,
+                protocol: self.protocol,
+                writer: FrameWriter::new(io),
+                flush_scheduled: false,
+                awaiting_writable: false,
+                closing: false,
+                stop_when_flushed: false,
+            }
+        })
+    }
+}
+
 /// The session actor.
 pub struct Session {
     id: SessionId,
@@ -101,85 +196,94 @@ pub struct Session {
     /// If set, the session closes with this as soon as it starts (node over a limit).
     refuse: Option<Close>,
     protocol: Protocol,
+    /// Frames queued for the client.
+    writer: FrameWriter,
+    /// A flush of the queued frames is scheduled (after the messages now being handled).
+    flush_scheduled: bool,
+    /// The socket is full; a flush runs when it can take more.
+    awaiting_writable: bool,
+    /// A close frame was sent or received: nothing more is read or sent but the close.
+    closing: bool,
+    /// Stop as soon as the queued frames are written (the close handshake is done).
+    stop_when_flushed: bool,
 }
 
 impl Session {
-    /// A session for `room_name`; it joins the room when started.
-    pub fn new(
-        room_name: RoomName,
-        access: Access,
-        registry: Addr<Registry>,
-        config: SessionConfig,
-        connections: Arc<AtomicUsize>,
-    ) -> Self {
-        let now = Instant::now();
-        let rate = (config.max_messages_per_sec > 0).then(|| {
-            let per_sec = f64::from(config.max_messages_per_sec);
-            TokenBucket::new(per_sec, (2.0 * per_sec).max(10.0), now)
-        });
-        Self {
-            in_flight: InFlight::default(),
-            outbox: None,
-            rate,
-            connections,
-            refuse: None,
-            protocol: Protocol::Yjs,
-            id: SessionId(NEXT_SESSION.fetch_add(1, Ordering::Relaxed)),
-            room_name,
-            access,
-            registry,
-            room: None,
-            config,
-            last_heard: now,
-            last_sent: now,
-            partial: None,
-        }
-    }
-
-    /// Makes the session close with `close` right after the upgrade (the node is full).
-    pub fn refusing(mut self, close: Close) -> Self {
-        self.refuse = Some(close);
-        self
-    }
-
-    /// Makes this a chat-stream session (JSON text frames, joined on `join`).
-    pub fn chat(mut self, subject: Option<String>, info: Option<Value>) -> Self {
-        self.protocol = Protocol::Chat {
-            subject,
-            info,
-            joined: false,
-        };
-        self
-    }
-
     fn is_chat(&self) -> bool {
         matches!(self.protocol, Protocol::Chat { .. })
     }
 
     /// Sends one frame, counting it, and probes the client's progress when due.
-    fn send_frame(&mut self, frame: Bytes, ctx: &mut ws::WebsocketContext<Self>) {
+    fn send_frame(&mut self, frame: Bytes, ctx: &mut Context<Self>) {
         self.in_flight.sent(frame.len());
-        ctx.binary(frame);
+        self.queue(ws::Message::Binary(frame), ctx);
         self.sent(ctx);
     }
 
     /// Sends one text frame (a chat event), counting it like [`Self::send_frame`].
-    fn send_text(&mut self, text: ByteString, ctx: &mut ws::WebsocketContext<Self>) {
+    fn send_text(&mut self, text: ByteString, ctx: &mut Context<Self>) {
         self.in_flight.sent(text.len());
-        ctx.text(text);
+        self.queue(ws::Message::Text(text), ctx);
         self.sent(ctx);
     }
 
     /// After a send: note the time and probe the client's progress when due.
-    fn sent(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+    fn sent(&mut self, ctx: &mut Context<Self>) {
         self.last_sent = Instant::now();
         let every = (self.config.max_outbox_bytes / 8).max(MIN_PROBE_BYTES);
         if let Some(probe) = self.in_flight.probe_due(every, self.last_sent) {
-            ctx.ping(&probe);
+            self.queue(ws::Message::Ping(Bytes::copy_from_slice(&probe)), ctx);
         }
     }
 
-    fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, close: Close, detail: &str) {
+    /// Queues a frame and schedules one flush for everything queued while the current
+    /// batch of messages is handled (one write for a burst, not one per frame).
+    fn queue(&mut self, message: ws::Message, ctx: &mut Context<Self>) {
+        self.writer.queue(message);
+        if !self.flush_scheduled {
+            self.flush_scheduled = true;
+            ctx.spawn(fut::ready(()).map(|(), session: &mut Self, ctx| {
+                session.flush_scheduled = false;
+                session.flush(ctx);
+            }));
+        }
+    }
+
+    /// Writes the queued frames the socket takes now, and waits for it to take the rest.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.awaiting_writable {
+            return;
+        }
+        match self.writer.write_now() {
+            Ok(true) if self.stop_when_flushed => ctx.stop(),
+            Ok(true) => {}
+            Ok(false) => {
+                self.awaiting_writable = true;
+                let writable = self.writer.writable().into_actor(self);
+                ctx.spawn(writable.map(|result, session, ctx| {
+                    session.awaiting_writable = false;
+                    match result {
+                        Ok(()) => session.flush(ctx),
+                        Err(e) => session.lost(&e, ctx),
+                    }
+                }));
+            }
+            Err(e) => self.lost(&e, ctx),
+        }
+    }
+
+    /// The connection failed under a write: nothing more can reach the client.
+    fn lost(&mut self, error: &std::io::Error, ctx: &mut Context<Self>) {
+        debug!(session = self.id.0, %error, "connection lost");
+        ctx.stop();
+    }
+
+    /// Begins the close handshake: sends a close frame with `close` and `detail`, leaves
+    /// the room, and stops once the client answers (or after [`CLOSE_TIMEOUT`]).
+    fn close(&mut self, ctx: &mut Context<Self>, close: Close, detail: &str) {
+        if self.closing {
+            return;
+        }
         let mut description = if detail.is_empty() {
             close.reason.to_owned()
         } else {
@@ -193,15 +297,43 @@ impl Session {
             }
             description.truncate(cut);
         }
-        ctx.close(Some(ws::CloseReason {
-            code: ws::CloseCode::from(close.code),
-            description: Some(description),
-        }));
-        ctx.stop();
+        self.queue(
+            ws::Message::Close(Some(ws::CloseReason {
+                code: ws::CloseCode::from(close.code),
+                description: Some(description),
+            })),
+            ctx,
+        );
+        self.begin_closing(ctx);
+    }
+
+    /// Enters the closing state: the room is left at once, and the session stops within
+    /// [`CLOSE_TIMEOUT`] even if the client never answers or never reads.
+    fn begin_closing(&mut self, ctx: &mut Context<Self>) {
+        self.closing = true;
+        self.partial = None;
+        if let Some(room) = self.room.take() {
+            room.do_send(Leave { session: self.id });
+        }
+        ctx.run_later(CLOSE_TIMEOUT, |session, ctx| {
+            debug!(session = session.id.0, "close handshake timed out");
+            ctx.stop();
+        });
+    }
+
+    /// The client's close frame: answered with the same code (if this side had not closed
+    /// first), then the connection ends once that answer is written.
+    fn on_close(&mut self, reason: Option<ws::CloseReason>, ctx: &mut Context<Self>) {
+        if !self.closing {
+            self.queue(ws::Message::Close(reason), ctx);
+            self.begin_closing(ctx);
+        }
+        self.stop_when_flushed = true;
+        self.flush(ctx);
     }
 
     /// Counts an incoming message against the rate limit; false (and closed) when over it.
-    fn within_rate(&mut self, size: usize, ctx: &mut ws::WebsocketContext<Self>) -> bool {
+    fn within_rate(&mut self, size: usize, ctx: &mut Context<Self>) -> bool {
         metrics::get().bytes_in.inc_by(size as u64);
         if let Some(rate) = &mut self.rate {
             if !rate.take(Instant::now()) {
@@ -215,7 +347,7 @@ impl Session {
     }
 
     /// Decodes one whole binary message and hands it to the room.
-    fn receive(&mut self, frame: Bytes, ctx: &mut ws::WebsocketContext<Self>) {
+    fn receive(&mut self, frame: Bytes, ctx: &mut Context<Self>) {
         if self.is_chat() {
             self.close(ctx, close::TEXT_ONLY, "the chat protocol is JSON");
             return;
@@ -248,7 +380,7 @@ impl Session {
     }
 
     /// Parses one whole chat request and acts on it: `join` here, the rest in the room.
-    fn receive_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
+    fn receive_text(&mut self, text: &str, ctx: &mut Context<Self>) {
         if !self.within_rate(text.len(), ctx) {
             return;
         }
@@ -311,7 +443,7 @@ impl Session {
         subject: Option<String>,
         info: Option<Value>,
         resume: Option<ResumeFrom>,
-        ctx: &mut ws::WebsocketContext<Self>,
+        ctx: &mut Context<Self>,
     ) {
         let (session, access) = (self.id, self.access);
         let join = move |outbox| ChatJoin {
@@ -327,11 +459,8 @@ impl Session {
 
     /// Sends the room the join `make` builds (given this session's outbox). `wait` holds
     /// back the socket's frames until the room has answered.
-    fn join<M>(
-        &mut self,
-        make: impl Fn(Outbox) -> M + 'static,
-        ctx: &mut ws::WebsocketContext<Self>,
-    ) where
+    fn join<M>(&mut self, make: impl Fn(Outbox) -> M + 'static, ctx: &mut Context<Self>)
+    where
         M: Message<Result = Result<Addr<Room>, RoomError>> + Send + 'static,
         Room: Handler<M>,
         <Room as Actor>::Context: ToEnvelope<Room, M>,
@@ -347,11 +476,7 @@ impl Session {
     }
 
     /// The room's answer to a join (y-websocket or chat).
-    fn joined(
-        &mut self,
-        result: Result<Addr<Room>, RoomError>,
-        ctx: &mut ws::WebsocketContext<Self>,
-    ) {
+    fn joined(&mut self, result: Result<Addr<Room>, RoomError>, ctx: &mut Context<Self>) {
         match result {
             Ok(room) => self.room = Some(room),
             Err(RoomError::Full(why)) => self.close(ctx, close::TRY_AGAIN_LATER, &why),
@@ -363,11 +488,11 @@ impl Session {
     }
 
     /// Sends a chat event (a text frame; its UTF-8 was checked when it was made).
-    fn send_event(&mut self, event: wire::Event, ctx: &mut ws::WebsocketContext<Self>) {
+    fn send_event(&mut self, event: wire::Event, ctx: &mut Context<Self>) {
         self.send_text(event.json, ctx);
     }
 
-    fn on_fragment(&mut self, item: Item, ctx: &mut ws::WebsocketContext<Self>) {
+    fn on_fragment(&mut self, item: Item, ctx: &mut Context<Self>) {
         let (chunk, first, last) = match item {
             Item::FirstBinary(b) if !self.is_chat() => (b, true, false),
             Item::FirstText(b) if self.is_chat() => (b, true, false),
@@ -412,7 +537,10 @@ impl Session {
         }
     }
 
-    fn heartbeat(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        if self.closing {
+            return;
+        }
         if self.last_heard.elapsed() > self.config.heartbeat_timeout {
             debug!(session = self.id.0, "heartbeat timeout");
             self.close(ctx, close::HEARTBEAT_TIMEOUT, "");
@@ -431,7 +559,8 @@ impl Session {
             self.close(ctx, close::TOO_SLOW, &format!("{unanswered} bytes unread"));
             return;
         }
-        ctx.ping(&self.in_flight.probe(Instant::now()));
+        let probe = self.in_flight.probe(Instant::now());
+        self.queue(ws::Message::Ping(Bytes::copy_from_slice(&probe)), ctx);
         // Chat clients see pings (browsers answer them); only y-websocket needs a frame.
         if !self.is_chat() && self.last_sent.elapsed() >= self.config.heartbeat_interval {
             self.send_frame(Bytes::from_static(KEEPALIVE_FRAME), ctx);
@@ -440,7 +569,7 @@ impl Session {
 }
 
 impl Actor for Session {
-    type Context = ws::WebsocketContext<Self>;
+    type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
         metrics::get().connections.inc();
@@ -465,6 +594,7 @@ impl Actor for Session {
     }
 
     fn stopping(&mut self, _ctx: &mut Self::Context) -> Running {
+        // Stopping without a close handshake: the connection failed or was lost.
         if let Some(room) = self.room.take() {
             room.do_send(Leave { session: self.id });
         }
@@ -483,6 +613,9 @@ impl Handler<Outbound> for Session {
     fn handle(&mut self, msg: Outbound, ctx: &mut Self::Context) {
         if let Some(outbox) = &self.outbox {
             outbox.taken(&msg);
+        }
+        if self.closing {
+            return; // the close frame was the last thing this client gets
         }
         if matches!(msg, Outbound::Frame(_) | Outbound::Event(_)) {
             // Cut when what the client left unread for longer than the grace is over the
@@ -508,13 +641,18 @@ impl Handler<Outbound> for Session {
     }
 }
 
-impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
-    fn handle(&mut self, item: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+impl StreamHandler<Result<Frame, ProtocolError>> for Session {
+    fn handle(&mut self, item: Result<Frame, ProtocolError>, ctx: &mut Self::Context) {
         self.last_heard = Instant::now();
-        let message = match item {
-            Ok(message) => message,
-            Err(ws::ProtocolError::Overflow) => {
+        let frame = match item {
+            Ok(frame) => frame,
+            Err(ProtocolError::Overflow) => {
                 self.close(ctx, close::MESSAGE_TOO_BIG, "");
+                return;
+            }
+            Err(ProtocolError::Io(e)) => {
+                debug!(session = self.id.0, error = %e, "connection lost while reading");
+                ctx.stop();
                 return;
             }
             Err(e) => {
@@ -523,18 +661,35 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
                 return;
             }
         };
-        match message {
-            ws::Message::Binary(frame) => self.receive(frame, ctx),
-            ws::Message::Continuation(item) => self.on_fragment(item, ctx),
-            ws::Message::Text(text) if self.is_chat() => self.receive_text(&text, ctx),
-            ws::Message::Text(_) => self.close(ctx, close::UNSUPPORTED_DATA, ""),
-            ws::Message::Ping(payload) => ctx.pong(&payload),
-            ws::Message::Pong(payload) => self.in_flight.answered(&payload),
-            ws::Message::Nop => {}
-            ws::Message::Close(reason) => {
-                ctx.close(reason);
-                ctx.stop();
+        if self.closing {
+            // Between our close frame and the client's, everything else is dropped.
+            if let Frame::Close(reason) = frame {
+                self.on_close(reason, ctx);
             }
+            return;
+        }
+        match frame {
+            Frame::Binary(frame) => self.receive(frame, ctx),
+            Frame::Continuation(item) => self.on_fragment(item, ctx),
+            Frame::Text(text) if self.is_chat() => match std::str::from_utf8(&text) {
+                Ok(text) => self.receive_text(text, ctx),
+                Err(_) => self.close(ctx, close::MALFORMED_MESSAGE, "text is not UTF-8"),
+            },
+            Frame::Text(_) => self.close(ctx, close::UNSUPPORTED_DATA, ""),
+            Frame::Ping(payload) => self.queue(ws::Message::Pong(payload), ctx),
+            Frame::Pong(payload) => self.in_flight.answered(&payload),
+            Frame::Close(reason) => self.on_close(reason, ctx),
+        }
+    }
+
+    /// The client closed its side or sent a broken frame: nothing more will be read. A
+    /// close in progress ends once its frame is written; otherwise the session stops now.
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        if self.closing {
+            self.stop_when_flushed = true;
+            self.flush(ctx);
+        } else {
+            ctx.stop();
         }
     }
 }
