@@ -25,7 +25,7 @@ use futures_util::SinkExt;
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::AppState;
+use super::{ApiError, AppState};
 use crate::protocol::close;
 use crate::session::SessionPlan;
 
@@ -33,13 +33,15 @@ use crate::session::SessionPlan;
 struct Handover(SessionPlan);
 
 /// Accepts a WebSocket handshake for `plan`: the 101 response with the session attached,
-/// or the handshake's error (400 and the like) when `req` is no valid WebSocket request.
+/// or 400 with the reason when `req` is no valid WebSocket handshake.
 pub(super) fn accept(
     plan: SessionPlan,
     req: &HttpRequest,
     state: &AppState,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let switching = actix_http::ws::handshake(req.head())?.finish();
+    let switching = actix_http::ws::handshake(req.head())
+        .map_err(|e| ApiError::BadRequest(format!("not a WebSocket handshake: {e}")))?
+        .finish();
     // Over the connection limit the upgrade still happens, so that the client gets a close
     // code it understands (1013, try again later) instead of a failed handshake.
     let plan = if state.connections.load(std::sync::atomic::Ordering::Relaxed)

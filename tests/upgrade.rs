@@ -1,0 +1,222 @@
+//! The WebSocket upgrade and the close handshake on the wire, driven over a raw TCP socket
+//! so that every byte (and every end of the connection) is the server's own: frames sent
+//! in the same packet as the handshake, upgrade requests to endpoints that are no
+//! WebSockets, and a close the client never answers.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use actix_codec::{Decoder, Encoder};
+use actix_http::ws::{CloseCode, CloseReason, Codec, Frame, Message as WsMessage};
+use bytes::{Bytes, BytesMut};
+use common::*;
+use tandem::protocol::ysync::Message;
+
+/// A client's WebSocket handshake request for `path`.
+fn handshake(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+/// One client frame (masked), encoded.
+fn client_frame(message: WsMessage) -> BytesMut {
+    let mut out = BytesMut::new();
+    Codec::new()
+        .client_mode()
+        .encode(message, &mut out)
+        .expect("encode a client frame");
+    out
+}
+
+/// A raw connection: what was read and not yet consumed stays in `buf`.
+struct Raw {
+    stream: TcpStream,
+    buf: BytesMut,
+    codec: Codec,
+}
+
+impl Raw {
+    fn connect(server: &Server) -> Raw {
+        let stream = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        Raw {
+            stream,
+            buf: BytesMut::new(),
+            codec: Codec::new().client_mode(),
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write to the server");
+    }
+
+    /// Reads more bytes; false at EOF (or a reset: the server dropped the connection).
+    fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 4096];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => false,
+            Err(e) => panic!("reading from the server: {e}"),
+        }
+    }
+
+    /// The response head (status line and headers) and its status code.
+    fn head(&mut self) -> (u16, String) {
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8(self.buf.split_to(end + 4).to_vec()).unwrap();
+                let status = head
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .expect("a status code");
+                return (status, head);
+            }
+            assert!(self.fill(), "the connection ended before a response head");
+        }
+    }
+
+    /// Everything until the server closes the connection.
+    fn rest(&mut self) -> Bytes {
+        while self.fill() {}
+        self.buf.split().freeze()
+    }
+
+    /// The next WebSocket frame, or None when the connection ends first.
+    fn frame(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(frame) = self.codec.decode(&mut self.buf).expect("a valid frame") {
+                return Some(frame);
+            }
+            if !self.fill() {
+                return None;
+            }
+        }
+    }
+}
+
+#[test]
+fn a_frame_sent_with_the_handshake_is_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut raw = Raw::connect(&server);
+    // The handshake and the first y-websocket message leave in one write, as a client
+    // that does not wait for the 101 would send them.
+    let step1 = Message::SyncStep1(Bytes::from_static(&[0])).encode();
+    let mut packet = BytesMut::from(handshake("/yjs/pipelined").as_bytes());
+    packet.extend_from_slice(&client_frame(WsMessage::Binary(step1)));
+    raw.send(&packet);
+    let (status, head) = raw.head();
+    assert_eq!(status, 101, "{head}");
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "no SyncStep2 answer");
+        match raw.frame().expect("the session ended early") {
+            Frame::Binary(bytes) => {
+                if let Ok(Message::SyncStep2(_)) = Message::decode(&bytes) {
+                    break;
+                }
+            }
+            Frame::Ping(_) => {}
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn upgrades_to_endpoints_that_are_no_websockets_get_an_http_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    for (path, expected) in [
+        // The chat's SSE endpoint streams forever: it must not be taken for an upgrade.
+        ("/rooms/sse/events", 400),
+        ("/no/such/endpoint", 404),
+        ("/yjs/bad%00name", 400),
+    ] {
+        let mut raw = Raw::connect(&server);
+        raw.send(handshake(path).as_bytes());
+        let (status, head) = raw.head();
+        assert_eq!(status, expected, "{path}: {head}");
+        // The answer is complete and the connection ends (no hang, no socket).
+        let body = raw.rest();
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap())
+            })
+            .unwrap_or(0);
+        assert_eq!(body.len(), length, "{path}: body {body:?}");
+    }
+    // A handshake without its key is no WebSocket request: 400 with the reason.
+    let mut raw = Raw::connect(&server);
+    raw.send(
+        b"GET /yjs/nokey HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Version: 13\r\n\r\n",
+    );
+    let (status, head) = raw.head();
+    assert_eq!(status, 400, "{head}");
+    assert!(!raw.rest().is_empty(), "the refusal carries a reason");
+    // The server still upgrades valid requests afterwards.
+    let mut raw = Raw::connect(&server);
+    raw.send(handshake("/yjs/after").as_bytes());
+    assert_eq!(raw.head().0, 101);
+}
+
+#[test]
+fn the_close_handshake_is_answered_and_ends_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+
+    // The client closes: the server echoes the code and ends the TCP connection.
+    let mut raw = Raw::connect(&server);
+    raw.send(handshake("/yjs/closing").as_bytes());
+    assert_eq!(raw.head().0, 101);
+    raw.send(&client_frame(WsMessage::Close(Some(CloseReason {
+        code: CloseCode::Normal,
+        description: Some("bye".into()),
+    }))));
+    let mut echoed = None;
+    while let Some(frame) = raw.frame() {
+        if let Frame::Close(reason) = frame {
+            echoed = reason.map(|r| r.code);
+        }
+    }
+    assert_eq!(echoed, Some(CloseCode::Normal), "the close was not echoed");
+
+    // The server closes (a text frame on the binary protocol) and the client never
+    // answers: the server drops the connection by itself after its close timeout.
+    let mut raw = Raw::connect(&server);
+    raw.send(handshake("/yjs/closing").as_bytes());
+    assert_eq!(raw.head().0, 101);
+    raw.send(&client_frame(WsMessage::Text("not y-websocket".into())));
+    let started = Instant::now();
+    let mut code = None;
+    while let Some(frame) = raw.frame() {
+        if let Frame::Close(reason) = frame {
+            code = reason.map(|r| u16::from(r.code));
+        }
+    }
+    let waited = started.elapsed();
+    assert_eq!(code, Some(1003), "closed without the unsupported-data code");
+    assert!(
+        waited < Duration::from_secs(8),
+        "the unanswered close held the connection for {waited:?}"
+    );
+}
