@@ -28,7 +28,8 @@ use crate::http::{self, AppState};
 use crate::registry::{Registry, ShutdownAll};
 use crate::storage::{SledStore, Store, StoreError};
 
-/// Pending connections the kernel queues before the server accepts them.
+/// Pending connections the kernel queues before the server accepts them (actix-web's
+/// default; the listener is made here to log the address it really bound).
 const BACKLOG: u32 = 1024;
 
 /// Longest wait at shutdown for sessions to finish their close handshakes.
@@ -142,6 +143,7 @@ pub async fn run_with_store(
         auth,
         connections: Arc::new(AtomicUsize::new(0)),
         ready: AtomicBool::new(true),
+        shutdown: tokio::sync::watch::Sender::new(false),
     });
     let app_state = state.clone();
     let max_body = config.max_message_bytes;
@@ -163,20 +165,31 @@ pub async fn run_with_store(
     let addr = listener.local_addr().unwrap_or(config.listen);
     info!(%addr, data_dir = %config.data_dir.display(), "tandem listening");
     let handshake_timeout = config.handshake_timeout;
-    let server = actix_server::Server::build()
+    let builder = actix_server::Server::build();
+    // Lets idle keep-alive connections go at once when the server stops.
+    let stopping = builder.graceful_shutdown_signal();
+    let server = builder
         .workers(config.http_threads)
         .disable_signals()
         .shutdown_timeout(5)
         .listen("tandem", listener, move || {
+            let stopping = stopping.clone();
             HttpService::build()
                 .client_request_timeout(handshake_timeout)
+                // Time to drain a request body left unread after an error response (a 413),
+                // so that the client reads the response instead of a reset.
+                .client_disconnect_timeout(Duration::from_secs(1))
+                .graceful_shutdown_signal(move || {
+                    let stopping = stopping.clone();
+                    async move { stopping.notified().await }
+                })
                 // Small frames must leave at once: with Nagle's algorithm on, an event
                 // written right after another (a message, then its ack) waits for the
                 // client's delayed ACK, ~40 ms.
                 .tcp_nodelay(true)
                 .local_addr(addr)
                 // WebSocket handshakes leave the HTTP dispatcher for a bare socket.
-                .upgrade(http::upgrade::service(app.clone()))
+                .upgrade(http::upgrade::service(app.clone(), handshake_timeout))
                 .finish(map_config(app().into_factory(), |()| AppConfig::default()))
                 .tcp()
         })
@@ -194,6 +207,9 @@ pub async fn run_with_store(
         if let Err(e) = registry.send(ShutdownAll).await {
             warn!(error = %e, "registry gone before shutdown");
         }
+        // Sessions in a room were closed by it; this reaches the rest (chat sessions that
+        // have not joined yet, sessions still joining).
+        state.shutdown.send_replace(true);
         drain(&state.connections).await;
         handle.stop(true).await;
     });

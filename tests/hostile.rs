@@ -10,15 +10,6 @@ use bytes::Bytes;
 use common::*;
 use tandem::protocol::ysync::Message;
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[actix_rt::test]
 async fn bad_inputs_get_their_codes_and_the_room_carries_on() {
     let dir = tempfile::tempdir().unwrap();

@@ -220,3 +220,74 @@ fn the_close_handshake_is_answered_and_ends_the_connection() {
         "the unanswered close held the connection for {waited:?}"
     );
 }
+
+#[test]
+fn shutdown_says_going_away_to_every_session_even_one_not_in_a_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &[]);
+    let mut yjs = Raw::connect(&server);
+    yjs.send(handshake("/yjs/leaving").as_bytes());
+    assert_eq!(yjs.head().0, 101);
+    // A chat session that has not sent `join` is in no room yet.
+    let mut chat = Raw::connect(&server);
+    chat.send(handshake("/rooms/leaving/ws").as_bytes());
+    assert_eq!(chat.head().0, 101);
+    std::thread::sleep(Duration::from_millis(200));
+
+    server.sigterm();
+    for (name, raw) in [("yjs", &mut yjs), ("chat", &mut chat)] {
+        let mut code = None;
+        while let Some(frame) = raw.frame() {
+            if let Frame::Close(reason) = frame {
+                code = reason.map(|r| u16::from(r.code));
+                break;
+            }
+        }
+        assert_eq!(code, Some(1001), "{name} session was not told 'going away'");
+        raw.send(&client_frame(WsMessage::Close(None)));
+    }
+    let status = server.wait_exit();
+    assert!(status.success(), "exit status {status}");
+}
+
+#[test]
+fn a_client_that_floods_pings_without_reading_is_held_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let mut raw = Raw::connect(&server);
+    raw.send(handshake("/yjs/pings").as_bytes());
+    assert_eq!(raw.head().0, 101);
+    let rss_before = rss_kib(server.pid());
+
+    // Every ping asks for a pong of the same size. A client that never reads them must
+    // not make the server hold them: the server stops reading its frames, so its writes
+    // stall long before 64 MB.
+    let ping = client_frame(WsMessage::Ping(Bytes::from(vec![7u8; 125])));
+    let mut batch = Vec::with_capacity(ping.len() * 512);
+    for _ in 0..512 {
+        batch.extend_from_slice(&ping);
+    }
+    raw.stream
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let limit = 64 * 1024 * 1024;
+    let mut sent = 0usize;
+    let started = Instant::now();
+    while sent < limit && started.elapsed() < Duration::from_secs(60) {
+        match raw.stream.write(&batch) {
+            Ok(n) => sent += n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+            Err(e) => panic!("writing pings: {e}"),
+        }
+    }
+    let growth_mib = rss_kib(server.pid()).saturating_sub(rss_before) / 1024;
+    eprintln!(
+        "sent {} MiB of pings before the server held back; RSS grew {growth_mib} MiB",
+        sent >> 20
+    );
+    assert!(
+        sent < limit,
+        "the server read 64 MB of pings it could not answer"
+    );
+    assert!(growth_mib < 24, "server RSS grew {growth_mib} MiB");
+}

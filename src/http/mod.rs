@@ -43,6 +43,8 @@ pub struct AppState {
     pub connections: Arc<AtomicUsize>,
     /// False once shutdown has begun.
     pub ready: AtomicBool,
+    /// Turns true when the server shuts down: every WebSocket session closes ("going away").
+    pub shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 /// Registers every route.

@@ -13,11 +13,13 @@
 //! stops reading, so such a session could not even time out.
 
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use actix_codec::Framed;
 use actix_http::body::{BodySize, MessageBody};
 use actix_http::h1;
-use actix_http::{ConnectionType, Request, Response, StatusCode};
+use actix_http::{ConnectionType, HttpMessage as _, Request, Response, StatusCode};
 use actix_service::{fn_factory, fn_service, IntoServiceFactory, Service, ServiceFactory};
 use actix_web::dev::{AppConfig, ServiceResponse};
 use actix_web::{HttpRequest, HttpResponse};
@@ -32,6 +34,9 @@ use crate::session::SessionPlan;
 /// The response extension that marks a 101 answer and holds the session to start.
 struct Handover(SessionPlan);
 
+/// The request extension that marks a request handed over by actix-http as an upgrade.
+struct ViaUpgrade;
+
 /// Accepts a WebSocket handshake for `plan`: the 101 response with the session attached,
 /// or 400 with the reason when `req` is no valid WebSocket handshake.
 pub(super) fn accept(
@@ -42,11 +47,19 @@ pub(super) fn accept(
     let switching = actix_http::ws::handshake(req.head())
         .map_err(|e| ApiError::BadRequest(format!("not a WebSocket handshake: {e}")))?
         .finish();
-    // Over the connection limit the upgrade still happens, so that the client gets a close
-    // code it understands (1013, try again later) instead of a failed handshake.
-    let plan = if state.connections.load(std::sync::atomic::Ordering::Relaxed)
-        >= state.config.max_connections
-    {
+    // actix-http hands over only `Upgrade: websocket` exactly, without a request body; a
+    // looser handshake would get its 101 from the HTTP dispatcher and no session.
+    if !req.extensions().contains::<ViaUpgrade>() {
+        return Err(ApiError::BadRequest(
+            "WebSocket handshake not recognised: send `Upgrade: websocket` and no body".into(),
+        )
+        .into());
+    }
+    // Over the connection limit, or while shutting down, the upgrade still happens, so
+    // that the client gets a close code it understands (1013, try again later) instead of
+    // a failed handshake.
+    let full = state.connections.load(Ordering::Relaxed) >= state.config.max_connections;
+    let plan = if full || !state.ready.load(Ordering::Relaxed) {
         plan.refusing(close::TRY_AGAIN_LATER)
     } else {
         plan
@@ -57,9 +70,11 @@ pub(super) fn accept(
 }
 
 /// The upgrade service for actix-http: each worker builds its own instance of `app` (the
-/// same app that serves plain requests) and runs upgrade requests through it.
+/// same app that serves plain requests) and runs upgrade requests through it, each
+/// answered within `timeout`.
 pub fn service<F, I, A, B>(
     app: F,
+    timeout: Duration,
 ) -> impl ServiceFactory<
     (Request, Framed<TcpStream, h1::Codec>),
     Config = (),
@@ -88,15 +103,35 @@ where
             })?;
             let app = Rc::new(app);
             Ok(fn_service(move |(req, framed)| {
-                hand_over(Rc::clone(&app), req, framed)
+                hand_over(Rc::clone(&app), req, framed, timeout)
             }))
         }
     })
 }
 
+/// Answers one upgrade request within `timeout` (a client that stops reading mid-handshake
+/// is dropped). Failures are the client's (it left, or sent garbage): logged, not raised.
+async fn hand_over<S, B>(
+    app: Rc<S>,
+    req: Request,
+    framed: Framed<TcpStream, h1::Codec>,
+    timeout: Duration,
+) -> Result<(), actix_web::Error>
+where
+    S: Service<Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody + 'static,
+{
+    match tokio::time::timeout(timeout, answer(app, req, framed)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(error = %e, "WebSocket handshake failed"),
+        Err(_) => debug!("WebSocket handshake timed out"),
+    }
+    Ok(())
+}
+
 /// Runs one upgrade request through the app, writes its answer, and starts the session
 /// if the answer was a 101 with a [`Handover`].
-async fn hand_over<S, B>(
+async fn answer<S, B>(
     app: Rc<S>,
     req: Request,
     mut framed: Framed<TcpStream, h1::Codec>,
@@ -105,6 +140,7 @@ where
     S: Service<Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
     B: MessageBody + 'static,
 {
+    req.extensions_mut().insert(ViaUpgrade);
     let mut response = match app.call(req).await {
         Ok(response) => response.into_parts().1.map_into_boxed_body(),
         Err(e) => e.error_response(),
@@ -120,16 +156,15 @@ where
         plan.start(parts.io, &parts.read_buf);
         return Ok(());
     }
-    // Not upgraded: the answer (a 4xx with its reason, most often), then the connection
-    // closes. A streaming answer (an SSE endpoint asked to upgrade) is refused instead.
-    let (mut head, body) = match body.size() {
-        BodySize::Stream => {
-            let refused = HttpResponse::BadRequest()
-                .json(serde_json::json!({ "error": "this endpoint does not accept WebSockets" }));
-            let (refused, body) = refused.into_parts();
-            (Response::from(refused), body)
-        }
-        _ => (head, body),
+    // Not upgraded: an error (a small JSON reason) is written as it is, then the connection
+    // closes. Any other answer (a document, an SSE stream) is not what was asked for.
+    let (mut head, body) = if head.status().is_client_error() || head.status().is_server_error() {
+        (head, body)
+    } else {
+        let refused = HttpResponse::BadRequest()
+            .json(serde_json::json!({ "error": "this endpoint does not accept WebSockets" }));
+        let (refused, body) = refused.into_parts();
+        (Response::from(refused), body)
     };
     let bytes = actix_web::body::to_bytes(body)
         .await

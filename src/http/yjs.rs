@@ -30,5 +30,6 @@ pub(super) fn session(state: &AppState, name: RoomName, access: Access) -> Sessi
         state.registry.clone(),
         state.config.session.clone(),
         Arc::clone(&state.connections),
+        state.shutdown.subscribe(),
     )
 }

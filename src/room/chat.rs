@@ -405,7 +405,7 @@ impl Room {
         })
     }
 
-    /// Closes a member that stopped taking events (its socket is full) with its limit
+    /// Closes a member that stopped taking events (its mailbox stays full) with its limit
     /// queued; false if it is no member. (Called from the room's `close_slow_sessions`.)
     pub(super) fn chat_close_slow(&mut self, id: SessionId) -> bool {
         let Some(member) = self.chat.as_ref().and_then(|c| c.members.get(&id)) else {

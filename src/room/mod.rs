@@ -568,7 +568,7 @@ impl Room {
         }
     }
 
-    /// Closes sessions that stopped taking frames (their sockets are full) with their limit
+    /// Closes sessions that stopped taking frames (their mailboxes stay full) with their limit
     /// queued. Closing one broadcasts its awareness removal, which can find more: they join
     /// the same work list, so a room full of stalled sessions is closed in a loop, not by
     /// recursion as deep as their number.

@@ -1,8 +1,9 @@
 //! A session's outbox as the room sees it: the session's address plus the bytes handed to it
-//! and not yet taken. A session actor stops taking messages while its socket is full (the
-//! HTTP layer polls it only when it can write), so its unread-bytes check cannot run then;
-//! this count is what bounds such a session's queue. It owns no policy beyond that bound:
-//! the room decides what a refused send means (the session is closed as too slow).
+//! and not yet taken. A session normally takes its messages at once (and bounds what its
+//! client leaves unread itself), but not while it waits for its join or when its thread is
+//! starved; this count bounds what can pile up in its mailbox meanwhile. It owns no policy
+//! beyond that bound: the room decides what a refused send means (the session is closed as
+//! too slow).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -26,6 +26,7 @@ use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use serde_json::Value;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::auth::Access;
@@ -40,11 +41,15 @@ use crate::room::{
 use crate::stream::wire::{self, ErrorCode, Request};
 use crate::stream::ResumeFrom;
 use limits::{InFlight, TokenBucket};
-use socket::{FrameReader, FrameWriter};
+use socket::{FrameReader, FrameWriter, ReadGate};
 
 /// How long a closing session waits for its client's close frame (or for the socket to
 /// take the last frames) before it drops the connection.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Bytes waiting in the write queue above which the client's frames are not read: what a
+/// client makes the server send waits for it to read (TCP backpressure).
+const PAUSE_READING_AT: usize = 64 * 1024;
 
 /// Send a ping carrying the sent-bytes count at least this often (in bytes), so the
 /// unread-bytes measure stays fresh while a session streams.
@@ -95,18 +100,21 @@ pub struct SessionPlan {
     registry: Addr<Registry>,
     config: SessionConfig,
     connections: Arc<AtomicUsize>,
+    shutdown: watch::Receiver<bool>,
     refuse: Option<Close>,
     protocol: Protocol,
 }
 
 impl SessionPlan {
-    /// A y-websocket session for `room_name`; it joins the room when started.
+    /// A y-websocket session for `room_name`; it joins the room when started, and closes
+    /// with "going away" when `shutdown` turns true.
     pub fn new(
         room_name: RoomName,
         access: Access,
         registry: Addr<Registry>,
         config: SessionConfig,
         connections: Arc<AtomicUsize>,
+        shutdown: watch::Receiver<bool>,
     ) -> Self {
         Self {
             room_name,
@@ -114,6 +122,7 @@ impl SessionPlan {
             registry,
             config,
             connections,
+            shutdown,
             refuse: None,
             protocol: Protocol::Yjs,
         }
@@ -139,7 +148,14 @@ impl SessionPlan {
     /// client sent right behind its handshake request.
     pub fn start(self, io: TcpStream, pending: &[u8]) -> Addr<Session> {
         let io = Rc::new(io);
-        let reader = FrameReader::new(Rc::clone(&io), pending, self.config.max_message_bytes);
+        let gate = Rc::new(ReadGate::default());
+        let reader = FrameReader::new(
+            Rc::clone(&io),
+            Rc::clone(&gate),
+            pending,
+            self.config.max_message_bytes,
+        );
+        let mut shutdown = self.shutdown;
         let now = Instant::now();
         let rate = (self.config.max_messages_per_sec > 0).then(|| {
             let per_sec = f64::from(self.config.max_messages_per_sec);
@@ -147,6 +163,15 @@ impl SessionPlan {
         });
         Session::create(move |ctx| {
             ctx.add_stream(reader);
+            // Shutdown reaches every session, joined to a room or not.
+            let going_away = async move { shutdown.wait_for(|&down| down).await.is_ok() };
+            ctx.spawn(
+                fut::wrap_future::<_, Session>(going_away).map(|down, session, ctx| {
+                    if down {
+                        session.close(ctx, close::GOING_AWAY, "");
+                    }
+                }),
+            );
             Session {
                 id: SessionId(NEXT_SESSION.fetch_add(1, Ordering::Relaxed)),
                 room_name: self.room_name,
@@ -164,6 +189,7 @@ impl SessionPlan {
                 refuse: self.refuse,
                 protocol: self.protocol,
                 writer: FrameWriter::new(io),
+                gate,
                 flush_scheduled: false,
                 awaiting_writable: false,
                 closing: false,
@@ -198,6 +224,8 @@ pub struct Session {
     protocol: Protocol,
     /// Frames queued for the client.
     writer: FrameWriter,
+    /// Pauses reading the client's frames while the write queue is long.
+    gate: Rc<ReadGate>,
     /// A flush of the queued frames is scheduled (after the messages now being handled).
     flush_scheduled: bool,
     /// The socket is full; a flush runs when it can take more.
@@ -237,9 +265,24 @@ impl Session {
     }
 
     /// Queues a frame and schedules one flush for everything queued while the current
-    /// batch of messages is handled (one write for a burst, not one per frame).
+    /// batch of messages is handled (one write for a burst, not one per frame: an actix
+    /// context polls the futures spawned into it after draining its mailbox).
     fn queue(&mut self, message: ws::Message, ctx: &mut Context<Self>) {
+        let bound = self.write_bound();
+        if self.writer.queued() > bound {
+            // A backstop: the unread-bytes check and paused reading should cut a client
+            // long before its queue gets here.
+            if ctx.state() == ActorState::Running {
+                info!(room = %self.room_name, session = self.id.0, bound, "dropping session: write queue over its bound");
+                metrics::get().slow_consumers.inc();
+                ctx.stop();
+            }
+            return;
+        }
         self.writer.queue(message);
+        if self.writer.queued() > PAUSE_READING_AT {
+            self.gate.pause();
+        }
         if !self.flush_scheduled {
             self.flush_scheduled = true;
             ctx.spawn(fut::ready(()).map(|(), session: &mut Self, ctx| {
@@ -254,7 +297,11 @@ impl Session {
         if self.awaiting_writable {
             return;
         }
-        match self.writer.write_now() {
+        let written = self.writer.write_now();
+        if self.writer.queued() <= PAUSE_READING_AT {
+            self.gate.resume();
+        }
+        match written {
             Ok(true) if self.stop_when_flushed => ctx.stop(),
             Ok(true) => {}
             Ok(false) => {
@@ -270,6 +317,14 @@ impl Session {
             }
             Err(e) => self.lost(&e, ctx),
         }
+    }
+
+    /// The most bytes the write queue may hold: a few outboxes' worth plus one message.
+    fn write_bound(&self) -> usize {
+        let outbox = self.config.max_outbox_bytes.saturating_mul(HARD_FACTOR);
+        usize::try_from(outbox)
+            .unwrap_or(usize::MAX)
+            .saturating_add(self.config.max_message_bytes)
     }
 
     /// The connection failed under a write: nothing more can reach the client.
@@ -594,7 +649,7 @@ impl Actor for Session {
     }
 
     fn stopping(&mut self, _ctx: &mut Self::Context) -> Running {
-        // Stopping without a close handshake: the connection failed or was lost.
+        // Still in the room only if the connection failed without a close handshake.
         if let Some(room) = self.room.take() {
             room.do_send(Leave { session: self.id });
         }
@@ -682,14 +737,14 @@ impl StreamHandler<Result<Frame, ProtocolError>> for Session {
         }
     }
 
-    /// The client closed its side or sent a broken frame: nothing more will be read. A
-    /// close in progress ends once its frame is written; otherwise the session stops now.
+    /// The client closed its side or sent a broken frame: nothing more will be read. The
+    /// session leaves its room and stops once what is queued (a close frame, an ack) is
+    /// written, or after [`CLOSE_TIMEOUT`].
     fn finished(&mut self, ctx: &mut Self::Context) {
-        if self.closing {
-            self.stop_when_flushed = true;
-            self.flush(ctx);
-        } else {
-            ctx.stop();
+        if !self.closing {
+            self.begin_closing(ctx);
         }
+        self.stop_when_flushed = true;
+        self.flush(ctx);
     }
 }

@@ -3,15 +3,20 @@
 //! It knows WebSocket framing (through actix-http's codec) and nothing about sessions or
 //! rooms; when and what to send is the session's business.
 //!
+//! Reading pauses while the write queue is long ([`ReadGate`]): whatever a client makes
+//! the server send (pongs, answers to its requests) waits for it to read, as with any
+//! TCP backpressure, instead of piling up in memory.
+//!
 //! Why not a framed stream: a framed reader and writer each keep an 8 KiB buffer for the
 //! connection's whole life, and an idle collaboration server holds mostly idle sockets.
 //! Here the read buffer is released whenever every frame in it has been decoded, and the
 //! write buffer whenever the kernel has taken all of it.
 
+use std::cell::Cell;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 
 use actix_codec::{Decoder, Encoder};
 use actix_http::ws::{Codec, Frame, Message, ProtocolError};
@@ -22,9 +27,33 @@ use tokio::net::TcpStream;
 /// Bytes read from the socket per system call (a stack buffer; only what arrives is kept).
 const READ_CHUNK: usize = 8 * 1024;
 
+/// Shared by a session and its reader: while paused, the reader yields nothing.
+#[derive(Default)]
+pub struct ReadGate {
+    paused: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl ReadGate {
+    /// Stops the reader after the frame it is handing out.
+    pub fn pause(&self) {
+        self.paused.set(true);
+    }
+
+    /// Lets the reader go on (waking it if it waits).
+    pub fn resume(&self) {
+        if self.paused.replace(false) {
+            if let Some(waker) = self.waker.take() {
+                waker.wake();
+            }
+        }
+    }
+}
+
 /// The frames a client sends, as a stream. Ends at EOF or after the first error.
 pub struct FrameReader {
     io: Rc<TcpStream>,
+    gate: Rc<ReadGate>,
     codec: Codec,
     /// Received bytes not yet decoded into a whole frame; empty (unallocated) when idle.
     buf: BytesMut,
@@ -32,11 +61,12 @@ pub struct FrameReader {
 }
 
 impl FrameReader {
-    /// A reader for `io` that first decodes `pending` (bytes read during the handshake)
-    /// and refuses frames larger than `max_frame` bytes.
-    pub fn new(io: Rc<TcpStream>, pending: &[u8], max_frame: usize) -> Self {
+    /// A reader for `io` that first decodes `pending` (bytes read during the handshake),
+    /// refuses frames larger than `max_frame` bytes, and waits while `gate` is paused.
+    pub fn new(io: Rc<TcpStream>, gate: Rc<ReadGate>, pending: &[u8], max_frame: usize) -> Self {
         Self {
             io,
+            gate,
             codec: Codec::new().max_size(max_frame),
             buf: BytesMut::from(pending),
             done: false,
@@ -61,6 +91,10 @@ impl Stream for FrameReader {
         loop {
             if this.done {
                 return Poll::Ready(None);
+            }
+            if this.gate.paused.get() {
+                this.gate.waker.set(Some(cx.waker().clone()));
+                return Poll::Pending;
             }
             match this.codec.decode(&mut this.buf) {
                 Ok(Some(frame)) => {
@@ -110,6 +144,11 @@ impl FrameWriter {
         if let Err(e) = self.codec.encode(message, &mut self.out) {
             tracing::error!(error = %e, "could not encode a WebSocket frame");
         }
+    }
+
+    /// Queued bytes the kernel has not taken yet.
+    pub fn queued(&self) -> usize {
+        self.out.len()
     }
 
     /// Writes what the kernel takes now: `Ok(true)` when the queue is empty, `Ok(false)`
