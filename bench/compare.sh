@@ -85,6 +85,8 @@ for server in tandem reference bare; do
   start "$server"
   run "$server" fanout fanout --url "$base" --readers "$readers" --rate 50 --secs "$fanout_secs"
   stop; start "$server"
+  run "$server" fanout-200 fanout --url "$base" --readers "$readers" --rate 200 --secs "$fanout_secs"
+  stop; start "$server"
   run "$server" saturate saturate --url "$base" --readers "$readers" --step-secs "$step_secs"
   stop
   if [ "$server" != bare ]; then
