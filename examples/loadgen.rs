@@ -38,9 +38,12 @@ use awc::BoxedSocket;
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 
+#[path = "support/procfs.rs"]
+mod procfs;
 #[path = "support/trace.rs"]
 mod trace;
 use futures_util::{SinkExt, StreamExt};
+use procfs::{cpu_secs, peak_rss_kib, rss_kib};
 use tandem::protocol::ysync::Message;
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
@@ -314,36 +317,6 @@ fn apply(doc: &Doc, update: &[u8]) {
     doc.transact_mut()
         .apply_update(Update::decode_v1(update).expect("update decodes"))
         .expect("update applies");
-}
-
-/// VmRSS of `pid` in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
-/// VmHWM (peak RSS) of `pid` in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
-}
-
-/// User + system CPU seconds of `pid`.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
-    // Fields after the ")" of the command name; utime and stime are fields 14 and 15.
-    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    ticks as f64 / 100.0 // USER_HZ is 100 on Linux
 }
 
 async fn rooms(url: String, pid: u32, rooms: usize, sessions: usize) {

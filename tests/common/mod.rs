@@ -20,6 +20,11 @@ use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
 /// Longest any single wait in a test may take.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+#[path = "../../examples/support/procfs.rs"]
+mod procfs;
+#[allow(unused_imports)] // not every test binary measures memory
+pub use procfs::rss_kib;
+
 /// A running `tandem serve` child process, killed on drop.
 pub struct Server {
     child: Child,
@@ -155,16 +160,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// VmRSS of `pid` in KiB.
-pub fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
 }
 
 /// Reads one Prometheus sample (`name` exactly, no labels) from `/metrics`.
