@@ -20,6 +20,8 @@ use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
 /// Longest any single wait in a test may take.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+pub mod raw;
+
 #[path = "../../examples/support/procfs.rs"]
 mod procfs;
 #[allow(unused_imports)] // not every test binary measures memory
