@@ -46,6 +46,8 @@ struct Claims {
     /// Public presence info (a name, an avatar URL…) shown to the room's other members.
     #[serde(default)]
     info: Option<serde_json::Value>,
+    /// Expiry, in seconds since the Unix epoch (required; checked by the validation).
+    exp: u64,
 }
 
 fn read_access() -> Access {
@@ -63,6 +65,20 @@ pub struct Grant {
     pub admin: bool,
     /// The token's public presence info (`info` claim).
     pub info: Option<serde_json::Value>,
+    /// When a session opened with this token must end, in seconds since the Unix epoch:
+    /// the token's `exp` plus the leeway. None when the server is open.
+    pub valid_until: Option<u64>,
+}
+
+impl Grant {
+    /// How long from now until a session under this grant must end (zero if past).
+    pub fn remaining(&self) -> Option<std::time::Duration> {
+        let until = self.valid_until?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Some(std::time::Duration::from_secs(until).saturating_sub(now))
+    }
 }
 
 /// Why a request is refused. The first group maps to 401, the second to 403.
@@ -161,6 +177,13 @@ impl Authenticator {
         }
     }
 
+    /// Seconds of leeway granted past a token's `exp`.
+    fn leeway_secs(&self) -> u64 {
+        self.key
+            .as_ref()
+            .map_or(0, |(_, validation)| validation.leeway)
+    }
+
     /// Whether no key is configured.
     pub fn is_open(&self) -> bool {
         self.key.is_none()
@@ -175,6 +198,7 @@ impl Authenticator {
                     access: Access::Write,
                     admin: false,
                     info: None,
+                    valid_until: None,
                 })
             }
             Some(claims) => claims,
@@ -197,6 +221,7 @@ impl Authenticator {
             access: claims.perm,
             admin: claims.admin,
             info: claims.info,
+            valid_until: Some(claims.exp.saturating_add(self.leeway_secs())),
         })
     }
 

@@ -29,6 +29,10 @@ pub struct Metrics {
     pub protocol_errors: Counter,
     /// Sessions closed because their client read too slowly.
     pub slow_consumers: Counter,
+    /// Times a session's reading was paused because its client was over the message rate.
+    pub throttled: Counter,
+    /// Sessions closed because their token expired.
+    pub tokens_expired: Counter,
     /// Time from receiving an update to its being durable.
     pub persist_seconds: Histogram,
     /// Time to hand one broadcast to every recipient's outbox.
@@ -74,6 +78,8 @@ impl Metrics {
             bytes_out: Counter::default(),
             protocol_errors: Counter::default(),
             slow_consumers: Counter::default(),
+            throttled: Counter::default(),
+            tokens_expired: Counter::default(),
             persist_seconds: latency_histogram(),
             broadcast_seconds: latency_histogram(),
             flush_seconds: latency_histogram(),
@@ -129,6 +135,16 @@ impl Metrics {
             "tandem_slow_consumers",
             "Sessions closed because their client read too slowly",
             m.slow_consumers.clone(),
+        );
+        registry.register(
+            "tandem_throttled",
+            "Times a session's reading was paused because its client was over the message rate",
+            m.throttled.clone(),
+        );
+        registry.register(
+            "tandem_tokens_expired",
+            "Sessions closed because their token expired",
+            m.tokens_expired.clone(),
         );
         registry.register(
             "tandem_persist_seconds",

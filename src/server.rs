@@ -140,13 +140,12 @@ pub async fn run_with_store(
         registry: registry.clone(),
         store,
         config: config.clone(),
-        auth,
+        auth: Arc::new(auth),
         connections: Arc::new(AtomicUsize::new(0)),
         ready: AtomicBool::new(true),
         shutdown: tokio::sync::watch::Sender::new(false),
     });
     let app_state = state.clone();
-    let max_body = config.max_message_bytes;
     let cors_origins = config.cors_origins.clone();
     let app = move || {
         App::new()
@@ -155,7 +154,6 @@ pub async fn run_with_store(
                 cors(&cors_origins),
             ))
             .app_data(app_state.clone())
-            .app_data(web::PayloadConfig::new(max_body))
             .configure(http::routes)
     };
     let listener = listen(config.listen).map_err(|source| ServerError::Listen {

@@ -244,3 +244,32 @@ async fn public_keys_verify_rs256_and_es256() {
         );
     }
 }
+
+#[actix_rt::test]
+async fn a_y_websocket_session_ends_when_its_token_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &["--jwt-secret", SECRET, "--jwt-leeway-secs", "0"],
+    );
+    let token = hs256(json!({"sub": "w", "exp": now() + 3, "rooms": ["notes"], "perm": "write"}));
+    let url = server.ws_url("notes");
+    let mut client = YClient::try_connect_url(&url, Some(&token)).await.unwrap();
+    client.sync().await;
+    client.append("before expiry").await;
+    let started = std::time::Instant::now();
+    let (code, reason) = client.expect_close().await;
+    let took = started.elapsed();
+    assert_eq!(code, 4010, "{reason}");
+    assert!(reason.contains("token expired"), "{reason}");
+    assert!(
+        took < Duration::from_secs(5),
+        "closed {took:?} after the sync"
+    );
+    assert_eq!(metric(&server, "tandem_tokens_expired_total").await, 1.0);
+    // What it wrote before expiry stays; a fresh token opens the room again.
+    let fresh = hs256(json!({"sub": "w", "exp": now() + 60, "rooms": ["notes"], "perm": "read"}));
+    let mut again = YClient::try_connect_url(&url, Some(&fresh)).await.unwrap();
+    again.sync().await;
+    assert_eq!(again.text(), "before expiry");
+}

@@ -240,6 +240,22 @@ impl Sse {
     }
 }
 
+/// An HS256 token with `claims` and an `exp` `secs` from now.
+fn hs256(secret: &str, mut claims: Value, secs: u64) -> String {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    claims["exp"] = json!(now + secs);
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
 async fn post_message(server: &Server, room: &str, key: Option<&str>, body: Value) -> Value {
     let mut request = awc::Client::new().post(server.url(&format!("/rooms/{room}/messages")));
     if let Some(key) = key {
@@ -592,22 +608,10 @@ async fn kill_9_while_publishing_keeps_every_acknowledged_message_gap_free() {
 
 #[actix_rt::test]
 async fn presence_join_leave_typing_expiry_and_vanished_clients() {
-    use jsonwebtoken::{encode, EncodingKey, Header};
     const SECRET: &str = "a chat presence test secret";
     let token = |sub: &str, info: Value| {
-        let exp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            + 300;
-        let claims =
-            json!({"sub": sub, "exp": exp, "rooms": ["team:*"], "perm": "write", "info": info});
-        encode(
-            &Header::default(),
-            &claims,
-            &EncodingKey::from_secret(SECRET.as_bytes()),
-        )
-        .unwrap()
+        let claims = json!({"sub": sub, "rooms": ["team:*"], "perm": "write", "info": info});
+        hs256(SECRET, claims, 300)
     };
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(
@@ -695,18 +699,11 @@ async fn presence_join_leave_typing_expiry_and_vanished_clients() {
     drop(carol);
 
     // A read-only token may join and read, never publish (WebSocket or HTTP).
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 300;
-    let claims = json!({"sub": "dave", "exp": exp, "rooms": ["team:*"], "perm": "read"});
-    let reader = encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap();
+    let reader = hs256(
+        SECRET,
+        json!({"sub": "dave", "rooms": ["team:*"], "perm": "read"}),
+        300,
+    );
     let (mut dave, joined) = Chat::join_as(&server, room, json!({"since": 0}), Some(&reader)).await;
     assert_eq!(joined["recovered"], true);
     assert_eq!(dave.messages(1).await, vec![1]);
@@ -999,4 +996,65 @@ async fn browsers_on_allowed_origins_may_use_the_http_endpoints() {
         .headers()
         .get("access-control-allow-origin")
         .is_none());
+}
+
+#[actix_rt::test]
+async fn sessions_end_at_token_expiry_unless_a_refresh_replaces_the_token() {
+    const SECRET: &str = "a chat token-expiry test secret";
+    let token = |sub: &str, perm: &str, secs: u64| {
+        hs256(
+            SECRET,
+            json!({"sub": sub, "rooms": ["team:*"], "perm": perm}),
+            secs,
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &["--jwt-secret", SECRET, "--jwt-leeway-secs", "0"],
+    );
+    let room = "team:expiry";
+    let short = token("ada", "write", 3);
+    let (mut kept, _) = Chat::join_as(&server, room, json!({}), Some(&short)).await;
+    let (mut lapsed, _) = Chat::join_as(&server, room, json!({}), Some(&short)).await;
+    let mut sse = Sse::open(
+        &server,
+        &format!("/rooms/{room}/events?token={short}"),
+        None,
+    )
+    .await;
+    sse.next_of("joined").await;
+
+    // Refusals leave the old expiry in place.
+    for (bad, why) in [
+        (token("bob", "write", 60), "another subject"),
+        (token("ada", "read", 60), "another right"),
+        ("not a token".to_owned(), "invalid token"),
+    ] {
+        kept.send(&json!({"type": "refresh", "token": bad})).await;
+        let error = kept.next_of("error").await;
+        assert_eq!(error["code"], "unauthorized", "{error}");
+        assert!(
+            error["message"].as_str().unwrap().contains(why),
+            "{why}: {error}"
+        );
+    }
+    kept.send(&json!({"type": "refresh", "token": token("ada", "write", 60)}))
+        .await;
+    let refreshed = kept.next_of("refreshed").await;
+    assert!(
+        refreshed["valid_until"].as_u64().unwrap() > 30,
+        "{refreshed}"
+    );
+
+    // The session without a refresh ends at expiry with 4010, the SSE stream with a
+    // close event; the refreshed one carries on past it.
+    let closed = lapsed.next_of("closed").await;
+    assert_eq!(closed["code"], 4010, "{closed}");
+    let close = sse.next_of("close").await;
+    assert_eq!(close.data["code"], 4010, "{:?}", close.data);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ack = kept.publish(Some("after"), json!("still here")).await;
+    assert_eq!(ack["id"], "after", "{ack}");
+    assert_eq!(metric(&server, "tandem_tokens_expired_total").await, 2.0);
 }

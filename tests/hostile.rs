@@ -13,15 +13,7 @@ use tandem::protocol::ysync::Message;
 #[actix_rt::test]
 async fn bad_inputs_get_their_codes_and_the_room_carries_on() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(
-        dir.path(),
-        &[
-            "--max-message-bytes",
-            "65536",
-            "--max-messages-per-sec",
-            "20",
-        ],
-    );
+    let server = Server::start(dir.path(), &["--max-message-bytes", "65536"]);
     let room = "hostile";
     let mut writer = YClient::synced(&server, room).await;
     let mut reader = YClient::synced(&server, room).await;
@@ -77,14 +69,7 @@ async fn bad_inputs_get_their_codes_and_the_room_carries_on() {
     .await;
     assert_eq!(status, 400);
 
-    // A flood over the message rate (20/s, burst 40).
-    let mut flooder = YClient::connect(&server, room).await;
-    for _ in 0..200 {
-        if !flooder.try_send(&Message::QueryAwareness).await {
-            break;
-        }
-    }
-    assert_eq!(flooder.expect_close().await.0, 4029, "flood");
+    // A flood over the message rate is slowed, not closed: tests/hardening.rs.
 
     // Room names: invalid UTF-8, too long, path tricks.
     for name in ["%FF%FE", &"n".repeat(200), "..", "a%2F..%2Fb", "a%00"] {

@@ -10,6 +10,16 @@ use yrs::{Doc, GetString, OffsetKind, Options, Text, Transact};
 /// per transaction as a Yjs client sends them, and the text they produce. When the whole
 /// trace is replayed, the text is checked against the trace's `endContent`.
 pub fn load(file: &Path, limit: usize) -> std::io::Result<(Vec<Vec<u8>>, String)> {
+    load_grouped(file, limit, 1)
+}
+
+/// Like [`load`], with `group` consecutive transactions made into each update (a client
+/// that batches its edits, or a bulk import).
+pub fn load_grouped(
+    file: &Path,
+    limit: usize,
+    group: usize,
+) -> std::io::Result<(Vec<Vec<u8>>, String)> {
     let mut json = String::new();
     flate2::read::GzDecoder::new(std::fs::File::open(file)?).read_to_string(&mut json)?;
     let trace: serde_json::Value = serde_json::from_str(&json).map_err(std::io::Error::other)?;
@@ -27,10 +37,13 @@ pub fn load(file: &Path, limit: usize) -> std::io::Result<(Vec<Vec<u8>>, String)
         ..Options::default()
     });
     let text = doc.get_or_insert_text("text");
-    let mut updates = Vec::with_capacity(limit);
-    for txn in &txns[..limit] {
+    let mut updates = Vec::with_capacity(limit / group.max(1) + 1);
+    for txns in txns[..limit].chunks(group.max(1)) {
         let mut t = doc.transact_mut();
-        for patch in txn["patches"].as_array().into_iter().flatten() {
+        let patches = txns
+            .iter()
+            .flat_map(|txn| txn["patches"].as_array().into_iter().flatten());
+        for patch in patches {
             let pos = patch[0].as_u64().unwrap_or(0) as u32;
             let del = patch[1].as_u64().unwrap_or(0) as u32;
             if del > 0 {

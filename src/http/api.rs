@@ -5,7 +5,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use serde::Deserialize;
 
-use super::{authorize, room_name, ApiError, AppState};
+use super::{authorize, read_body, room_name, ApiError, AppState};
 use crate::metrics;
 use crate::registry::send_to_room;
 use crate::room::{ApplyUpdate, DurableReply, ReadState, RoomError};
@@ -57,11 +57,12 @@ pub async fn get_state(
 pub async fn post_update(
     req: HttpRequest,
     path: web::Path<String>,
-    body: Bytes,
+    payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let name = room_name(&path)?;
     authorize(&req, &state, &name, true)?;
+    let body = read_body(&req, payload, state.config.max_message_bytes).await?;
     if body.is_empty() {
         return Err(ApiError::BadRequest(
             "empty body; expected a Yjs v1 update".into(),

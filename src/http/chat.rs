@@ -7,12 +7,11 @@ use std::time::Duration;
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::api::durable;
-use super::{authorize, room_name, ApiError, AppState};
+use super::{authorize, read_body, room_name, ApiError, AppState};
 use crate::metrics;
 use crate::registry::send_to_room;
 use crate::room::{HttpPublish, ReadMessages, ReadReply, DEFAULT_PAGE, MAX_PAGE};
@@ -31,7 +30,7 @@ pub async fn upgrade(
 ) -> Result<HttpResponse, actix_web::Error> {
     let name = room_name(&path)?;
     let grant = authorize(&req, &state, &name, false)?;
-    let session = super::yjs::session(&state, name, grant.access).chat(grant.subject, grant.info);
+    let session = super::yjs::session(&state, name, &grant).chat(grant.subject, grant.info);
     super::upgrade::accept(session, &req, &state)
 }
 
@@ -86,6 +85,7 @@ pub async fn events(
         epoch: q.epoch,
         since,
     });
+    let expires_in = grant.remaining();
     let body = SseSession::start(
         name,
         Subscriber {
@@ -93,6 +93,7 @@ pub async fn events(
             info: grant.info,
             access: grant.access,
             resume,
+            expires_in,
         },
         state.registry.clone(),
         state.config.session.clone(),
@@ -111,11 +112,12 @@ pub async fn events(
 pub async fn publish(
     req: HttpRequest,
     path: web::Path<String>,
-    body: Bytes,
+    payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let name = room_name(&path)?;
     let grant = authorize(&req, &state, &name, true)?;
+    let body = read_body(&req, payload, state.config.max_message_bytes).await?;
     metrics::get().bytes_in.inc_by(body.len() as u64);
     let id = match req.headers().get("idempotency-key") {
         None => None,

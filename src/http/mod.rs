@@ -20,6 +20,8 @@ use std::sync::Arc;
 use actix::Addr;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -37,8 +39,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// The running configuration.
     pub config: Config,
-    /// Verifies tokens.
-    pub auth: Authenticator,
+    /// Verifies tokens (shared with chat sessions, which verify `refresh` tokens).
+    pub auth: Arc<Authenticator>,
     /// Live WebSocket sessions (for the connection limit).
     pub connections: Arc<AtomicUsize>,
     /// False once shutdown has begun.
@@ -47,18 +49,73 @@ pub struct AppState {
     pub shutdown: tokio::sync::watch::Sender<bool>,
 }
 
-/// Registers every route.
+/// Registers every route, and the JSON answers for what matches none.
+///
+/// `{room}` also matches an empty segment (`/yjs/`, `/rooms//state`), so that an empty
+/// room name gets the same 400 with a reason as any other invalid one, before any upgrade.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/yjs/{room}", web::get().to(yjs::upgrade))
-        .route("/rooms/{room}/state", web::get().to(api::get_state))
-        .route("/rooms/{room}/update", web::post().to(api::post_update))
-        .route("/rooms/{room}/ws", web::get().to(chat::upgrade))
-        .route("/rooms/{room}/events", web::get().to(chat::events))
-        .route("/rooms/{room}/messages", web::post().to(chat::publish))
-        .route("/rooms/{room}/messages", web::get().to(chat::read))
-        .route("/healthz", web::get().to(ops::healthz))
-        .route("/readyz", web::get().to(ops::readyz))
-        .route("/metrics", web::get().to(ops::metrics));
+    cfg.app_data(
+        web::QueryConfig::default()
+            .error_handler(|e, _| ApiError::BadRequest(format!("invalid query: {e}")).into()),
+    )
+    .app_data(
+        web::PathConfig::default()
+            .error_handler(|e, _| ApiError::BadRequest(format!("invalid path: {e}")).into()),
+    )
+    .route("/yjs/{room:[^/]*}", web::get().to(yjs::upgrade))
+    .route("/rooms/{room:[^/]*}/state", web::get().to(api::get_state))
+    .route(
+        "/rooms/{room:[^/]*}/update",
+        web::post().to(api::post_update),
+    )
+    .route("/rooms/{room:[^/]*}/ws", web::get().to(chat::upgrade))
+    .route("/rooms/{room:[^/]*}/events", web::get().to(chat::events))
+    .route(
+        "/rooms/{room:[^/]*}/messages",
+        web::post().to(chat::publish),
+    )
+    .route("/rooms/{room:[^/]*}/messages", web::get().to(chat::read))
+    .route("/healthz", web::get().to(ops::healthz))
+    .route("/readyz", web::get().to(ops::readyz))
+    .route("/metrics", web::get().to(ops::metrics))
+    .default_service(web::to(not_found));
+}
+
+/// Any request no route takes: 404 with the reason in JSON.
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!(
+        "no endpoint {} {}",
+        req.method(),
+        req.path()
+    )))
+}
+
+/// Reads a request body of at most `limit` bytes: one that declares or sends more is
+/// refused with a JSON 413 as soon as that is known, without buffering the excess.
+pub(crate) async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let too_large =
+        || ApiError::PayloadTooLarge(format!("request body is larger than {limit} bytes"));
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large());
+    }
+    let mut body = BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading the body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 /// An error at the HTTP edge, with the status it maps to.
@@ -82,6 +139,9 @@ pub enum ApiError {
     /// Authentication or authorization failed.
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// No endpoint has this path (and method).
+    #[error("{0}")]
+    NotFound(String),
 }
 
 impl From<RoomError> for ApiError {
@@ -110,6 +170,7 @@ impl ResponseError for ApiError {
             ApiError::TooLarge(_) | ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Auth(e) if e.is_unauthenticated() => StatusCode::UNAUTHORIZED,
             ApiError::Auth(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
         }
     }
 

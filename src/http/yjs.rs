@@ -6,7 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use std::sync::Arc;
 
 use super::{authorize, room_name, upgrade, AppState};
-use crate::auth::Access;
+use crate::auth::Grant;
 use crate::room::RoomName;
 use crate::session::SessionPlan;
 
@@ -19,14 +19,16 @@ pub async fn upgrade(
     let name = room_name(&path)?;
     // Checked before the upgrade: a refused client gets a 401/403 with a reason, never a socket.
     let grant = authorize(&req, &state, &name, false)?;
-    upgrade::accept(session(&state, name, grant.access), &req, &state)
+    upgrade::accept(session(&state, name, &grant), &req, &state)
 }
 
-/// A session for `name` with this node's configuration (y-websocket unless made chat).
-pub(super) fn session(state: &AppState, name: RoomName, access: Access) -> SessionPlan {
+/// A session for `name` under `grant` with this node's configuration (y-websocket unless
+/// made chat).
+pub(super) fn session(state: &AppState, name: RoomName, grant: &Grant) -> SessionPlan {
     SessionPlan::new(
         name,
-        access,
+        grant,
+        Arc::clone(&state.auth),
         state.registry.clone(),
         state.config.session.clone(),
         Arc::clone(&state.connections),

@@ -17,6 +17,12 @@ pub const GOING_AWAY: Close = Close {
     code: 1001,
     reason: "server shutting down",
 };
+/// The client broke the WebSocket protocol (reserved bits, unmasked frame, bad opcode,
+/// broken fragmentation, an invalid close frame).
+pub const PROTOCOL_ERROR: Close = Close {
+    code: 1002,
+    reason: "WebSocket protocol error",
+};
 /// A text frame arrived on the binary Yjs endpoint.
 pub const UNSUPPORTED_DATA: Close = Close {
     code: 1003,
@@ -72,8 +78,11 @@ pub const DOCUMENT_TOO_LARGE: Close = Close {
     code: 4009,
     reason: "document too large",
 };
-/// The client sent messages faster than the configured rate.
-pub const RATE_LIMITED: Close = Close {
-    code: 4029,
-    reason: "rate limit exceeded",
+/// The token the session was opened with has expired (and, on the chat stream, no
+/// `refresh` replaced it in time); reconnect with a fresh token.
+pub const TOKEN_EXPIRED: Close = Close {
+    code: 4010,
+    reason: "token expired",
 };
+// 4029 ("rate limit exceeded") is retired: a client over its message rate is throttled
+// (its socket is not read until its tokens refill), never closed.

@@ -677,6 +677,8 @@ impl Room {
             member.key_subject.clone(),
         );
         match request {
+            // The session answers refreshes itself; one never reaches the room.
+            Request::Refresh { .. } => {}
             Request::Join { .. } => self.chat_send(
                 session,
                 wire::error(ErrorCode::AlreadyJoined, "this connection has joined", None),

@@ -9,10 +9,15 @@ use std::time::{Duration, Instant};
 const MAX_PROBES: usize = 64;
 
 /// A token bucket: `rate` tokens per second, holding at most `burst`.
+///
+/// Sessions use it to throttle, not to refuse: [`TokenBucket::take`] always succeeds and
+/// may leave the bucket in debt; the caller stops reading the client for the time it
+/// returns, so that a client over the rate is slowed by TCP backpressure rather than cut.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
     rate: f64,
     burst: f64,
+    /// Whole and fractional tokens; negative while in debt.
     tokens: f64,
     last: Instant,
 }
@@ -28,17 +33,35 @@ impl TokenBucket {
         }
     }
 
-    /// Takes one token; false when the bucket is empty (the caller is over the rate).
-    pub fn take(&mut self, now: Instant) -> bool {
+    fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+    }
+
+    /// Takes one token, into debt if need be: `Some(wait)` when the bucket is left without
+    /// a whole token, `wait` being how long until it holds one again.
+    pub fn take(&mut self, now: Instant) -> Option<Duration> {
+        self.refill(now);
+        self.tokens -= 1.0;
+        self.wait(now)
+    }
+
+    /// Takes one token if the bucket holds one; false (and nothing taken) when it does not.
+    pub fn try_take(&mut self, now: Instant) -> bool {
+        self.refill(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
         } else {
             false
         }
+    }
+
+    /// How long until the bucket holds a whole token, or None if it does at `now`.
+    pub fn wait(&mut self, now: Instant) -> Option<Duration> {
+        self.refill(now);
+        (self.tokens < 1.0).then(|| Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
     }
 }
 
@@ -128,9 +151,48 @@ mod tests {
     fn bucket_allows_the_burst_then_the_rate() {
         let start = Instant::now();
         let mut bucket = TokenBucket::new(10.0, 5.0, start);
-        assert_eq!((0..8).filter(|_| bucket.take(start)).count(), 5);
+        assert_eq!((0..8).filter(|_| bucket.try_take(start)).count(), 5);
         let later = start + Duration::from_millis(500);
-        assert_eq!((0..8).filter(|_| bucket.take(later)).count(), 5);
+        assert_eq!((0..8).filter(|_| bucket.try_take(later)).count(), 5);
+    }
+
+    #[test]
+    fn taking_past_the_burst_throttles_for_the_debt() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(10.0, 3.0, start);
+        assert_eq!(bucket.take(start), None);
+        assert_eq!(bucket.take(start), None);
+        // The last whole token: now the caller waits one token's time (100 ms).
+        let wait = bucket.take(start).expect("empty");
+        assert!((wait.as_secs_f64() - 0.1).abs() < 1e-9, "{wait:?}");
+        // Taken anyway (a frame already read): the debt doubles the wait.
+        let wait = bucket.take(start).expect("in debt");
+        assert!((wait.as_secs_f64() - 0.2).abs() < 1e-9, "{wait:?}");
+        assert!(!bucket.try_take(start), "nothing to take while in debt");
+        // After waiting what it said, a token is there.
+        let later = start + Duration::from_millis(200);
+        assert_eq!(bucket.wait(later), None);
+        assert!(bucket.try_take(later));
+    }
+
+    proptest::proptest! {
+        /// Whatever the pattern of takes, a caller that waits what `take` says never gets
+        /// more than the burst plus the rate times the time spent.
+        #[test]
+        fn a_throttled_caller_stays_within_the_rate(gaps in proptest::collection::vec(0u64..50, 1..300)) {
+            let start = Instant::now();
+            let (rate, burst) = (100.0, 20.0);
+            let mut bucket = TokenBucket::new(rate, burst, start);
+            let mut now = start;
+            for gap in &gaps {
+                now += Duration::from_millis(*gap);
+                if let Some(wait) = bucket.take(now) {
+                    now += wait;
+                }
+            }
+            let allowed = burst + rate * now.duration_since(start).as_secs_f64();
+            proptest::prop_assert!(gaps.len() as f64 <= allowed + 1.0);
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! Leave is sent when the session begins to close or stops, so a session can never be
 //! forgotten by its room. Flow control (message rate, unread outbox bytes) is in [`limits`].
 
+mod framing;
 mod limits;
 mod socket;
 pub mod sse;
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use actix::dev::ToEnvelope;
 use actix::prelude::*;
-use actix_http::ws::{self, Frame, Item, ProtocolError};
+use actix_http::ws::{self, Frame, Item};
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use serde_json::Value;
@@ -29,7 +30,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::auth::Access;
+use crate::auth::{Access, Authenticator, Grant};
 use crate::metrics;
 use crate::protocol::close::{self, Close};
 use crate::protocol::ysync::{DecodeError, Message as SyncMessage};
@@ -41,7 +42,7 @@ use crate::room::{
 use crate::stream::wire::{self, ErrorCode, Request};
 use crate::stream::ResumeFrom;
 use limits::{InFlight, TokenBucket};
-use socket::{FrameReader, FrameWriter, ReadGate};
+use socket::{FrameReader, FrameWriter, Pause, ReadError, ReadGate};
 
 /// How long a closing session waits for its client's close frame (or for the socket to
 /// take the last frames) before it drops the connection.
@@ -72,6 +73,7 @@ pub struct SessionConfig {
     /// Close a session whose client has this many sent bytes not yet read ("too slow").
     pub max_outbox_bytes: u64,
     /// Messages per second a client may send (burst: two seconds' worth); 0 = no limit.
+    /// Past it the client is throttled (not read until its tokens refill), never closed.
     pub max_messages_per_sec: u32,
 }
 
@@ -97,6 +99,10 @@ enum Protocol {
 pub struct SessionPlan {
     room_name: RoomName,
     access: Access,
+    /// Verifies a chat client's `refresh` token.
+    auth: Arc<Authenticator>,
+    /// How long the session may live on its token (None: the server is open).
+    expires_in: Option<Duration>,
     registry: Addr<Registry>,
     config: SessionConfig,
     connections: Arc<AtomicUsize>,
@@ -106,11 +112,13 @@ pub struct SessionPlan {
 }
 
 impl SessionPlan {
-    /// A y-websocket session for `room_name`; it joins the room when started, and closes
-    /// with "going away" when `shutdown` turns true.
+    /// A y-websocket session for `room_name` under `grant`; it joins the room when
+    /// started, closes with "going away" when `shutdown` turns true, and with "token
+    /// expired" when the grant runs out.
     pub fn new(
         room_name: RoomName,
-        access: Access,
+        grant: &Grant,
+        auth: Arc<Authenticator>,
         registry: Addr<Registry>,
         config: SessionConfig,
         connections: Arc<AtomicUsize>,
@@ -118,7 +126,9 @@ impl SessionPlan {
     ) -> Self {
         Self {
             room_name,
-            access,
+            access: grant.access,
+            auth,
+            expires_in: grant.remaining(),
             registry,
             config,
             connections,
@@ -176,6 +186,9 @@ impl SessionPlan {
                 id: SessionId(NEXT_SESSION.fetch_add(1, Ordering::Relaxed)),
                 room_name: self.room_name,
                 access: self.access,
+                auth: self.auth,
+                expires_in: self.expires_in,
+                expiry: None,
                 registry: self.registry,
                 room: None,
                 config: self.config,
@@ -185,6 +198,7 @@ impl SessionPlan {
                 in_flight: InFlight::default(),
                 outbox: None,
                 rate,
+                slow_check_scheduled: false,
                 connections: self.connections,
                 refuse: self.refuse,
                 protocol: self.protocol,
@@ -204,6 +218,12 @@ pub struct Session {
     id: SessionId,
     room_name: RoomName,
     access: Access,
+    /// Verifies a chat client's `refresh` token.
+    auth: Arc<Authenticator>,
+    /// How long the session may live on its token, until `started` arms [`Self::expiry`].
+    expires_in: Option<Duration>,
+    /// The timer that closes the session when its token expires.
+    expiry: Option<SpawnHandle>,
     registry: Addr<Registry>,
     room: Option<Addr<Room>>,
     config: SessionConfig,
@@ -217,6 +237,8 @@ pub struct Session {
     outbox: Option<Outbox>,
     /// The message-rate limit, if any.
     rate: Option<TokenBucket>,
+    /// A timer will look at the client's unread bytes again (they were over the limit).
+    slow_check_scheduled: bool,
     /// Live sessions on this node (for the connection limit).
     connections: Arc<AtomicUsize>,
     /// If set, the session closes with this as soon as it starts (node over a limit).
@@ -255,13 +277,49 @@ impl Session {
         self.sent(ctx);
     }
 
-    /// After a send: note the time and probe the client's progress when due.
+    /// After a send: note the time, probe the client's progress when due, and make sure
+    /// the outbox rule is looked at again on time if the client is behind.
     fn sent(&mut self, ctx: &mut Context<Self>) {
         self.last_sent = Instant::now();
         let every = (self.config.max_outbox_bytes / 8).max(MIN_PROBE_BYTES);
         if let Some(probe) = self.in_flight.probe_due(every, self.last_sent) {
             self.queue(ws::Message::Ping(Bytes::copy_from_slice(&probe)), ctx);
         }
+        self.schedule_slow_check(ctx);
+    }
+
+    /// While the client has more than the limit unread, looks again once the oldest of
+    /// it can be overdue: a burst that stops does not leave a silent client's bytes held
+    /// until the next frame or the heartbeat timeout.
+    fn schedule_slow_check(&mut self, ctx: &mut Context<Self>) {
+        if self.slow_check_scheduled || self.in_flight.unread() <= self.config.max_outbox_bytes {
+            return;
+        }
+        self.slow_check_scheduled = true;
+        ctx.run_later(SLOW_GRACE / 4, |session, ctx| {
+            session.slow_check_scheduled = false;
+            if !session.closing && !session.cut_if_too_slow(ctx) {
+                session.schedule_slow_check(ctx);
+            }
+        });
+    }
+
+    /// The outbox rule: cuts the client (4008) when what it left unread for longer than
+    /// the grace is over the limit, or when its unread bytes pass the hard bound whatever
+    /// their age. True when it cut.
+    fn cut_if_too_slow(&mut self, ctx: &mut Context<Self>) -> bool {
+        let max = self.config.max_outbox_bytes;
+        let unread = self.in_flight.unread();
+        let overdue = self.in_flight.overdue(Instant::now(), SLOW_GRACE);
+        if overdue <= max && unread <= max.saturating_mul(HARD_FACTOR) {
+            return false;
+        }
+        info!(room = %self.room_name, session = self.id.0, unread, "closing session: client too slow");
+        metrics::get().slow_consumers.inc();
+        // Frames it has not begun to receive are dropped, so the close frame is next.
+        self.writer.discard_unsent();
+        self.close(ctx, close::TOO_SLOW, &format!("{unread} bytes unread"));
+        true
     }
 
     /// Queues a frame and schedules one flush for everything queued while the current
@@ -281,7 +339,7 @@ impl Session {
         }
         self.writer.queue(message);
         if self.writer.queued() > PAUSE_READING_AT {
-            self.gate.pause();
+            self.gate.pause(Pause::Backlog);
         }
         if !self.flush_scheduled {
             self.flush_scheduled = true;
@@ -299,7 +357,7 @@ impl Session {
         }
         let written = self.writer.write_now();
         if self.writer.queued() <= PAUSE_READING_AT {
-            self.gate.resume();
+            self.gate.resume(Pause::Backlog);
         }
         match written {
             Ok(true) if self.stop_when_flushed => ctx.stop(),
@@ -387,18 +445,58 @@ impl Session {
         self.flush(ctx);
     }
 
-    /// Counts an incoming message against the rate limit; false (and closed) when over it.
-    fn within_rate(&mut self, size: usize, ctx: &mut Context<Self>) -> bool {
+    /// Counts an incoming y-websocket message against the rate: past it, the client's
+    /// socket is not read until its tokens refill (TCP backpressure slows only this
+    /// client; nobody is cut for typing, pasting or importing fast).
+    fn throttle(&mut self, size: usize, ctx: &mut Context<Self>) {
         metrics::get().bytes_in.inc_by(size as u64);
-        if let Some(rate) = &mut self.rate {
-            if !rate.take(Instant::now()) {
-                info!(room = %self.room_name, session = self.id.0, "closing session: over the message rate");
-                metrics::get().protocol_errors.inc();
-                self.close(ctx, close::RATE_LIMITED, "");
-                return false;
-            }
+        let Some(wait) = self
+            .rate
+            .as_mut()
+            .and_then(|rate| rate.take(Instant::now()))
+        else {
+            return;
+        };
+        self.pause_for(wait, ctx);
+    }
+
+    /// Stops reading the client for `wait` (its rate's refill time).
+    fn pause_for(&mut self, wait: Duration, ctx: &mut Context<Self>) {
+        if self.gate.is_paused_for(Pause::Throttle) {
+            return;
         }
-        true
+        metrics::get().throttled.inc();
+        self.gate.pause(Pause::Throttle);
+        ctx.run_later(wait, |session, ctx| {
+            // Refilled by now, unless more was taken meanwhile (frames already decoded).
+            match session
+                .rate
+                .as_mut()
+                .and_then(|rate| rate.wait(Instant::now()))
+            {
+                Some(more) => {
+                    ctx.run_later(more, |session, _| session.gate.resume(Pause::Throttle));
+                }
+                None => session.gate.resume(Pause::Throttle),
+            }
+        });
+    }
+
+    /// Whether a chat request is within the rate: one over it is answered with a
+    /// `rate_limited` error (retry it, with the same id, later) and the socket is not read
+    /// until a token is back, so a flood costs one error per refill.
+    fn chat_within_rate(&mut self, size: usize, ctx: &mut Context<Self>) -> bool {
+        metrics::get().bytes_in.inc_by(size as u64);
+        let now = Instant::now();
+        let Some(rate) = self.rate.as_mut() else {
+            return true;
+        };
+        if rate.try_take(now) {
+            return true;
+        }
+        let wait = rate.wait(now).unwrap_or(Duration::from_millis(1));
+        self.pause_for(wait, ctx);
+        false
     }
 
     /// Decodes one whole binary message and hands it to the room.
@@ -407,9 +505,7 @@ impl Session {
             self.close(ctx, close::TEXT_ONLY, "the chat protocol is JSON");
             return;
         }
-        if !self.within_rate(frame.len(), ctx) {
-            return;
-        }
+        self.throttle(frame.len(), ctx);
         let message = match SyncMessage::decode(&frame) {
             Ok(message) => message,
             Err(e) => {
@@ -436,10 +532,14 @@ impl Session {
 
     /// Parses one whole chat request and acts on it: `join` here, the rest in the room.
     fn receive_text(&mut self, text: &str, ctx: &mut Context<Self>) {
-        if !self.within_rate(text.len(), ctx) {
+        let parsed = Request::parse(text).and_then(Request::validated);
+        if !self.chat_within_rate(text.len(), ctx) {
+            let id = parsed.as_ref().ok().and_then(Request::reply_id);
+            let error = wire::error(ErrorCode::RateLimited, "over the message rate", id);
+            self.send_event(error, ctx);
             return;
         }
-        let request = match Request::parse(text).and_then(Request::validated) {
+        let request = match parsed {
             Ok(request) => request,
             Err(e) => {
                 metrics::get().protocol_errors.inc();
@@ -459,6 +559,7 @@ impl Session {
             return;
         };
         match request {
+            Request::Refresh { token } => self.refresh(&token, ctx),
             Request::Join { v, epoch, since } if !*joined => {
                 if v.is_some_and(|v| v != wire::VERSION) {
                     let why = format!("protocol version {} is not supported", v.unwrap_or(0));
@@ -471,12 +572,8 @@ impl Session {
                 self.join_chat(subject, info, resume, ctx);
             }
             request if !*joined => {
-                let id = match &request {
-                    Request::Publish { id, .. } => id.clone(),
-                    Request::History { req, .. } => req.clone(),
-                    _ => None,
-                };
-                let error = wire::error(ErrorCode::NotJoined, "send join first", id.as_deref());
+                let error =
+                    wire::error(ErrorCode::NotJoined, "send join first", request.reply_id());
                 self.send_event(error, ctx);
             }
             request => {
@@ -489,6 +586,48 @@ impl Session {
                     });
                 }
             }
+        }
+    }
+
+    /// Closes the session (4010) `left` from now, when its token expires, replacing any
+    /// earlier timer (a chat `refresh` moves it).
+    fn arm_expiry(&mut self, left: Duration, ctx: &mut Context<Self>) {
+        if let Some(old) = self.expiry.take() {
+            ctx.cancel_future(old);
+        }
+        self.expiry = Some(ctx.run_later(left, |session, ctx| {
+            info!(room = %session.room_name, session = session.id.0, "closing session: token expired");
+            metrics::get().tokens_expired.inc();
+            session.close(ctx, close::TOKEN_EXPIRED, "");
+        }));
+    }
+
+    /// A chat client's `refresh`: a valid token for the same subject and the same right in
+    /// this room moves the session's expiry to the new token's; anything else is refused
+    /// with an error and leaves the old expiry in place.
+    fn refresh(&mut self, token: &str, ctx: &mut Context<Self>) {
+        let Protocol::Chat { subject, .. } = &self.protocol else {
+            return;
+        };
+        let refused = match self.auth.authorize(Some(token), &self.room_name) {
+            Err(e) => Some(e.to_string()),
+            Ok(grant) if grant.subject != *subject => {
+                Some("the new token is for another subject".to_owned())
+            }
+            Ok(grant) if grant.access != self.access => {
+                Some("the new token grants another right in this room".to_owned())
+            }
+            Ok(grant) => {
+                if let Some(left) = grant.remaining() {
+                    self.arm_expiry(left, ctx);
+                }
+                self.send_event(wire::refreshed(grant.valid_until), ctx);
+                None
+            }
+        };
+        if let Some(why) = refused {
+            debug!(room = %self.room_name, session = self.id.0, why, "refresh refused");
+            self.send_event(wire::error(ErrorCode::Unauthorized, &why, None), ctx);
         }
     }
 
@@ -601,6 +740,9 @@ impl Session {
             self.close(ctx, close::HEARTBEAT_TIMEOUT, "");
             return;
         }
+        if self.cut_if_too_slow(ctx) {
+            return;
+        }
         // A client that talks but leaves our pings unanswered is not reading.
         let unanswered = self
             .in_flight
@@ -632,6 +774,9 @@ impl Actor for Session {
         if let Some(close) = self.refuse {
             self.close(ctx, close, "");
             return;
+        }
+        if let Some(left) = self.expires_in.take() {
+            self.arm_expiry(left, ctx);
         }
         ctx.run_interval(self.config.heartbeat_interval, Self::heartbeat);
         if self.is_chat() {
@@ -672,47 +817,43 @@ impl Handler<Outbound> for Session {
         if self.closing {
             return; // the close frame was the last thing this client gets
         }
-        if matches!(msg, Outbound::Frame(_) | Outbound::Event(_)) {
-            // Cut when what the client left unread for longer than the grace is over the
-            // limit, or when its unread bytes pass the hard bound whatever their age.
-            let max = self.config.max_outbox_bytes;
-            let unread = self.in_flight.unread();
-            let overdue = self.in_flight.overdue(Instant::now(), SLOW_GRACE);
-            if overdue > max || unread > max.saturating_mul(HARD_FACTOR) {
-                info!(room = %self.room_name, session = self.id.0, unread, "closing session: client too slow");
-                metrics::get().slow_consumers.inc();
-                self.close(ctx, close::TOO_SLOW, &format!("{unread} bytes unread"));
-                return;
-            }
+        if matches!(msg, Outbound::Frame(_) | Outbound::Event(_)) && self.cut_if_too_slow(ctx) {
+            return;
         }
         match msg {
             Outbound::Frame(frame) => self.send_frame(frame, ctx),
             Outbound::Event(event) => self.send_event(event, ctx),
             Outbound::Close(close, detail) => {
                 self.room = None; // the room has already forgotten this session
+                if close == close::TOO_SLOW {
+                    self.writer.discard_unsent(); // the close frame comes next
+                }
                 self.close(ctx, close, &detail);
             }
         }
     }
 }
 
-impl StreamHandler<Result<Frame, ProtocolError>> for Session {
-    fn handle(&mut self, item: Result<Frame, ProtocolError>, ctx: &mut Self::Context) {
+impl StreamHandler<Result<Frame, ReadError>> for Session {
+    fn handle(&mut self, item: Result<Frame, ReadError>, ctx: &mut Self::Context) {
         self.last_heard = Instant::now();
         let frame = match item {
             Ok(frame) => frame,
-            Err(ProtocolError::Overflow) => {
-                self.close(ctx, close::MESSAGE_TOO_BIG, "");
+            Err(ReadError::TooBig(e)) => {
+                info!(session = self.id.0, error = %e, "closing session: message too big");
+                metrics::get().protocol_errors.inc();
+                self.close(ctx, close::MESSAGE_TOO_BIG, &e.to_string());
                 return;
             }
-            Err(ProtocolError::Io(e)) => {
+            Err(ReadError::Io(e)) => {
                 debug!(session = self.id.0, error = %e, "connection lost while reading");
                 ctx.stop();
                 return;
             }
-            Err(e) => {
+            Err(ReadError::Protocol(e)) => {
                 info!(session = self.id.0, error = %e, "closing session: WebSocket protocol error");
-                self.close(ctx, close::MALFORMED_MESSAGE, &e.to_string());
+                metrics::get().protocol_errors.inc();
+                self.close(ctx, close::PROTOCOL_ERROR, &e);
                 return;
             }
         };
@@ -731,7 +872,10 @@ impl StreamHandler<Result<Frame, ProtocolError>> for Session {
                 Err(_) => self.close(ctx, close::MALFORMED_MESSAGE, "text is not UTF-8"),
             },
             Frame::Text(_) => self.close(ctx, close::UNSUPPORTED_DATA, ""),
-            Frame::Ping(payload) => self.queue(ws::Message::Pong(payload), ctx),
+            Frame::Ping(payload) => {
+                self.throttle(0, ctx); // a ping flood is slowed like any other
+                self.queue(ws::Message::Pong(payload), ctx);
+            }
             Frame::Pong(payload) => self.in_flight.answered(&payload),
             Frame::Close(reason) => self.on_close(reason, ctx),
         }

@@ -7,6 +7,7 @@
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -36,6 +37,10 @@ pub struct Subscriber {
     pub access: Access,
     /// Where to resume from.
     pub resume: Option<ResumeFrom>,
+    /// How long the subscription may live on its token (None: the server is open). At
+    /// expiry the stream ends with a `close` event (code 4010); `EventSource` reconnects
+    /// with whatever URL (and token) it was made with.
+    pub expires_in: Option<Duration>,
 }
 
 /// The SSE member actor.
@@ -124,6 +129,13 @@ impl Actor for SseSession {
         let Some(subscriber) = self.subscriber.take() else {
             return;
         };
+        if let Some(left) = subscriber.expires_in {
+            ctx.run_later(left, |session, ctx| {
+                info!(room = %session.room_name, session = session.id.0, "closing SSE subscriber: token expired");
+                metrics::get().tokens_expired.inc();
+                session.close(close::TOKEN_EXPIRED, "", ctx);
+            });
+        }
         let (registry, name, id) = (self.registry.clone(), self.room_name.clone(), self.id);
         let outbox = Outbox::new(ctx.address().recipient(), self.config.max_outbox_bytes);
         self.outbox = Some(outbox.clone());

@@ -59,6 +59,12 @@ pub enum Request {
         #[serde(default)]
         limit: Option<usize>,
     },
+    /// Replace the connection's token with a newer one (same subject, same right in this
+    /// room) before the old one expires; answered with `refreshed`.
+    Refresh {
+        /// The new token.
+        token: String,
+    },
 }
 
 /// Why a client's frame could not be parsed.
@@ -68,6 +74,8 @@ pub struct ParseError(String);
 
 /// Longest message id, history `req` or typing status accepted, in bytes.
 pub const MAX_ID_BYTES: usize = 256;
+/// Longest token a `refresh` may carry, in bytes.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// Most messages one history page holds.
 pub const MAX_PAGE: usize = 1000;
 
@@ -75,6 +83,15 @@ impl Request {
     /// Parses one text frame.
     pub fn parse(text: &str) -> Result<Self, ParseError> {
         serde_json::from_str(text).map_err(|e| ParseError(e.to_string()))
+    }
+
+    /// The id an answer to this request echoes: a publish's `id`, a history `req`.
+    pub fn reply_id(&self) -> Option<&str> {
+        match self {
+            Request::Publish { id, .. } => id.as_deref(),
+            Request::History { req, .. } => req.as_deref(),
+            _ => None,
+        }
     }
 
     /// Checks the limits parsing cannot: string lengths, page sizes, exclusive fields.
@@ -86,6 +103,8 @@ impl Request {
         };
         let problem = match &self {
             Request::Join { .. } => None,
+            Request::Refresh { token } => (token.is_empty() || token.len() > MAX_TOKEN_BYTES)
+                .then(|| ParseError(format!("token must be 1..={MAX_TOKEN_BYTES} bytes"))),
             Request::Publish { id, .. } => too_long("id", id),
             Request::Typing { status } => too_long("status", status),
             Request::History {
@@ -126,6 +145,8 @@ pub enum EventKind {
     Typing,
     /// The answer to a history request.
     History,
+    /// The answer to a refresh.
+    Refreshed,
     /// A request failed; the connection stays open.
     Error,
 }
@@ -140,6 +161,7 @@ impl EventKind {
             EventKind::Presence => "presence",
             EventKind::Typing => "typing",
             EventKind::History => "history",
+            EventKind::Refreshed => "refreshed",
             EventKind::Error => "error",
         }
     }
@@ -467,6 +489,10 @@ pub enum ErrorCode {
     ReadOnly,
     /// The room could not store the message; retry with the same id.
     Unavailable,
+    /// The connection is over its message rate; retry with the same id a little later.
+    RateLimited,
+    /// A refresh's token was refused (invalid, expired, or for another subject or right).
+    Unauthorized,
 }
 
 impl ErrorCode {
@@ -479,8 +505,27 @@ impl ErrorCode {
             ErrorCode::BodyTooLarge => "body_too_large",
             ErrorCode::ReadOnly => "read_only",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unauthorized => "unauthorized",
         }
     }
+}
+
+/// The `refreshed` event: the connection now lives until `valid_until` (seconds since the
+/// Unix epoch, the new token's `exp` plus the server's leeway; null when the server is open).
+pub fn refreshed(valid_until: Option<u64>) -> Event {
+    #[derive(Serialize)]
+    struct Out {
+        r#type: &'static str,
+        valid_until: Option<u64>,
+    }
+    Event::of(
+        EventKind::Refreshed,
+        &Out {
+            r#type: "refreshed",
+            valid_until,
+        },
+    )
 }
 
 /// An `error` event; `id` echoes the publish id or history `req` it answers.
