@@ -141,6 +141,9 @@ function newId(): string {
  * const ack = await chat.publish({ text: 'hi' });
  * ```
  */
+/** How long to wait before re-sending a request refused as `rate_limited`. */
+const RATE_LIMIT_RETRY_MS = 100;
+
 export class TandemChat {
   /** The stream's epoch, once joined. */
   epoch: string | undefined;
@@ -151,7 +154,7 @@ export class TandemChat {
   /** The presence list, by connection id. */
   readonly presence = new Map<string, ChatMember>();
 
-  private readonly url: string;
+  private url: string;
   private readonly WebSocketImpl: new (url: string) => WebSocket;
   private readonly listeners: Listeners = {
     message: new Set(),
@@ -211,6 +214,19 @@ export class TandemChat {
       this.publishes.set(id, { frame, resolve, reject });
       if (this.joined) this.socket?.send(frame);
     });
+  }
+
+  /**
+   * Replaces the token before it expires: the open connection keeps going under the new
+   * one (the server answers `refreshed`, or an `unauthorized` error event), and
+   * reconnects use it. Without a refresh the server closes the connection (4010) at the
+   * old token's expiry.
+   */
+  refresh(token: string): void {
+    const url = new URL(this.url);
+    url.searchParams.set('token', token);
+    this.url = url.toString();
+    if (this.socket?.readyState === 1) this.socket.send(JSON.stringify({ type: 'refresh', token }));
   }
 
   /** Sets (or with `null` clears) this connection's typing status. */
@@ -343,7 +359,15 @@ export class TandemChat {
         const error = new ChatError(String(event.code), String(event.message));
         const publish = id === undefined ? undefined : this.publishes.get(id);
         const history = id === undefined ? undefined : this.histories.get(id);
-        if (publish && id !== undefined) {
+        const pending = publish ?? history;
+        if (pending && event.code === 'rate_limited') {
+          // Over the connection's message rate: the server has paused reading it for one
+          // refill; send the same frame (same id, so never twice) again a little later.
+          setTimeout(() => {
+            const still = id !== undefined && (this.publishes.has(id) || this.histories.has(id));
+            if (still && this.joined) this.socket?.send(pending.frame);
+          }, RATE_LIMIT_RETRY_MS);
+        } else if (publish && id !== undefined) {
           this.publishes.delete(id);
           publish.reject(error);
         } else if (history && id !== undefined) {

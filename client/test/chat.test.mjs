@@ -72,3 +72,28 @@ test('HTTP publish is idempotent and long-poll waits for the next message', { ti
   assert.equal(page.recovered, true);
   assert.deepEqual(page.messages.map((m) => [m.seq, m.body.text]), [[2, 'next']]);
 });
+
+test('publishes over the message rate are retried until acked, never lost', { timeout: 60_000 }, async () => {
+  const limited = await startServer({ env: { TANDEM_MAX_MESSAGES_PER_SEC: '10' } });
+  try {
+    const room = uniqueRoom('rate');
+    const chat = new TandemChat(limited.url, room, { WebSocketPolyfill: WebSocket, minDelayMs: 50 });
+    chats.push(chat);
+    const errors = [];
+    chat.on('error', (e) => errors.push(e));
+    await new Promise((resolve) => chat.on('joined', resolve));
+    // 60 at once against 10/s with a burst of 20: most are refused as rate_limited first
+    // and sent again by the client with the same id.
+    const acks = await Promise.all(Array.from({ length: 60 }, (_, n) => chat.publish({ n })));
+    assert.deepEqual(acks.map((a) => a.seq).sort((x, y) => x - y), Array.from({ length: 60 }, (_, i) => i + 1));
+    assert.ok(acks.every((a) => !a.duplicate), 'each was published once');
+    assert.deepEqual(errors, [], 'no error surfaced to the app');
+    const metrics = await (await fetch(`${limited.url}/metrics`)).text();
+    const throttled = Number(/^tandem_throttled_total (\d+)/m.exec(metrics)?.[1] ?? 0);
+    assert.ok(throttled >= 1, `the connection was throttled (${throttled})`);
+    chat.close();
+  } finally {
+    await limited.kill();
+    removeDir(limited.dataDir);
+  }
+});
