@@ -13,6 +13,10 @@
 //!   ask a naive decoder for gigabytes; report the server's RSS before, after and at peak;
 //! - `slow-readers`: READERS sessions stop reading while a writer streams MB megabytes;
 //!   report the server's peak RSS and how many readers were cut as too slow.
+//! - `churn`: CYCLES short y-websocket sessions (connect, sync, close cleanly), CONCURRENCY
+//!   at a time, over ROOMS rooms; report the server's RSS before, after the cycles and
+//!   after every room has been evicted (run the server with a short `--room-idle-secs`),
+//!   to tell a leak (grows with cycles) from allocator retention (plateaus).
 //!
 //! - `stream-fanout`: one publisher, SUBSCRIBERS chat subscribers (WebSocket or SSE) in one
 //!   room; the publisher sends COUNT messages one at a time (each after the previous ack);
@@ -25,15 +29,19 @@
 //! cargo run --release --example loadgen -- stream-fanout --url ws://127.0.0.1:4321 \
 //!     --subscribers 1000 --transport sse
 //! cargo run --release --example loadgen -- rooms --url ws://127.0.0.1:4321 --pid PID
+//! cargo run --release --example loadgen -- churn --url ws://127.0.0.1:4321/yjs --pid PID \
+//!     --cycles 20000 --rooms 100 --evict-wait-secs 30
 //! cargo run --release --example loadgen -- trace --url ws://127.0.0.1:4321 --pid PID \
 //!     --file ../shared/data/automerge-paper.json.gz
 //! ```
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_codec::Framed;
-use actix_http::ws::{Codec, Frame, Message as WsMessage};
+use actix_http::ws::{CloseCode, Codec, Frame, Message as WsMessage};
 use awc::BoxedSocket;
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
@@ -100,6 +108,35 @@ enum Mode {
         /// Megabytes the writer streams (in 4 KiB edits).
         #[arg(long, default_value_t = 10)]
         mb: usize,
+    },
+    /// Connect/disconnect cycles over a few rooms; RSS before, after, and after eviction.
+    Churn {
+        /// WebSocket base of the rooms (see `rooms`); `/metrics` is read from the same
+        /// host. The server should run with a short `--room-idle-secs` (e.g. 2).
+        #[arg(long, default_value = "ws://127.0.0.1:4321/yjs")]
+        url: String,
+        /// The server's process id (for RSS).
+        #[arg(long)]
+        pid: u32,
+        /// Sessions to open and close, in all.
+        #[arg(long, default_value_t = 2000)]
+        cycles: usize,
+        /// Rooms the cycles go round (`churn-{i % rooms}`).
+        #[arg(long, default_value_t = 100)]
+        rooms: usize,
+        /// Sessions open at once.
+        #[arg(long, default_value_t = 20)]
+        concurrency: usize,
+        /// At most this long to wait for `tandem_rooms_active` to reach 0 after the cycles.
+        #[arg(long, default_value_t = 30.0)]
+        evict_wait_secs: f64,
+        /// Each session also sends one small update (so the rooms' documents, and the
+        /// store, grow with the cycles); without it a session only syncs.
+        #[arg(long)]
+        edit: bool,
+        /// Stop starting cycles after this many seconds.
+        #[arg(long, default_value_t = 1800)]
+        timeout_secs: u64,
     },
     /// One writer → many readers of a Yjs room, open loop at a fixed rate.
     Fanout {
@@ -440,6 +477,139 @@ async fn slow_readers(url: String, pid: u32, readers: usize, mb: usize) {
             "mode": "slow-readers", "readers": readers, "streamed_mb": mb,
             "rss_before_kib": before, "rss_peak_sampled_kib": peak, "rss_after_kib": after,
             "readers_cut": cut, "stream_secs": started.elapsed().as_secs_f64(),
+        })
+    );
+}
+
+/// What a `churn` run does.
+struct ChurnPlan {
+    cycles: usize,
+    rooms: usize,
+    concurrency: usize,
+    evict_wait: Duration,
+    edit: bool,
+    timeout: Duration,
+}
+
+/// One churn cycle, as a stock y-websocket client: join `room` (SyncStep1 → SyncStep2),
+/// optionally send one small update, then close cleanly (our close frame, then the
+/// server's).
+async fn churn_cycle(url: &str, room: &str, edit: bool, n: usize) {
+    let doc = Doc::new();
+    let mut socket = connect(url, room).await;
+    handshake(&mut socket, &doc).await;
+    if edit {
+        let update = {
+            let text = doc.get_or_insert_text("text");
+            let mut txn = doc.transact_mut();
+            text.insert(&mut txn, 0, &format!("c{n} "));
+            txn.encode_update_v1()
+        };
+        send(&mut socket, &Message::Update(update.into())).await;
+    }
+    socket
+        .send(WsMessage::Close(Some(CloseCode::Normal.into())))
+        .await
+        .expect("send close");
+    // Until the server's close frame (or the end of the stream), skipping what it still sends.
+    for _ in 0..1000 {
+        if next_message(&mut socket, Duration::from_secs(10))
+            .await
+            .is_none()
+        {
+            break;
+        }
+    }
+}
+
+/// The http://HOST:PORT a ws://HOST:PORT/... URL names.
+fn http_origin(url: &str) -> String {
+    let rest = url.strip_prefix("ws://").expect("a ws:// URL");
+    format!("http://{}", rest.split('/').next().unwrap_or(rest))
+}
+
+/// One unlabelled metric of the server's `/metrics` (None if it or the endpoint is missing).
+async fn metric(http: &str, name: &str) -> Option<f64> {
+    let mut response = awc::Client::new()
+        .get(format!("{http}/metrics"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    let body = response.body().await.ok()?;
+    std::str::from_utf8(&body)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Polls the gauge `name` until it reads 0 or `limit` passes (the whole of `limit` when the
+/// gauge is missing); returns its last reading.
+async fn wait_for_zero(http: &str, name: &str, limit: Duration) -> Option<f64> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let value = metric(http, name).await;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if value == Some(0.0) || left.is_zero() {
+            return value;
+        }
+        tokio::time::sleep(left.min(Duration::from_millis(200))).await;
+    }
+}
+
+async fn churn(url: String, pid: u32, plan: ChurnPlan) {
+    let http = http_origin(&url);
+    let baseline = rss_kib(pid);
+    let started = Instant::now();
+    let deadline = started + plan.timeout;
+    let next = Arc::new(AtomicUsize::new(0));
+    let (cycles, rooms, edit) = (plan.cycles, plan.rooms.max(1), plan.edit);
+    let mut workers = Vec::with_capacity(plan.concurrency);
+    for _ in 0..plan.concurrency.max(1) {
+        let (url, next) = (url.clone(), Arc::clone(&next));
+        workers.push(actix_rt::spawn(async move {
+            let mut done = 0usize;
+            while Instant::now() < deadline {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= cycles {
+                    break;
+                }
+                let room = format!("churn-{}", i % rooms);
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, churn_cycle(&url, &room, edit, i)).await {
+                    Ok(()) => done += 1,
+                    Err(_) => break,
+                }
+            }
+            done
+        }));
+    }
+    let mut done = 0;
+    for worker in workers {
+        done += worker.await.expect("churn worker");
+    }
+    let cycles_secs = started.elapsed().as_secs_f64();
+    // Every session gone from the server, then the RSS the cycles left.
+    let connections = wait_for_zero(&http, "tandem_connections", Duration::from_secs(10)).await;
+    let after_cycles = rss_kib(pid);
+    let evict_started = Instant::now();
+    let rooms_active = wait_for_zero(&http, "tandem_rooms_active", plan.evict_wait).await;
+    let evict_secs = evict_started.elapsed().as_secs_f64();
+    // A stopped room flushes the store after it stops: give that a moment.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after_eviction = rss_kib(pid);
+    println!(
+        "{}",
+        serde_json::json!({
+            "mode": "churn", "cycles": done, "cycles_requested": cycles, "rooms": rooms,
+            "concurrency": plan.concurrency, "edit": edit,
+            "rss_baseline_kib": baseline, "rss_after_cycles_kib": after_cycles,
+            "rss_after_eviction_kib": after_eviction, "peak_rss_kib": peak_rss_kib(pid),
+            "connections_after_cycles": connections, "rooms_active_after_wait": rooms_active,
+            "activations": metric(&http, "tandem_room_activations_total").await,
+            "evictions": metric(&http, "tandem_room_evictions_total").await,
+            "cycles_secs": cycles_secs, "evict_secs": evict_secs,
+            "elapsed_secs": started.elapsed().as_secs_f64(),
         })
     );
 }
@@ -1104,6 +1274,26 @@ fn main() {
                 readers,
                 mb,
             } => slow_readers(url, pid, readers, mb).await,
+            Mode::Churn {
+                url,
+                pid,
+                cycles,
+                rooms,
+                concurrency,
+                evict_wait_secs,
+                edit,
+                timeout_secs,
+            } => {
+                let plan = ChurnPlan {
+                    cycles,
+                    rooms,
+                    concurrency,
+                    evict_wait: Duration::from_secs_f64(evict_wait_secs),
+                    edit,
+                    timeout: Duration::from_secs(timeout_secs),
+                };
+                churn(url, pid, plan).await
+            }
             Mode::Fanout {
                 url,
                 readers,
