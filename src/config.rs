@@ -60,6 +60,8 @@ pub const DEFAULT_TYPING_TTL_SECS: f64 = 5.0;
 pub const DEFAULT_IDEMPOTENCY_WINDOW: usize = 10_000;
 /// Default flush policy.
 pub const DEFAULT_FLUSH: &str = "batch";
+/// Default bound of sled's page cache (defined by the store).
+pub use crate::storage::DEFAULT_SLED_CACHE_BYTES;
 
 /// Settings from one source; every field is optional so sources can be layered.
 #[derive(Debug, Clone, Default, Args, Deserialize)]
@@ -76,6 +78,9 @@ pub struct Settings {
     /// window) [default: batch]
     #[arg(long, env = "TANDEM_FLUSH")]
     pub flush: Option<String>,
+    /// Bound of sled's page cache, in bytes [default: 67108864]
+    #[arg(long, env = "TANDEM_SLED_CACHE_BYTES")]
+    pub sled_cache_bytes: Option<u64>,
     /// Largest WebSocket frame, reassembled message or HTTP update body, in bytes
     /// [default: 16777216]
     #[arg(long, env = "TANDEM_MAX_MESSAGE_BYTES")]
@@ -177,6 +182,7 @@ impl Settings {
             listen: self.listen.or(fallback.listen),
             data_dir: self.data_dir.or(fallback.data_dir),
             flush: self.flush.or(fallback.flush),
+            sled_cache_bytes: self.sled_cache_bytes.or(fallback.sled_cache_bytes),
             max_message_bytes: self.max_message_bytes.or(fallback.max_message_bytes),
             room_idle_secs: self.room_idle_secs.or(fallback.room_idle_secs),
             snapshot_every_updates: self
@@ -248,6 +254,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// When updates become durable.
     pub flush: FlushPolicy,
+    /// Bound of sled's page cache, in bytes.
+    pub sled_cache_bytes: u64,
     /// Largest frame, message or update body.
     pub max_message_bytes: usize,
     /// Room behaviour.
@@ -478,6 +486,9 @@ impl Config {
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             flush: parse_flush(settings.flush.as_deref().unwrap_or(DEFAULT_FLUSH))?,
+            sled_cache_bytes: settings
+                .sled_cache_bytes
+                .unwrap_or(DEFAULT_SLED_CACHE_BYTES),
             max_message_bytes,
             room: RoomConfig {
                 idle_timeout: seconds(

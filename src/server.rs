@@ -114,7 +114,11 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| StoreError::Backend(format!("creating {}: {e}", config.data_dir.display())))?;
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.data_dir, config.flush)?);
+    let store: Arc<dyn Store> = Arc::new(SledStore::open_with_cache(
+        &config.data_dir,
+        config.flush,
+        config.sled_cache_bytes,
+    )?);
     run_with_store(config, store, shutdown).await
 }
 

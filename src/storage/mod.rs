@@ -19,7 +19,7 @@ use std::pin::Pin;
 use thiserror::Error;
 
 pub use memory::MemoryStore;
-pub use sled_store::SledStore;
+pub use sled_store::{SledStore, DEFAULT_CACHE_BYTES as DEFAULT_SLED_CACHE_BYTES};
 
 use crate::room::RoomName;
 

@@ -61,9 +61,24 @@ impl Drop for Flusher {
     }
 }
 
+/// Default bound of sled's page cache. sled's own default is 1 GiB, which an embedded
+/// server fills with every document it ever touched: RSS grew with the data written
+/// until it reached it.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 impl SledStore {
-    /// Opens (or creates) the database in `dir`.
+    /// Opens (or creates) the database in `dir`, with Tandem's default cache bound.
     pub fn open(dir: &Path, policy: FlushPolicy) -> Result<Self, StoreError> {
+        Self::open_with_cache(dir, policy, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (or creates) the database in `dir`; sled's page cache holds at most about
+    /// `cache_bytes`.
+    pub fn open_with_cache(
+        dir: &Path,
+        policy: FlushPolicy,
+        cache_bytes: u64,
+    ) -> Result<Self, StoreError> {
         let interval = match policy {
             FlushPolicy::EveryBatch => 500,
             FlushPolicy::Interval(ms) => ms.max(1),
@@ -71,6 +86,7 @@ impl SledStore {
         let db = sled::Config::new()
             .path(dir)
             .flush_every_ms(Some(interval))
+            .cache_capacity(cache_bytes)
             .open()
             .map_err(|e| StoreError::Backend(format!("opening {}: {e}", dir.display())))?;
         check_format(&db, dir)?;

@@ -53,7 +53,13 @@ impl Server {
     /// Like [`Server::start`] on a given port.
     pub fn start_on(port: u16, data_dir: &Path, extra: &[&str]) -> Server {
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_tandem"));
+        // `TANDEM_TEST_BIN` runs the suite against another build (a release binary, or an
+        // older one to measure what a change bought).
+        let bin = std::env::var_os("TANDEM_TEST_BIN").map_or_else(
+            || PathBuf::from(env!("CARGO_BIN_EXE_tandem")),
+            PathBuf::from,
+        );
+        let mut command = Command::new(bin);
         // Only the flags given here configure the server, whatever the caller's environment.
         for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TANDEM_")) {
             command.env_remove(key);
