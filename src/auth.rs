@@ -46,8 +46,9 @@ struct Claims {
     /// Public presence info (a name, an avatar URL…) shown to the room's other members.
     #[serde(default)]
     info: Option<serde_json::Value>,
-    /// Expiry, in seconds since the Unix epoch (required; checked by the validation).
-    exp: u64,
+    /// Expiry, in seconds since the Unix epoch (required; checked by the validation). A
+    /// number, which some issuers write with a fraction.
+    exp: f64,
 }
 
 fn read_access() -> Access {
@@ -221,7 +222,8 @@ impl Authenticator {
             access: claims.perm,
             admin: claims.admin,
             info: claims.info,
-            valid_until: Some(claims.exp.saturating_add(self.leeway_secs())),
+            // `as` saturates: a negative or absurd `exp` cannot wrap.
+            valid_until: Some((claims.exp.floor() as u64).saturating_add(self.leeway_secs())),
         })
     }
 

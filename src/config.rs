@@ -410,6 +410,16 @@ impl Config {
                 reason: format!("{max_message_bytes}; expected 1024..=1073741824"),
             });
         }
+        let sled_cache_bytes = settings
+            .sled_cache_bytes
+            .unwrap_or(DEFAULT_SLED_CACHE_BYTES);
+        // sled asserts a cache of at least 256 bytes; anything under 1 MiB is a typo.
+        if sled_cache_bytes < 1 << 20 {
+            return Err(ConfigError::Invalid {
+                name: "sled-cache-bytes",
+                reason: format!("{sled_cache_bytes}; expected at least 1048576"),
+            });
+        }
         let snapshot_every_updates = settings
             .snapshot_every_updates
             .unwrap_or(DEFAULT_SNAPSHOT_EVERY_UPDATES);
@@ -486,9 +496,7 @@ impl Config {
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             flush: parse_flush(settings.flush.as_deref().unwrap_or(DEFAULT_FLUSH))?,
-            sled_cache_bytes: settings
-                .sled_cache_bytes
-                .unwrap_or(DEFAULT_SLED_CACHE_BYTES),
+            sled_cache_bytes,
             max_message_bytes,
             room: RoomConfig {
                 idle_timeout: seconds(
@@ -585,6 +593,7 @@ mod tests {
     fn bad_values_are_refused_with_their_name() {
         let cases = [
             ("flush = \"sometimes\"", "flush"),
+            ("sled-cache-bytes = 100", "sled-cache-bytes"),
             ("heartbeat-interval-secs = 40", "heartbeat-interval-secs"),
             ("max-message-bytes = 10", "max-message-bytes"),
             ("snapshot-every-updates = 0", "snapshot-every-updates"),

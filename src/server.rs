@@ -166,6 +166,9 @@ pub async fn run_with_store(
     })?;
     let addr = listener.local_addr().unwrap_or(config.listen);
     info!(%addr, data_dir = %config.data_dir.display(), "tandem listening");
+    // On stdout whatever the log level: the address to use (the bound one, when the
+    // configured port was 0), for people and for scripts that start the server.
+    println!("tandem listening on http://{addr}");
     let handshake_timeout = config.handshake_timeout;
     let builder = actix_server::Server::build();
     // Lets idle keep-alive connections go at once when the server stops.

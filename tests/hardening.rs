@@ -343,3 +343,50 @@ async fn every_http_error_is_json_with_a_reason() {
         );
     }
 }
+
+#[actix_rt::test]
+async fn a_throttled_writer_is_not_mistaken_for_a_slow_reader() {
+    // While a writer is throttled its pongs wait behind its own unread frames: 300 edits
+    // at 50/s keep it throttled for ~5 s, longer than the 3 s heartbeat timeout.
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--max-messages-per-sec",
+            "50",
+            "--heartbeat-interval-secs",
+            "1",
+            "--heartbeat-timeout-secs",
+            "3",
+        ],
+    );
+    let room = "throttled";
+    let mut writer = YClient::synced(&server, room).await;
+    let mut other = YClient::synced(&server, room).await;
+    for _ in 0..300 {
+        writer.append("x").await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // Another member's edits reach the writer, so the server waits for the writer's
+        // pongs to know it reads them; reading answers the pings, as a live client does.
+        other.append("y").await;
+        while let Some(received) = other.recv_within(Duration::from_millis(10)).await {
+            if let Received::Closed(code, reason) = received {
+                panic!("the other member was closed: {code} {reason}");
+            }
+        }
+        if let Some(Received::Closed(code, reason)) =
+            writer.recv_within(Duration::from_millis(200)).await
+        {
+            panic!("the throttled writer was closed: {code} {reason}");
+        }
+        let (status, state) = http_get(&server, &format!("/rooms/{room}/state")).await;
+        let text = text_of_state(&state);
+        if status == 200 && text.matches('x').count() == 300 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the edits never all arrived");
+    }
+    assert_eq!(metric(&server, "tandem_slow_consumers_total").await, 0.0);
+}

@@ -67,10 +67,11 @@ export async function waitFor(predicate, { timeout = 10_000, interval = 50, mess
  */
 export async function startServer({ dataDir, port, readyTimeout = 20_000, env = {} } = {}) {
   const bin = serverBinary();
-  port ??= await freePort();
+  // Port 0 unless given: the kernel picks, and the server says which (no race for a port
+  // between parallel test processes).
+  port ??= 0;
   dataDir ??= makeDataDir();
-  const listen = `127.0.0.1:${port}`;
-  const proc = spawn(bin, ['serve', '--listen', listen, '--data-dir', dataDir], {
+  const proc = spawn(bin, ['serve', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir], {
     env: { ...process.env, TANDEM_LOG: process.env.TANDEM_LOG ?? 'warn', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -93,6 +94,20 @@ export async function startServer({ dataDir, port, readyTimeout = 20_000, env = 
   const spawnError = new Promise((_, reject) => proc.on('error', reject));
   spawnError.catch(() => {});
 
+  // The server prints "tandem listening on http://ADDR" once it is bound.
+  const deadline = Date.now() + readyTimeout;
+  while (!/tandem listening on http:\/\/\S+:(\d+)/.test(output)) {
+    if (exitInfo) {
+      throw new Error(`server exited early (${JSON.stringify(exitInfo)}) before listening; output:\n${output}`);
+    }
+    if (Date.now() > deadline) {
+      proc.kill('SIGKILL');
+      throw new Error(`server did not say where it listens within ${readyTimeout} ms; output:\n${output}`);
+    }
+    await Promise.race([spawnError, sleep(25)]);
+  }
+  port = Number(/tandem listening on http:\/\/\S+:(\d+)/.exec(output)[1]);
+  const listen = `127.0.0.1:${port}`;
   const url = `http://${listen}`;
   const server = {
     port,
@@ -126,7 +141,6 @@ export async function startServer({ dataDir, port, readyTimeout = 20_000, env = 
   };
 
   // Readiness: poll /healthz until 200, the process dies, or the deadline passes.
-  const deadline = Date.now() + readyTimeout;
   for (;;) {
     await Promise.race([spawnError, sleep(0)]);
     if (exitInfo) {

@@ -199,6 +199,7 @@ impl SessionPlan {
                 outbox: None,
                 rate,
                 slow_check_scheduled: false,
+                last_throttled: None,
                 connections: self.connections,
                 refuse: self.refuse,
                 protocol: self.protocol,
@@ -239,6 +240,8 @@ pub struct Session {
     rate: Option<TokenBucket>,
     /// A timer will look at the client's unread bytes again (they were over the limit).
     slow_check_scheduled: bool,
+    /// When reading was last paused for the message rate.
+    last_throttled: Option<Instant>,
     /// Live sessions on this node (for the connection limit).
     connections: Arc<AtomicUsize>,
     /// If set, the session closes with this as soon as it starts (node over a limit).
@@ -311,15 +314,28 @@ impl Session {
         let max = self.config.max_outbox_bytes;
         let unread = self.in_flight.unread();
         let overdue = self.in_flight.overdue(Instant::now(), SLOW_GRACE);
-        if overdue <= max && unread <= max.saturating_mul(HARD_FACTOR) {
+        // While the client is throttled its pongs wait behind its own frames, unread by
+        // us: only the hard bound (memory) judges it then.
+        let soft = overdue > max && !self.throttled_within(SLOW_GRACE);
+        if !soft && unread <= max.saturating_mul(HARD_FACTOR) {
             return false;
         }
-        info!(room = %self.room_name, session = self.id.0, unread, "closing session: client too slow");
+        self.cut_slow("client too slow", unread, ctx);
+        true
+    }
+
+    /// Closes the session as too slow (4008). Frames it has not begun to receive are
+    /// dropped, so the close frame is next.
+    fn cut_slow(&mut self, why: &str, unread: u64, ctx: &mut Context<Self>) {
+        info!(room = %self.room_name, session = self.id.0, unread, "closing session: {why}");
         metrics::get().slow_consumers.inc();
-        // Frames it has not begun to receive are dropped, so the close frame is next.
         self.writer.discard_unsent();
         self.close(ctx, close::TOO_SLOW, &format!("{unread} bytes unread"));
-        true
+    }
+
+    /// Whether the session's reading was paused for the message rate within `window`.
+    fn throttled_within(&self, window: Duration) -> bool {
+        self.last_throttled.is_some_and(|at| at.elapsed() < window)
     }
 
     /// Queues a frame and schedules one flush for everything queued while the current
@@ -466,6 +482,7 @@ impl Session {
             return;
         }
         metrics::get().throttled.inc();
+        self.last_throttled = Some(Instant::now());
         self.gate.pause(Pause::Throttle);
         ctx.run_later(wait, |session, ctx| {
             // Refilled by now, unless more was taken meanwhile (frames already decoded).
@@ -533,7 +550,9 @@ impl Session {
     /// Parses one whole chat request and acts on it: `join` here, the rest in the room.
     fn receive_text(&mut self, text: &str, ctx: &mut Context<Self>) {
         let parsed = Request::parse(text).and_then(Request::validated);
-        if !self.chat_within_rate(text.len(), ctx) {
+        // A refresh is never refused for the rate: losing it would end the session.
+        let refresh = matches!(parsed, Ok(Request::Refresh { .. }));
+        if !refresh && !self.chat_within_rate(text.len(), ctx) {
             let id = parsed.as_ref().ok().and_then(Request::reply_id);
             let error = wire::error(ErrorCode::RateLimited, "over the message rate", id);
             self.send_event(error, ctx);
@@ -702,6 +721,11 @@ impl Session {
             Item::Continue(b) => (b, false, false),
             Item::Last(b) => (b, false, true),
         };
+        if !last {
+            // Each fragment costs a token too (the whole message is counted at its end),
+            // so a flood of empty fragments is slowed like any other.
+            self.throttle(0, ctx);
+        }
         if first {
             self.partial = Some(BytesMut::new());
         }
@@ -743,17 +767,12 @@ impl Session {
         if self.cut_if_too_slow(ctx) {
             return;
         }
-        // A client that talks but leaves our pings unanswered is not reading.
-        let unanswered = self
-            .in_flight
-            .overdue(Instant::now(), self.config.heartbeat_timeout);
-        if unanswered > 0 {
-            info!(
-                session = self.id.0,
-                unanswered, "closing session: pings unanswered"
-            );
-            metrics::get().slow_consumers.inc();
-            self.close(ctx, close::TOO_SLOW, &format!("{unanswered} bytes unread"));
+        // A client that talks but leaves our pings unanswered is not reading (unless it
+        // was throttled meanwhile: then its pongs wait behind its own frames).
+        let timeout = self.config.heartbeat_timeout;
+        let unanswered = self.in_flight.overdue(Instant::now(), timeout);
+        if unanswered > 0 && !self.throttled_within(timeout) {
+            self.cut_slow("pings unanswered", unanswered, ctx);
             return;
         }
         let probe = self.in_flight.probe(Instant::now());

@@ -31,6 +31,9 @@ use super::framing::{self, Budget, HeadError};
 /// Bytes read from the socket per system call (a stack buffer; only what arrives is kept).
 const READ_CHUNK: usize = 8 * 1024;
 
+/// Most the reader reserves ahead of a frame's bytes (a head declares, the bytes prove).
+const MAX_RESERVE: usize = 64 * 1024;
+
 /// Reads per poll of the reader before it yields to the rest of the session's work.
 const READS_PER_POLL: usize = 16;
 
@@ -115,6 +118,9 @@ pub struct FrameReader {
     /// head check, plus one read's worth. Empty (unallocated) when idle.
     buf: BytesMut,
     mode: Mode,
+    /// A frame was refused as too big: the session is closing, and data frames that
+    /// follow are skipped at their head.
+    refused_too_big: bool,
 }
 
 impl FrameReader {
@@ -129,28 +135,44 @@ impl FrameReader {
             budget: Budget::new(max_message),
             buf: BytesMut::from(pending),
             mode: Mode::Frames,
+            refused_too_big: false,
         }
     }
 
     /// The next whole frame in `buf`, checked at its head; `Ok(None)` until it has arrived.
     fn decode(&mut self) -> Result<Option<Frame>, ReadError> {
-        let head = match framing::parse(&self.buf) {
-            Ok(Some(head)) => head,
-            Ok(None) => return Ok(None),
-            Err(e) => {
-                self.refuse(Mode::Drain);
-                return Err(ReadError::Protocol(e.to_string()));
+        let head = loop {
+            let head = match framing::parse(&self.buf) {
+                Ok(Some(head)) => head,
+                Ok(None) => return Ok(None),
+                Err(e) => {
+                    self.refuse(Mode::Drain);
+                    return Err(ReadError::Protocol(e.to_string()));
+                }
+            };
+            if self.refused_too_big && head.opcode < 8 {
+                // Closing after a refused frame: the codec never saw it, so its idea of
+                // the fragmented message is off. Data frames are skipped at their head;
+                // only control frames (the client's close) go on to it.
+                self.refuse(Mode::Skip(head.frame_len()));
+                match self.mode {
+                    Mode::Frames => continue,
+                    _ => return Ok(None),
+                }
             }
+            if let Err(e) = self.budget.admit(&head) {
+                self.refused_too_big = true;
+                self.refuse(Mode::Skip(head.frame_len()));
+                return Err(ReadError::TooBig(e));
+            }
+            break head;
         };
-        if let Err(e) = self.budget.admit(&head) {
-            self.refuse(Mode::Skip(head.frame_len()));
-            return Err(ReadError::TooBig(e));
-        }
         if (self.buf.len() as u64) < head.frame_len() {
-            // The head passed: room for exactly this frame, so that the frame handed on
-            // (which shares this allocation) does not keep a larger one alive.
-            let frame_len = head.frame_len() as usize;
-            self.buf.reserve(frame_len - self.buf.len());
+            // The head passed: make room for this frame, in full when small, so that the
+            // frame handed on (which shares this allocation) keeps no larger one alive;
+            // a large one grows as its bytes arrive, so a head alone reserves little.
+            let missing = head.frame_len() as usize - self.buf.len();
+            self.buf.reserve(missing.min(MAX_RESERVE));
             return Ok(None);
         }
         match self.codec.decode(&mut self.buf) {
@@ -195,7 +217,7 @@ impl FrameReader {
         } else {
             self.mode = mode;
         }
-        if self.buf.is_empty() {
+        if self.buf.is_empty() || matches!(self.mode, Mode::Drain | Mode::Done) {
             self.buf = BytesMut::new();
         }
     }
@@ -271,6 +293,8 @@ pub struct FrameWriter {
     out: BytesMut,
     /// Bytes the kernel took since `out` was last empty.
     taken: usize,
+    /// Where the first frame not yet wholly taken starts, counted like `taken`.
+    front_start: usize,
     /// Where each frame not yet wholly taken ends, counted like `taken`: lets a session that
     /// cuts a client drop the frames the kernel has not begun to take.
     ends: VecDeque<usize>,
@@ -284,6 +308,7 @@ impl FrameWriter {
             codec: Codec::new(),
             out: BytesMut::new(),
             taken: 0,
+            front_start: 0,
             ends: VecDeque::new(),
         }
     }
@@ -308,9 +333,12 @@ impl FrameWriter {
     /// Drops every queued frame the kernel has not begun to take (the one it is part way
     /// through stays, so the stream of frames stays whole).
     pub fn discard_unsent(&mut self) {
-        let keep = self.ends.front().map_or(0, |&end| end - self.taken);
+        let keep = match self.ends.front() {
+            Some(&end) if self.taken > self.front_start => end - self.taken,
+            _ => 0, // the kernel has not begun the first frame: it goes too
+        };
         self.out.truncate(keep);
-        self.ends.truncate(1);
+        self.ends.truncate(usize::from(keep > 0));
         if self.out.is_empty() {
             self.release();
         }
@@ -335,7 +363,8 @@ impl FrameWriter {
     fn advance(&mut self, n: usize) {
         self.out.advance(n);
         self.taken += n;
-        while self.ends.front().is_some_and(|&end| end <= self.taken) {
+        while let Some(&end) = self.ends.front().filter(|&&end| end <= self.taken) {
+            self.front_start = end;
             self.ends.pop_front();
         }
     }
@@ -344,6 +373,7 @@ impl FrameWriter {
     fn release(&mut self) {
         self.out = BytesMut::new();
         self.taken = 0;
+        self.front_start = 0;
         self.ends = VecDeque::new();
     }
 
@@ -351,5 +381,98 @@ impl FrameWriter {
     pub fn writable(&self) -> impl std::future::Future<Output = io::Result<()>> + 'static {
         let io = Rc::clone(&self.io);
         async move { io.writable().await }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    /// Frames a client would decode from `bytes`, in order, and how many bytes are left.
+    fn frames(mut bytes: BytesMut) -> (Vec<Frame>, usize) {
+        let mut codec = Codec::new().client_mode().max_size(1 << 24);
+        let mut out = Vec::new();
+        while let Some(frame) = codec.decode(&mut bytes).expect("valid frames") {
+            out.push(frame);
+        }
+        (out, bytes.len())
+    }
+
+    /// Queues frames until the kernel takes no more, drops the unsent ones, queues a
+    /// close: the client must read whole frames, the close last.
+    async fn discard_after(stalled_by: usize) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let (client, (server, _)) = (client.unwrap(), accepted.unwrap());
+        let mut writer = FrameWriter::new(Rc::new(server));
+        let frame = Bytes::from(vec![7u8; stalled_by]);
+        // Nothing taken yet: every queued frame is unsent, so none is kept.
+        for _ in 0..3 {
+            writer.queue(Message::Binary(frame.clone()));
+        }
+        writer.discard_unsent();
+        assert_eq!(writer.queued(), 0, "an unbegun frame was kept");
+        let mut queued = 0;
+        while writer.write_now().unwrap() && queued < 100_000 {
+            writer.queue(Message::Binary(frame.clone()));
+            queued += 1;
+        }
+        // Frames the kernel has not begun, and maybe one it is part way through.
+        for _ in 0..3 {
+            writer.queue(Message::Binary(frame.clone()));
+        }
+        let begun = writer.taken > writer.front_start;
+        writer.discard_unsent();
+        if begun {
+            assert!(
+                writer.queued() < stalled_by + 16,
+                "{} left",
+                writer.queued()
+            );
+        } else {
+            assert_eq!(writer.queued(), 0, "an unbegun frame was kept");
+        }
+        writer.queue(Message::Close(None));
+        // Read everything the client gets while the writer finishes.
+        let reader = async {
+            let mut got = BytesMut::new();
+            let mut chunk = vec![0u8; 64 * 1024];
+            loop {
+                client.readable().await.unwrap();
+                match client.try_read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => got.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("{e}"),
+                }
+                let got_close = matches!(frames(got.clone()).0.last(), Some(Frame::Close(_)));
+                if got_close {
+                    break;
+                }
+            }
+            got
+        };
+        let drain = async {
+            while !writer.write_now().unwrap() {
+                writer.writable().await.unwrap();
+            }
+        };
+        let (got, ()) = tokio::join!(reader, drain);
+        let (frames, left) = frames(got);
+        assert_eq!(left, 0, "bytes of a cut frame");
+        assert!(matches!(frames.last(), Some(Frame::Close(_))));
+        assert!(frames[..frames.len() - 1]
+            .iter()
+            .all(|f| matches!(f, Frame::Binary(b) if b.len() == stalled_by)));
+    }
+
+    #[actix_rt::test]
+    async fn a_cut_leaves_whole_frames_and_the_close_comes_next() {
+        // Small frames: the kernel stops on a frame boundary or inside one.
+        discard_after(1000).await;
+        // Large frames: the first unsent one is large and must go, not be kept.
+        discard_after(300_000).await;
     }
 }

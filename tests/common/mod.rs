@@ -2,7 +2,6 @@
 //! port with a fresh sled directory, and talk to it as a raw y-websocket client would.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -35,22 +34,15 @@ pub struct Server {
     args: Vec<String>,
 }
 
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
-}
-
 impl Server {
-    /// Starts the binary on a free port with `data_dir`, plus `extra` flags, and waits
-    /// until `/healthz` answers.
+    /// Starts the binary on a port the kernel picks (port 0, read back from the line the
+    /// server prints, so parallel tests never race for a port) with `data_dir`, plus
+    /// `extra` flags, and waits until `/healthz` answers.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
-        Self::start_on(free_port(), data_dir, extra)
+        Self::start_on(0, data_dir, extra)
     }
 
-    /// Like [`Server::start`] on a given port.
+    /// Like [`Server::start`] on a given port (0: the kernel picks).
     pub fn start_on(port: u16, data_dir: &Path, extra: &[&str]) -> Server {
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         // `TANDEM_TEST_BIN` runs the suite against another build (a release binary, or an
@@ -75,9 +67,11 @@ impl Server {
                 "TANDEM_LOG",
                 std::env::var("TANDEM_LOG").unwrap_or_else(|_| "warn".into()),
             )
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .spawn()
             .expect("spawn the tandem binary");
+        let mut child = child;
+        let port = bound_port(&mut child);
         let server = Server {
             child,
             port,
@@ -160,6 +154,33 @@ impl Server {
     pub fn restart(&self) -> Server {
         let extra: Vec<&str> = self.args.iter().map(String::as_str).collect();
         Server::start_on(self.port, &self.data_dir, &extra)
+    }
+}
+
+/// The port in the server's "listening on" line; its stdout is drained afterwards so the
+/// server never blocks on a full pipe.
+fn bound_port(child: &mut Child) -> u16 {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("the server's stdout is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(addr) = line.strip_prefix("tandem listening on http://") {
+                if let (Some(tx), Some(port)) = (tx.take(), addr.rsplit(':').next()) {
+                    let _ = tx.send(port.trim().parse::<u16>());
+                }
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(Ok(port)) => port,
+        Ok(Err(e)) => panic!("the server printed an unreadable port: {e}"),
+        Err(_) => {
+            let _ = child.kill();
+            panic!("the server did not say where it listens within 20 s (did it start?)");
+        }
     }
 }
 
