@@ -109,6 +109,15 @@ updates=100000; [ "$quick" = 1 ] && updates=20000
 run tandem activation activation --url "ws://127.0.0.1:$port/yjs" --updates "$updates"
 stop
 
+# Churn: connect → sync → edit → close cycles over 100 rooms, then every room evicted.
+port=$(free_port)
+target/release/tandem serve --listen "127.0.0.1:$port" --data-dir "$work/churn" \
+  --max-messages-per-sec 0 --room-idle-secs 2 >"$work/churn.log" 2>&1 &
+pid=$!; pids+=("$pid"); wait_port "$port"
+cycles=20000; [ "$quick" = 1 ] && cycles=2000
+run tandem churn churn --url "ws://127.0.0.1:$port/yjs" --pid "$pid" --cycles "$cycles" --rooms 100 --edit
+stop
+
 start tandem
 http_base=${base%/yjs}
 run tandem stream-ws stream-fanout --url "$http_base" --subscribers "$readers" --transport ws
