@@ -169,7 +169,10 @@ where
         let room = registry
             .send(GetRoom { name: name.clone() })
             .await
-            .map_err(|e| RoomError::Unavailable(format!("registry: {e}")))??;
+            .map_err(|e| {
+                tracing::warn!(error = %e, "the registry did not answer");
+                RoomError::Unavailable("the server is shutting down".into())
+            })??;
         match room.send(make()).await {
             Ok(result) => return Ok(result),
             Err(MailboxError::Closed) => {

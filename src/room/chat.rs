@@ -708,7 +708,7 @@ impl Room {
                     }
                     Err(e) => {
                         let error =
-                            wire::error(ErrorCode::Unavailable, &e.to_string(), id.as_deref());
+                            wire::error(ErrorCode::Unavailable, &e.public_message(), id.as_deref());
                         self.chat_send(session, error);
                     }
                 }
@@ -733,7 +733,10 @@ impl Room {
                 let limit = limit.unwrap_or(DEFAULT_PAGE);
                 let event = match self.page(from.as_ref(), before, limit, true) {
                     Ok(page) => wire::history(&page, req.as_deref()),
-                    Err(e) => wire::error(ErrorCode::Unavailable, &e.to_string(), req.as_deref()),
+                    Err(e) => {
+                        warn!(room = %self.name, error = %e, "history page failed");
+                        wire::error(ErrorCode::Unavailable, &e.public_message(), req.as_deref())
+                    }
                 };
                 self.chat_send(session, event);
             }

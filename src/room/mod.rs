@@ -81,6 +81,20 @@ pub enum RoomError {
     },
 }
 
+impl RoomError {
+    /// What a client may be told: the reason for a refusal it caused, or a fixed line
+    /// for a failure of the server's own (storage details stay in the server's log).
+    pub fn public_message(&self) -> String {
+        match self {
+            RoomError::Store(_) => STORAGE_FAILED.to_owned(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// What clients are told when the store fails; the error itself is logged.
+pub const STORAGE_FAILED: &str = "storage unavailable; retry later";
+
 /// Room behaviour knobs (from the configuration).
 #[derive(Debug, Clone)]
 pub struct RoomConfig {
@@ -655,20 +669,22 @@ impl Room {
     /// The store failed: nothing pending can be acknowledged. Close everyone and stop; the
     /// next activation reloads from what the store holds.
     fn fail(&mut self, why: &str, ctx: &mut Context<Self>) {
+        // `why` carries the store's error: it goes to the log, clients get a fixed line.
         error!(room = %self.name, "{why}; closing the room");
         self.unwritten.clear(); // never acknowledged
         for pending in self.pending.drain(..) {
             if let AfterFlush::Reply { tx, .. } = pending.action {
-                let _ = tx.send(Err(RoomError::Unavailable(why.to_owned())));
+                let _ = tx.send(Err(RoomError::Unavailable(STORAGE_FAILED.to_owned())));
             }
         }
         for session in self.sessions.values() {
-            session
-                .outbox
-                .send(Outbound::Close(close::INTERNAL_ERROR, why.to_owned()));
+            session.outbox.send(Outbound::Close(
+                close::INTERNAL_ERROR,
+                STORAGE_FAILED.to_owned(),
+            ));
         }
         self.sessions.clear();
-        self.chat_close_all(close::INTERNAL_ERROR, why);
+        self.chat_close_all(close::INTERNAL_ERROR, STORAGE_FAILED);
         self.stopping = true;
         ctx.stop();
     }

@@ -695,7 +695,7 @@ impl Session {
             Err(RoomError::Full(why)) => self.close(ctx, close::TRY_AGAIN_LATER, &why),
             Err(e) => {
                 warn!(room = %self.room_name, error = %e, "could not join room");
-                self.close(ctx, close::INTERNAL_ERROR, &e.to_string());
+                self.close(ctx, close::INTERNAL_ERROR, &e.public_message());
             }
         }
     }

@@ -156,7 +156,7 @@ impl Actor for SseSession {
                 Err(RoomError::Full(why)) => session.close(close::TRY_AGAIN_LATER, &why, ctx),
                 Err(e) => {
                     warn!(room = %session.room_name, error = %e, "could not join room");
-                    session.close(close::INTERNAL_ERROR, &e.to_string(), ctx);
+                    session.close(close::INTERNAL_ERROR, &e.public_message(), ctx);
                 }
             },
         ));

@@ -1,0 +1,161 @@
+//! A store that fails, in a server run in-process: nothing is acknowledged, clients are
+//! told the room's storage failed, and no text of the store's error ever reaches them
+//! (close reasons, HTTP bodies, chat errors). The error itself belongs in the log.
+
+mod common;
+
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use tandem::room::RoomName;
+use tandem::storage::{Durable, MemoryStore, Store, StoreError, StoredDoc, StoredStream};
+use tandem::{Config, Settings};
+
+/// What the failing store says; a client must never see it.
+const SECRET_DETAIL: &str = "disk /dev/sdq1 on fire at 0xdeadbeef";
+
+/// A [`MemoryStore`] whose writes and flushes fail while `failing` is set.
+struct FailingStore {
+    inner: MemoryStore,
+    failing: AtomicBool,
+}
+
+impl FailingStore {
+    fn check(&self) -> Result<(), StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            Err(StoreError::Backend(SECRET_DETAIL.into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Store for FailingStore {
+    fn load_doc(&self, room: &RoomName) -> Result<StoredDoc, StoreError> {
+        self.inner.load_doc(room)
+    }
+    fn append_updates(&self, room: &RoomName, last: u64, u: &[Vec<u8>]) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.append_updates(room, last, u)
+    }
+    fn write_snapshot(&self, room: &RoomName, upto: u64, state: &[u8]) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.write_snapshot(room, upto, state)
+    }
+    fn load_stream(&self, room: &RoomName) -> Result<Option<StoredStream>, StoreError> {
+        self.inner.load_stream(room)
+    }
+    fn create_stream(&self, room: &RoomName, epoch: &str) -> Result<(), StoreError> {
+        self.inner.create_stream(room, epoch)
+    }
+    fn append_message(&self, room: &RoomName, seq: u64, record: &[u8]) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.append_message(room, seq, record)
+    }
+    fn read_messages(
+        &self,
+        room: &RoomName,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.inner.read_messages(room, after, limit)
+    }
+    fn read_messages_before(
+        &self,
+        room: &RoomName,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.inner.read_messages_before(room, before, limit)
+    }
+    fn trim_messages(&self, room: &RoomName, upto: u64) -> Result<(), StoreError> {
+        self.inner.trim_messages(room, upto)
+    }
+    fn flush(&self) -> Durable {
+        let result = self.check();
+        let inner = self.inner.flush();
+        Box::pin(async move {
+            result?;
+            inner.await
+        })
+    }
+    fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.flush_blocking()
+    }
+}
+
+#[actix_rt::test]
+async fn a_failing_store_is_reported_without_its_details() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let settings = Settings {
+        listen: Some(format!("127.0.0.1:{port}").parse().unwrap()),
+        ..Settings::default()
+    };
+    let config = Config::from_settings(settings).unwrap();
+    let store = Arc::new(FailingStore {
+        inner: MemoryStore::new(),
+        failing: AtomicBool::new(false),
+    });
+    let (stop, stopped) = futures_channel::oneshot::channel::<()>();
+    let server_store: Arc<dyn Store> = store.clone();
+    let server = std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            let shutdown = async move {
+                let _ = stopped.await;
+            };
+            tandem::run_with_store(config, server_store, shutdown).await
+        })
+    });
+    let base = format!("127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::net::TcpStream::connect(&base).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server never listened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let mut client = YClient::try_connect_url(&format!("ws://{base}/yjs/doc"), None)
+        .await
+        .unwrap();
+    client.sync().await;
+    store.failing.store(true, Ordering::SeqCst);
+
+    // A WebSocket session: its update is never acknowledged; the close says why, vaguely.
+    client.append("never durable").await;
+    let (code, reason) = client.expect_close().await;
+    eprintln!("closed {code}: {reason}");
+    assert_eq!(code, 1011, "{reason}");
+    assert!(reason.contains("storage unavailable"), "{reason}");
+    assert!(
+        !reason.contains("fire"),
+        "store details reached a client: {reason}"
+    );
+
+    // HTTP: the update is refused with 503 and a reason without the store's words.
+    let update = local_append(&yrs::Doc::new(), "also never durable");
+    let response = awc::Client::new()
+        .post(format!("http://{base}/rooms/doc2/update"))
+        .send_body(update)
+        .await;
+    let mut response = response.expect("POST");
+    let body = response.body().await.unwrap();
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(response.status().as_u16(), 503, "{text}");
+    assert!(
+        !text.contains("fire"),
+        "store details reached a client: {text}"
+    );
+
+    let _ = stop.send(());
+    server.join().unwrap().unwrap();
+}
