@@ -13,21 +13,12 @@ use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::room::RoomName;
+use crate::id::RoomName;
 
-/// What a session or request may do in a room.
 /// The prefix of anonymous chat senders; token subjects may not start with it.
 pub const ANONYMOUS_PREFIX: &str = "anon-";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Access {
-    /// Receive the document and awareness; no changes.
-    Read,
-    /// Read and change.
-    #[default]
-    Write,
-}
+pub use crate::id::Access;
 
 /// The claims Tandem reads from a token.
 #[derive(Debug, Deserialize)]

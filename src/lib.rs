@@ -6,14 +6,14 @@
 //! Data flows one way: socket → session actor → room actor → CRDT merge → persist →
 //! broadcast. Layers depend downward only.
 //!
+//! - [`id`] — the ids every layer shares (room names, session ids, access); a leaf that
+//!   imports nothing of Tandem's;
 //! - [`protocol`] — pure wire formats: lib0 primitives, y-websocket messages, close codes;
-//! - [`room`] — the room actor, its pure [`room::Document`] (the CRDT wrapper) and
-//!   [`room::RoomName`];
+//! - [`room`] — the room actor and its pure [`room::Document`] (the CRDT wrapper);
 //! - [`session`] — one actor per WebSocket: frames, heartbeat, close codes;
 //! - [`registry`] — room name → room actor; activation and deactivation;
 //! - [`storage`] — the [`storage::Store`] trait; sled (default) and in-memory;
-//! - [`stream`] — the chat stream's pure core and JSON wire format (not yet served: the
-//!   chat issue is in progress);
+//! - [`stream`] — the chat stream's pure core and JSON wire format;
 //! - [`http`] — routes, the WebSocket upgrade, the REST and ops endpoints;
 //! - [`config`] — flags, environment and TOML file, validated;
 //! - [`metrics`] — the Prometheus metrics;
@@ -22,6 +22,7 @@
 pub mod auth;
 pub mod config;
 pub mod http;
+pub mod id;
 pub mod metrics;
 pub mod protocol;
 pub mod registry;

@@ -9,7 +9,6 @@
 
 mod chat;
 pub mod document;
-mod name;
 mod outbox;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -23,12 +22,12 @@ use thiserror::Error;
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
+pub use crate::id::{RoomName, RoomNameError, SessionId, MAX_ROOM_NAME_LEN};
 pub use chat::{
     ChatJoin, ChatRequest, HttpPublish, ReadMessages, ReadReply, StreamConfig, DEFAULT_PAGE,
     MAX_PAGE,
 };
 pub use document::{DocError, Document};
-pub use name::{RoomName, RoomNameError, MAX_ROOM_NAME_LEN};
 pub use outbox::{Outbox, HARD_FACTOR, SLOW_GRACE};
 
 use crate::auth::Access;
@@ -47,10 +46,6 @@ const MAX_INBOX_BYTES: usize = 1 << 20;
 
 /// A v1 update with no structs and no deletions.
 const EMPTY_UPDATE: &[u8] = &[0, 0];
-
-/// Identifies one session (connection) within the process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SessionId(pub u64);
 
 /// Why a room could not do what was asked.
 #[derive(Debug, Error)]

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use super::{Durable, Store, StoreError, StoredDoc, StoredStream};
-use crate::room::RoomName;
+use crate::id::RoomName;
 
 #[derive(Default)]
 struct RoomRecords {

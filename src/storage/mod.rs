@@ -21,7 +21,7 @@ use thiserror::Error;
 pub use memory::MemoryStore;
 pub use sled_store::{SledStore, DEFAULT_CACHE_BYTES as DEFAULT_SLED_CACHE_BYTES};
 
-use crate::room::RoomName;
+use crate::id::RoomName;
 
 /// A storage failure. Cloneable so one failed group commit can be reported to every waiter.
 #[derive(Debug, Error, Clone)]

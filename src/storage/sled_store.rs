@@ -26,8 +26,8 @@ use std::time::Instant;
 use futures_channel::oneshot;
 
 use super::{Durable, FlushPolicy, Store, StoreError, StoredDoc, StoredStream};
+use crate::id::RoomName;
 use crate::metrics;
-use crate::room::RoomName;
 
 const SNAPSHOT_TAG: u8 = 0;
 const UPDATE_TAG: u8 = 1;

@@ -1,9 +1,27 @@
-//! Room names: the one validated newtype every layer passes around, so that no raw path
-//! segment ever reaches the registry or a storage key. Pure.
+//! The ids every layer shares, in one leaf module that imports nothing of Tandem's: room
+//! names (the one validated newtype passed around, so that no raw path segment ever
+//! reaches the registry or a storage key), session ids, and the right a session holds in
+//! a room. Pure. (The cluster's node ids and ownership epochs belong here too.)
 
 use std::fmt;
 
+use serde::Deserialize;
 use thiserror::Error;
+
+/// Identifies one session (connection) within the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId(pub u64);
+
+/// What a session or request may do in a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// Receive the document and awareness; no changes.
+    Read,
+    /// Read and change.
+    #[default]
+    Write,
+}
 
 /// The longest room name accepted, in bytes.
 pub const MAX_ROOM_NAME_LEN: usize = 128;
