@@ -61,9 +61,9 @@ impl Drop for Flusher {
     }
 }
 
-/// Default bound of sled's page cache. sled's own default is 1 GiB, which an embedded
-/// server fills with every document it ever touched: RSS grew with the data written
-/// until it reached it.
+/// Default bound of sled's page cache. sled's own default is 1 GiB, more than an
+/// embedded server should take unasked. (Measured: it is not what makes RSS follow the
+/// data written; 8 MiB, 64 MiB and 1 GiB gave the same RSS over 100,000 edit sessions.)
 pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 impl SledStore {
