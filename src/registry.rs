@@ -14,7 +14,7 @@ use actix::dev::ToEnvelope;
 use actix::prelude::*;
 use futures_util::future::join_all;
 
-use crate::room::{Deactivated, Room, RoomConfig, RoomError, RoomName, Shutdown};
+use crate::room::{Deactivated, Room, RoomConfig, RoomError, RoomName, Shutdown, Unavailable};
 use crate::storage::Store;
 
 /// How many times [`send_to_room`] asks again after finding a room stopped.
@@ -93,13 +93,12 @@ impl Handler<GetRoom> for Registry {
             }
         }
         if self.shutting_down {
-            return Err(RoomError::Unavailable("server is shutting down".into()));
+            return Err(RoomError::Unavailable(Unavailable::ShuttingDown));
         }
         if self.rooms.len() >= self.max_rooms {
-            return Err(RoomError::Full(format!(
-                "this node holds its limit of {} active rooms",
-                self.max_rooms
-            )));
+            return Err(RoomError::Full {
+                limit: self.max_rooms,
+            });
         }
         self.next_activation += 1;
         let activation = self.next_activation;
@@ -171,7 +170,7 @@ where
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, "the registry did not answer");
-                RoomError::Unavailable("the server is shutting down".into())
+                RoomError::Unavailable(Unavailable::ShuttingDown)
             })??;
         match room.send(make()).await {
             Ok(result) => return Ok(result),
@@ -180,11 +179,10 @@ where
                 delay *= 2;
             }
             Err(MailboxError::Timeout) => {
-                return Err(RoomError::Unavailable("room did not answer in time".into()))
+                return Err(RoomError::Unavailable(Unavailable::NotAnswering))
             }
         }
     }
-    Err(RoomError::Unavailable(format!(
-        "room {name} kept stopping; try again"
-    )))
+    tracing::warn!(room = %name, "the room kept stopping while asked");
+    Err(RoomError::Unavailable(Unavailable::KeepsStopping))
 }

@@ -153,7 +153,9 @@ impl From<RoomError> for ApiError {
                 tracing::error!(error = %e, "storage failure during a request");
                 ApiError::Unavailable("storage unavailable; retry later".into())
             }
-            RoomError::Unavailable(why) | RoomError::Full(why) => ApiError::Unavailable(why),
+            e @ (RoomError::Unavailable(_) | RoomError::Full { .. }) => {
+                ApiError::Unavailable(e.public_message())
+            }
             RoomError::TooLarge { limit } => ApiError::TooLarge(limit),
             RoomError::BodyTooLarge { limit } => {
                 ApiError::PayloadTooLarge(format!("message body is larger than {limit} bytes"))

@@ -19,7 +19,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
-use super::{AfterFlush, DurableReply, Outbound, Outbox, Room, RoomError, SessionId};
+use super::{AfterFlush, DurableReply, Outbound, Outbox, Room, RoomError, SessionId, Unavailable};
 use crate::auth::{Access, ANONYMOUS_PREFIX};
 use crate::metrics;
 use crate::protocol::close;
@@ -175,7 +175,7 @@ impl Room {
         }
         self.chat
             .as_mut()
-            .ok_or_else(|| RoomError::Unavailable("chat stream not loaded".into()))
+            .ok_or(RoomError::Unavailable(Unavailable::Failed))
     }
 
     fn load_chat(&mut self) -> Result<Chat, RoomError> {
@@ -701,14 +701,8 @@ impl Room {
                             ctx,
                         );
                     }
-                    Err(RoomError::BodyTooLarge { limit }) => {
-                        let why = format!("body is larger than {limit} bytes");
-                        let error = wire::error(ErrorCode::BodyTooLarge, &why, id.as_deref());
-                        self.chat_send(session, error);
-                    }
                     Err(e) => {
-                        let error =
-                            wire::error(ErrorCode::Unavailable, &e.public_message(), id.as_deref());
+                        let error = wire::error(e.chat_code(), &e.public_message(), id.as_deref());
                         self.chat_send(session, error);
                     }
                 }
@@ -735,7 +729,7 @@ impl Room {
                     Ok(page) => wire::history(&page, req.as_deref()),
                     Err(e) => {
                         warn!(room = %self.name, error = %e, "history page failed");
-                        wire::error(ErrorCode::Unavailable, &e.public_message(), req.as_deref())
+                        wire::error(e.chat_code(), &e.public_message(), req.as_deref())
                     }
                 };
                 self.chat_send(session, event);
@@ -758,7 +752,7 @@ impl Handler<ChatJoin> for Room {
 
     fn handle(&mut self, msg: ChatJoin, ctx: &mut Self::Context) -> Self::Result {
         if self.stopping {
-            return Err(RoomError::Unavailable("room is stopping".into()));
+            return Err(RoomError::Unavailable(Unavailable::Stopping));
         }
         self.chat_join(msg)?;
         Ok(ctx.address())
@@ -778,7 +772,7 @@ impl Handler<HttpPublish> for Room {
 
     fn handle(&mut self, msg: HttpPublish, ctx: &mut Self::Context) -> Self::Result {
         if self.stopping {
-            return Err(RoomError::Unavailable("room is stopping".into()));
+            return Err(RoomError::Unavailable(Unavailable::Stopping));
         }
         self.empty_since = Instant::now();
         let sender = msg
@@ -803,7 +797,7 @@ impl Handler<ReadMessages> for Room {
 
     fn handle(&mut self, msg: ReadMessages, _ctx: &mut Self::Context) -> Self::Result {
         if self.stopping {
-            return Err(RoomError::Unavailable("room is stopping".into()));
+            return Err(RoomError::Unavailable(Unavailable::Stopping));
         }
         self.empty_since = Instant::now();
         let page = self.page(msg.from.as_ref(), None, msg.limit, false)?;

@@ -9,6 +9,7 @@
 
 mod chat;
 pub mod document;
+mod error;
 mod outbox;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -18,7 +19,6 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use bytes::Bytes;
 use futures_util::future::{FutureExt, Shared};
-use thiserror::Error;
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
@@ -28,6 +28,7 @@ pub use chat::{
     MAX_PAGE,
 };
 pub use document::{DocError, Document};
+pub use error::{RoomError, Unavailable, STORAGE_FAILED};
 pub use outbox::{Outbox, HARD_FACTOR, SLOW_GRACE};
 
 use crate::auth::Access;
@@ -46,49 +47,6 @@ const MAX_INBOX_BYTES: usize = 1 << 20;
 
 /// A v1 update with no structs and no deletions.
 const EMPTY_UPDATE: &[u8] = &[0, 0];
-
-/// Why a room could not do what was asked.
-#[derive(Debug, Error)]
-pub enum RoomError {
-    /// The update or request was refused by the CRDT.
-    #[error(transparent)]
-    Invalid(#[from] DocError),
-    /// The store failed; nothing was acknowledged.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The room is shutting down or failed to activate.
-    #[error("room is unavailable: {0}")]
-    Unavailable(String),
-    /// The node is at a limit (rooms); try again later.
-    #[error("{0}")]
-    Full(String),
-    /// The update would make the document larger than the configured limit.
-    #[error("document would exceed {limit} bytes")]
-    TooLarge {
-        /// The configured limit.
-        limit: u64,
-    },
-    /// A chat message body is larger than the configured limit.
-    #[error("message body is larger than {limit} bytes")]
-    BodyTooLarge {
-        /// The configured limit.
-        limit: usize,
-    },
-}
-
-impl RoomError {
-    /// What a client may be told: the reason for a refusal it caused, or a fixed line
-    /// for a failure of the server's own (storage details stay in the server's log).
-    pub fn public_message(&self) -> String {
-        match self {
-            RoomError::Store(_) => STORAGE_FAILED.to_owned(),
-            other => other.to_string(),
-        }
-    }
-}
-
-/// What clients are told when the store fails; the error itself is logged.
-pub const STORAGE_FAILED: &str = "storage unavailable; retry later";
 
 /// Room behaviour knobs (from the configuration).
 #[derive(Debug, Clone)]
@@ -364,7 +322,7 @@ impl Room {
                 // only the guilty update is refused.
                 self.reload_after_panic(ctx);
                 if self.stopping {
-                    return Err(RoomError::Unavailable("the room failed to reload".into()));
+                    return Err(RoomError::Unavailable(Unavailable::Failed));
                 }
                 for update in updates {
                     self.apply(&[update], from, ctx)?;
@@ -393,7 +351,7 @@ impl Room {
         }
         if self.stopping {
             // Writing to the store failed while starting the flush: the room has failed.
-            return Err(RoomError::Unavailable("the room's store failed".into()));
+            return Err(RoomError::Unavailable(Unavailable::Failed));
         }
         if self.last_seq - self.snapshot_seq >= self.config.snapshot_every_updates {
             self.snapshot();
@@ -435,14 +393,10 @@ impl Room {
             let updates: Vec<&[u8]> = updates.iter().map(|(_, u)| u.as_ref()).collect();
             if let Err(e) = self.apply(&updates, Some(session), ctx) {
                 info!(room = %self.name, session = session.0, error = %e, "closing session: update refused");
-                let code = match e {
-                    RoomError::TooLarge { .. } => close::DOCUMENT_TOO_LARGE,
-                    _ => {
-                        metrics::get().protocol_errors.inc();
-                        close::INVALID_UPDATE
-                    }
-                };
-                self.close_session(session, code, e.to_string());
+                if matches!(e, RoomError::Invalid(_)) {
+                    metrics::get().protocol_errors.inc();
+                }
+                self.close_session(session, e.close(), e.public_message());
             }
         }
     }
@@ -669,7 +623,7 @@ impl Room {
         self.unwritten.clear(); // never acknowledged
         for pending in self.pending.drain(..) {
             if let AfterFlush::Reply { tx, .. } = pending.action {
-                let _ = tx.send(Err(RoomError::Unavailable(STORAGE_FAILED.to_owned())));
+                let _ = tx.send(Err(RoomError::Unavailable(Unavailable::Failed)));
             }
         }
         for session in self.sessions.values() {
@@ -764,7 +718,7 @@ impl Handler<Join> for Room {
 
     fn handle(&mut self, msg: Join, ctx: &mut Self::Context) -> Self::Result {
         if self.stopping {
-            return Err(RoomError::Unavailable("room is stopping".into()));
+            return Err(RoomError::Unavailable(Unavailable::Stopping));
         }
         self.apply_inbox(ctx);
         let greeting = SyncMessage::SyncStep1(self.document.state_vector().into()).encode();
@@ -888,7 +842,7 @@ impl Handler<ApplyUpdate> for Room {
 
     fn handle(&mut self, msg: ApplyUpdate, ctx: &mut Self::Context) -> Self::Result {
         if self.stopping {
-            return Err(RoomError::Unavailable("room is stopping".into()));
+            return Err(RoomError::Unavailable(Unavailable::Stopping));
         }
         self.apply_inbox(ctx);
         self.apply(&[&msg.update], None, ctx)?;

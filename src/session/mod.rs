@@ -692,10 +692,11 @@ impl Session {
     fn joined(&mut self, result: Result<Addr<Room>, RoomError>, ctx: &mut Context<Self>) {
         match result {
             Ok(room) => self.room = Some(room),
-            Err(RoomError::Full(why)) => self.close(ctx, close::TRY_AGAIN_LATER, &why),
             Err(e) => {
-                warn!(room = %self.room_name, error = %e, "could not join room");
-                self.close(ctx, close::INTERNAL_ERROR, &e.public_message());
+                if !matches!(e, RoomError::Full { .. }) {
+                    warn!(room = %self.room_name, error = %e, "could not join room");
+                }
+                self.close(ctx, e.close(), &e.public_message());
             }
         }
     }

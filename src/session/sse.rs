@@ -153,10 +153,11 @@ impl Actor for SseSession {
         ctx.wait(join.into_actor(self).map(
             |result: Result<Addr<Room>, RoomError>, session, ctx| match result {
                 Ok(room) => session.room = Some(room),
-                Err(RoomError::Full(why)) => session.close(close::TRY_AGAIN_LATER, &why, ctx),
                 Err(e) => {
-                    warn!(room = %session.room_name, error = %e, "could not join room");
-                    session.close(close::INTERNAL_ERROR, &e.public_message(), ctx);
+                    if !matches!(e, RoomError::Full { .. }) {
+                        warn!(room = %session.room_name, error = %e, "could not join room");
+                    }
+                    session.close(e.close(), &e.public_message(), ctx);
                 }
             },
         ));
