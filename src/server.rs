@@ -113,7 +113,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + 'static,
 ) -> Result<(), ServerError> {
     std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| StoreError::Backend(format!("creating {}: {e}", config.data_dir.display())))?;
+        .map_err(|e| StoreError::backend(format!("creating {}", config.data_dir.display()), e))?;
     let store: Arc<dyn Store> = Arc::new(SledStore::open_with_cache(
         &config.data_dir,
         config.flush,

@@ -26,7 +26,10 @@ struct FailingStore {
 impl FailingStore {
     fn check(&self) -> Result<(), StoreError> {
         if self.failing.load(Ordering::SeqCst) {
-            Err(StoreError::Backend(SECRET_DETAIL.into()))
+            Err(StoreError::backend(
+                "writing",
+                std::io::Error::other(SECRET_DETAIL),
+            ))
         } else {
             Ok(())
         }

@@ -106,7 +106,7 @@ mod tests {
 
     #[test]
     fn store_errors_are_told_without_their_details() {
-        let e = RoomError::Store(StoreError::Backend("disk /dev/sdq on fire".into()));
+        let e = RoomError::Store(StoreError::refused("disk /dev/sdq on fire"));
         assert_eq!(e.public_message(), STORAGE_FAILED);
         assert_eq!(e.close(), close::INTERNAL_ERROR);
         assert_eq!(e.chat_code(), ErrorCode::Unavailable);

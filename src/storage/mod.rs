@@ -15,6 +15,7 @@ mod sled_store;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -24,11 +25,19 @@ pub use sled_store::{SledStore, DEFAULT_CACHE_BYTES as DEFAULT_SLED_CACHE_BYTES}
 use crate::id::RoomName;
 
 /// A storage failure. Cloneable so one failed group commit can be reported to every waiter.
+/// Its text is for the server's log: clients are only ever told that storage failed.
 #[derive(Debug, Error, Clone)]
 pub enum StoreError {
-    /// The database reported an error.
-    #[error("storage error: {0}")]
-    Backend(String),
+    /// The database reported an error, or refused what it holds; the error itself is kept
+    /// whole (`source`) for the log.
+    #[error("storage error: {context}{}", caused_by(.source))]
+    Backend {
+        /// What the store was doing.
+        context: String,
+        /// The database's own error, if there is one.
+        #[source]
+        source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    },
     /// A stored record is not in the expected format.
     #[error("corrupt record for room {room}: {reason}")]
     Corrupt {
@@ -40,6 +49,34 @@ pub enum StoreError {
     /// The store has shut down.
     #[error("storage is closed")]
     Closed,
+}
+
+impl StoreError {
+    /// A failure of the database while doing `context`.
+    pub fn backend(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        StoreError::Backend {
+            context: context.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// A failure with no underlying error (a record the store refuses).
+    pub fn refused(context: impl Into<String>) -> Self {
+        StoreError::Backend {
+            context: context.into(),
+            source: None,
+        }
+    }
+}
+
+/// ": {source}" for a `Backend` error's text, so the log line carries the cause.
+fn caused_by(source: &Option<Arc<dyn std::error::Error + Send + Sync>>) -> String {
+    source
+        .as_ref()
+        .map_or_else(String::new, |e| format!(": {e}"))
 }
 
 /// A future that resolves when earlier writes are durable.
@@ -122,4 +159,22 @@ pub enum FlushPolicy {
     EveryBatch,
     /// Flush in the background every so many milliseconds; a crash may lose that window.
     Interval(u64),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn a_backend_error_keeps_its_cause_for_the_log() {
+        let e = StoreError::backend("flushing", std::io::Error::other("device full"));
+        assert_eq!(e.to_string(), "storage error: flushing: device full");
+        assert_eq!(e.source().unwrap().to_string(), "device full");
+        let copy = e.clone(); // one failed group commit, told to every waiter
+        assert_eq!(copy.to_string(), e.to_string());
+        let refused = StoreError::refused("an update over 4 GiB");
+        assert_eq!(refused.to_string(), "storage error: an update over 4 GiB");
+        assert!(refused.source().is_none());
+    }
 }

@@ -88,7 +88,7 @@ impl SledStore {
             .flush_every_ms(Some(interval))
             .cache_capacity(cache_bytes)
             .open()
-            .map_err(|e| StoreError::Backend(format!("opening {}: {e}", dir.display())))?;
+            .map_err(|e| StoreError::backend(format!("opening {}", dir.display()), e))?;
         check_format(&db, dir)?;
         let docs = db.open_tree("docs").map_err(backend)?;
         let streams = db.open_tree("streams").map_err(backend)?;
@@ -193,11 +193,11 @@ fn check_format(db: &sled::Db, dir: &Path) -> Result<(), StoreError> {
     let stored = match meta.get("format").map_err(backend)? {
         Some(bytes) => <[u8; 4]>::try_from(bytes.as_ref())
             .map(u32::from_be_bytes)
-            .map_err(|_| StoreError::Backend("the format record is not 4 bytes".into()))?,
+            .map_err(|_| StoreError::refused("the format record is not 4 bytes"))?,
         None => 1, // a database from before formats were recorded, or a new one
     };
     if stored > FORMAT {
-        return Err(StoreError::Backend(format!(
+        return Err(StoreError::refused(format!(
             "{} was written by a newer Tandem (storage format {stored}); this binary reads \
              formats up to {FORMAT}",
             dir.display()
@@ -245,7 +245,7 @@ fn spawn_flusher(db: sled::Db) -> Result<Flusher, StoreError> {
                 }
             }
         })
-        .map_err(|e| StoreError::Backend(format!("starting the flusher thread: {e}")))?;
+        .map_err(|e| StoreError::backend("starting the flusher thread", e))?;
     Ok(Flusher {
         requests: Some(tx),
         thread: Some(thread),
@@ -268,7 +268,7 @@ fn split_batch(mut value: &[u8]) -> Option<Vec<Vec<u8>>> {
 }
 
 fn backend(e: sled::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
+    StoreError::backend("sled", e)
 }
 
 impl Store for SledStore {
@@ -329,7 +329,7 @@ impl Store for SledStore {
         let mut value = Vec::with_capacity(size);
         for update in updates {
             let len = u32::try_from(update.len())
-                .map_err(|_| StoreError::Backend("an update over 4 GiB".into()))?;
+                .map_err(|_| StoreError::refused("an update over 4 GiB"))?;
             value.extend_from_slice(&len.to_be_bytes());
             value.extend_from_slice(update);
         }
