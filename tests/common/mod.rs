@@ -19,6 +19,7 @@ use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
 /// Longest any single wait in a test may take.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+pub mod chat;
 pub mod raw;
 
 #[path = "../../examples/support/procfs.rs"]
