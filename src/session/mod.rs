@@ -466,37 +466,40 @@ impl Session {
     /// client; nobody is cut for typing, pasting or importing fast).
     fn throttle(&mut self, size: usize, ctx: &mut Context<Self>) {
         metrics::get().bytes_in.inc_by(size as u64);
-        let Some(wait) = self
+        let in_debt = self
             .rate
             .as_mut()
             .and_then(|rate| rate.take(Instant::now()))
-        else {
-            return;
-        };
-        self.pause_for(wait, ctx);
+            .is_some();
+        if in_debt {
+            self.pause_for_rate(ctx);
+        }
     }
 
-    /// Stops reading the client for `wait` (its rate's refill time).
-    fn pause_for(&mut self, wait: Duration, ctx: &mut Context<Self>) {
+    /// Stops reading the client until its rate's bucket holds a whole token again.
+    fn pause_for_rate(&mut self, ctx: &mut Context<Self>) {
         if self.gate.is_paused_for(Pause::Throttle) {
             return;
         }
         metrics::get().throttled.inc();
         self.last_throttled = Some(Instant::now());
         self.gate.pause(Pause::Throttle);
-        ctx.run_later(wait, |session, ctx| {
-            // Refilled by now, unless more was taken meanwhile (frames already decoded).
-            match session
-                .rate
-                .as_mut()
-                .and_then(|rate| rate.wait(Instant::now()))
-            {
-                Some(more) => {
-                    ctx.run_later(more, |session, _| session.gate.resume(Pause::Throttle));
-                }
-                None => session.gate.resume(Pause::Throttle),
+        self.resume_when_refilled(ctx);
+    }
+
+    /// Lifts the throttle once the bucket holds a token, looking again after each wait
+    /// (frames already decoded may have taken more meanwhile).
+    fn resume_when_refilled(&mut self, ctx: &mut Context<Self>) {
+        match self
+            .rate
+            .as_mut()
+            .and_then(|rate| rate.wait(Instant::now()))
+        {
+            Some(wait) => {
+                ctx.run_later(wait, |session, ctx| session.resume_when_refilled(ctx));
             }
-        });
+            None => self.gate.resume(Pause::Throttle),
+        }
     }
 
     /// Whether a chat request is within the rate: one over it is answered with a
@@ -511,8 +514,7 @@ impl Session {
         if rate.try_take(now) {
             return true;
         }
-        let wait = rate.wait(now).unwrap_or(Duration::from_millis(1));
-        self.pause_for(wait, ctx);
+        self.pause_for_rate(ctx);
         false
     }
 
