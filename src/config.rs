@@ -62,6 +62,7 @@ pub const DEFAULT_IDEMPOTENCY_WINDOW: usize = 10_000;
 pub const DEFAULT_FLUSH: &str = "batch";
 /// Default bound of sled's page cache (defined by the store).
 pub use crate::storage::DEFAULT_SLED_CACHE_BYTES;
+use crate::storage::{PostgresConfig, DEFAULT_POSTGRES_SCHEMA};
 
 /// Settings from one source; every field is optional so sources can be layered.
 #[derive(Debug, Clone, Default, Args, Deserialize)]
@@ -81,6 +82,17 @@ pub struct Settings {
     /// Bound of sled's page cache, in bytes [default: 67108864]
     #[arg(long, env = "TANDEM_SLED_CACHE_BYTES")]
     pub sled_cache_bytes: Option<u64>,
+    /// Store rooms in PostgreSQL at this URL (e.g. postgres://user@host:5432/db) instead of
+    /// the embedded sled database; needed by clusters [default: none, sled]
+    #[arg(long, env = "TANDEM_POSTGRES_URL")]
+    pub postgres_url: Option<String>,
+    /// PostgreSQL schema for Tandem's tables, created if missing; deployments sharing a
+    /// database use one each [default: tandem]
+    #[arg(long, env = "TANDEM_POSTGRES_SCHEMA")]
+    pub postgres_schema: Option<String>,
+    /// Most PostgreSQL connections the server opens [default: 8]
+    #[arg(long, env = "TANDEM_POSTGRES_POOL_SIZE")]
+    pub postgres_pool_size: Option<usize>,
     /// Largest WebSocket frame, reassembled message or HTTP update body, in bytes
     /// [default: 16777216]
     #[arg(long, env = "TANDEM_MAX_MESSAGE_BYTES")]
@@ -183,6 +195,9 @@ impl Settings {
             data_dir: self.data_dir.or(fallback.data_dir),
             flush: self.flush.or(fallback.flush),
             sled_cache_bytes: self.sled_cache_bytes.or(fallback.sled_cache_bytes),
+            postgres_url: self.postgres_url.or(fallback.postgres_url),
+            postgres_schema: self.postgres_schema.or(fallback.postgres_schema),
+            postgres_pool_size: self.postgres_pool_size.or(fallback.postgres_pool_size),
             max_message_bytes: self.max_message_bytes.or(fallback.max_message_bytes),
             room_idle_secs: self.room_idle_secs.or(fallback.room_idle_secs),
             snapshot_every_updates: self
@@ -256,6 +271,8 @@ pub struct Config {
     pub flush: FlushPolicy,
     /// Bound of sled's page cache, in bytes.
     pub sled_cache_bytes: u64,
+    /// PostgreSQL instead of sled, when set.
+    pub postgres: Option<PostgresConfig>,
     /// Largest frame, message or update body.
     pub max_message_bytes: usize,
     /// Room behaviour.
@@ -375,6 +392,39 @@ fn parse_origins(text: &str) -> Result<Vec<String>, ConfigError> {
     Ok(origins)
 }
 
+/// Default most PostgreSQL connections.
+pub const DEFAULT_POSTGRES_POOL_SIZE: usize = 8;
+
+/// The PostgreSQL settings, when a URL is given.
+fn postgres_config(settings: &Settings) -> Result<Option<PostgresConfig>, ConfigError> {
+    let Some(url) = settings.postgres_url.clone().filter(|u| !u.is_empty()) else {
+        if settings.postgres_schema.is_some() {
+            return Err(ConfigError::Invalid {
+                name: "postgres-schema",
+                reason: "given without --postgres-url".into(),
+            });
+        }
+        return Ok(None);
+    };
+    let pool_size = settings
+        .postgres_pool_size
+        .unwrap_or(DEFAULT_POSTGRES_POOL_SIZE);
+    if !(2..=256).contains(&pool_size) {
+        return Err(ConfigError::Invalid {
+            name: "postgres-pool-size",
+            reason: format!("{pool_size}; expected 2..=256"),
+        });
+    }
+    Ok(Some(PostgresConfig {
+        url,
+        schema: settings
+            .postgres_schema
+            .clone()
+            .unwrap_or_else(|| DEFAULT_POSTGRES_SCHEMA.to_owned()),
+        pool_size,
+    }))
+}
+
 fn parse_flush(text: &str) -> Result<FlushPolicy, ConfigError> {
     let invalid = || ConfigError::Invalid {
         name: "flush",
@@ -487,6 +537,7 @@ impl Config {
                 .unwrap_or(DEFAULT_IDEMPOTENCY_WINDOW),
             max_replay_bytes: max_outbox_bytes / 2,
         };
+        let postgres = postgres_config(&settings)?;
         Ok(Config {
             listen: match settings.listen {
                 Some(addr) => addr,
@@ -497,6 +548,7 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             flush: parse_flush(settings.flush.as_deref().unwrap_or(DEFAULT_FLUSH))?,
             sled_cache_bytes,
+            postgres,
             max_message_bytes,
             room: RoomConfig {
                 idle_timeout: seconds(

@@ -1,7 +1,7 @@
 //! The ids every layer shares, in one leaf module that imports nothing of Tandem's: room
 //! names (the one validated newtype passed around, so that no raw path segment ever
 //! reaches the registry or a storage key), session ids, and the right a session holds in
-//! a room. Pure. (The cluster's node ids and ownership epochs belong here too.)
+//! a room, and the ownership epoch a store hands a room's owner. Pure.
 
 use std::fmt;
 
@@ -11,6 +11,18 @@ use thiserror::Error;
 /// Identifies one session (connection) within the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SessionId(pub u64);
+
+/// A room's ownership epoch: [`crate::storage::Store::claim`] hands out a higher one on
+/// every claim, and every write carries the epoch it was made under, so that the store can
+/// refuse a write from an owner that has since been replaced (fencing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Epoch(pub u64);
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
 
 /// What a session or request may do in a room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

@@ -59,6 +59,18 @@ pub struct Metrics {
     pub chat_recovered: Counter,
     /// Resuming joins told the server could not recover (the app must reload).
     pub chat_not_recovered: Counter,
+    /// Room activations that stepped down because a newer claim fenced their writes.
+    pub rooms_fenced: Counter,
+    /// PostgreSQL round trips (one transaction or one read each), and their duration.
+    pub store_round_trip_seconds: Histogram,
+    /// PostgreSQL operations that failed (the database errored or was unreachable).
+    pub store_errors: Counter,
+    /// PostgreSQL connections open in the pool.
+    pub store_pool_size: Gauge,
+    /// PostgreSQL connections in the pool not in use.
+    pub store_pool_available: Gauge,
+    /// Writes waiting for the next PostgreSQL commit.
+    pub store_queued_writes: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -93,6 +105,12 @@ impl Metrics {
             chat_members: Gauge::default(),
             chat_recovered: Counter::default(),
             chat_not_recovered: Counter::default(),
+            rooms_fenced: Counter::default(),
+            store_round_trip_seconds: latency_histogram(),
+            store_errors: Counter::default(),
+            store_pool_size: Gauge::default(),
+            store_pool_available: Gauge::default(),
+            store_queued_writes: Gauge::default(),
             registry: Registry::default(),
         };
         let m = &metrics;
@@ -140,6 +158,36 @@ impl Metrics {
             "tandem_throttled",
             "Times a session's reading was paused because its client was over the message rate",
             m.throttled.clone(),
+        );
+        registry.register(
+            "tandem_rooms_fenced",
+            "Room activations that stepped down because a newer claim fenced their writes",
+            m.rooms_fenced.clone(),
+        );
+        registry.register(
+            "tandem_store_round_trip_seconds",
+            "Duration of one PostgreSQL round trip (a commit or a read)",
+            m.store_round_trip_seconds.clone(),
+        );
+        registry.register(
+            "tandem_store_errors",
+            "PostgreSQL operations that failed",
+            m.store_errors.clone(),
+        );
+        registry.register(
+            "tandem_store_pool_size",
+            "PostgreSQL connections open in the pool",
+            m.store_pool_size.clone(),
+        );
+        registry.register(
+            "tandem_store_pool_available",
+            "PostgreSQL connections in the pool not in use",
+            m.store_pool_available.clone(),
+        );
+        registry.register(
+            "tandem_store_queued_writes",
+            "Writes waiting for the next PostgreSQL commit",
+            m.store_queued_writes.clone(),
         );
         registry.register(
             "tandem_tokens_expired",

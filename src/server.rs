@@ -26,7 +26,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::registry::{Registry, ShutdownAll};
-use crate::storage::{SledStore, Store, StoreError};
+use crate::storage::{PostgresStore, SledStore, Store, StoreError};
 
 /// Pending connections the kernel queues before the server accepts them (actix-web's
 /// default; the listener is made here to log the address it really bound).
@@ -106,19 +106,29 @@ async fn drain(connections: &AtomicUsize) {
     }
 }
 
-/// Runs the server with the embedded sled store until `shutdown` resolves. Must run inside
-/// an actix system (`actix_web::main` or `actix::System`).
+/// Opens the store the configuration names: PostgreSQL when a URL is given, else the
+/// embedded sled database in the data directory.
+pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
+    if let Some(postgres) = &config.postgres {
+        info!(schema = %postgres.schema, "storing rooms in PostgreSQL");
+        return Ok(Arc::new(PostgresStore::connect(postgres)?));
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| StoreError::backend(format!("creating {}", config.data_dir.display()), e))?;
+    Ok(Arc::new(SledStore::open_with_cache(
+        &config.data_dir,
+        config.flush,
+        config.sled_cache_bytes,
+    )?))
+}
+
+/// Runs the server with the store its configuration names until `shutdown` resolves.
+/// Must run inside an actix system (`actix_web::main` or `actix::System`).
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + 'static,
 ) -> Result<(), ServerError> {
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| StoreError::backend(format!("creating {}", config.data_dir.display()), e))?;
-    let store: Arc<dyn Store> = Arc::new(SledStore::open_with_cache(
-        &config.data_dir,
-        config.flush,
-        config.sled_cache_bytes,
-    )?);
+    let store = open_store(&config)?;
     run_with_store(config, store, shutdown).await
 }
 
@@ -165,7 +175,10 @@ pub async fn run_with_store(
         source,
     })?;
     let addr = listener.local_addr().unwrap_or(config.listen);
-    info!(%addr, data_dir = %config.data_dir.display(), "tandem listening");
+    match &config.postgres {
+        Some(pg) => info!(%addr, postgres_schema = %pg.schema, "tandem listening"),
+        None => info!(%addr, data_dir = %config.data_dir.display(), "tandem listening"),
+    }
     // On stdout whatever the log level: the address to use (the bound one, when the
     // configured port was 0), for people and for scripts that start the server.
     println!("tandem listening on http://{addr}");
@@ -211,6 +224,9 @@ pub async fn run_with_store(
         handle.pause().await;
         if let Err(e) = registry.send(ShutdownAll).await {
             warn!(error = %e, "registry gone before shutdown");
+        }
+        if let Err(e) = state.store.flush_all().await {
+            warn!(error = %e, "the final flush failed");
         }
         // Sessions in a room were closed by it; this reaches the rest (chat sessions that
         // have not joined yet, sessions still joining).

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use common::*;
 use tandem::room::RoomName;
-use tandem::storage::{Durable, MemoryStore, Store, StoreError, StoredDoc, StoredStream};
+use tandem::storage::{
+    Durable, Epoch, MemoryStore, Messages, Store, StoreError, StoreFuture, StoredDoc, StoredStream,
+};
 use tandem::{Config, Settings};
 
 /// What the failing store says; a client must never see it.
@@ -37,33 +39,49 @@ impl FailingStore {
 }
 
 impl Store for FailingStore {
-    fn load_doc(&self, room: &RoomName) -> Result<StoredDoc, StoreError> {
+    fn claim(&self, room: &RoomName) -> StoreFuture<Epoch> {
+        self.inner.claim(room)
+    }
+    fn load_doc(&self, room: &RoomName) -> StoreFuture<StoredDoc> {
         self.inner.load_doc(room)
     }
-    fn append_updates(&self, room: &RoomName, last: u64, u: &[Vec<u8>]) -> Result<(), StoreError> {
-        self.check()?;
-        self.inner.append_updates(room, last, u)
-    }
-    fn write_snapshot(&self, room: &RoomName, upto: u64, state: &[u8]) -> Result<(), StoreError> {
-        self.check()?;
-        self.inner.write_snapshot(room, upto, state)
-    }
-    fn load_stream(&self, room: &RoomName) -> Result<Option<StoredStream>, StoreError> {
-        self.inner.load_stream(room)
-    }
-    fn create_stream(&self, room: &RoomName, epoch: &str) -> Result<(), StoreError> {
-        self.inner.create_stream(room, epoch)
-    }
-    fn append_message(&self, room: &RoomName, seq: u64, record: &[u8]) -> Result<(), StoreError> {
-        self.check()?;
-        self.inner.append_message(room, seq, record)
-    }
-    fn read_messages(
+    fn append_updates(
         &self,
         room: &RoomName,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        epoch: Epoch,
+        last: u64,
+        u: Vec<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.append_updates(room, epoch, last, u)
+    }
+    fn write_snapshot(
+        &self,
+        room: &RoomName,
+        epoch: Epoch,
+        upto: u64,
+        state: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.write_snapshot(room, epoch, upto, state)
+    }
+    fn load_stream(&self, room: &RoomName) -> StoreFuture<Option<StoredStream>> {
+        self.inner.load_stream(room)
+    }
+    fn create_stream(&self, room: &RoomName, epoch: Epoch, e: &str) -> Result<(), StoreError> {
+        self.inner.create_stream(room, epoch, e)
+    }
+    fn append_message(
+        &self,
+        room: &RoomName,
+        epoch: Epoch,
+        seq: u64,
+        record: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.append_message(room, epoch, seq, record)
+    }
+    fn read_messages(&self, room: &RoomName, after: u64, limit: usize) -> StoreFuture<Messages> {
         self.inner.read_messages(room, after, limit)
     }
     fn read_messages_before(
@@ -71,23 +89,25 @@ impl Store for FailingStore {
         room: &RoomName,
         before: u64,
         limit: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    ) -> StoreFuture<Messages> {
         self.inner.read_messages_before(room, before, limit)
     }
-    fn trim_messages(&self, room: &RoomName, upto: u64) -> Result<(), StoreError> {
-        self.inner.trim_messages(room, upto)
+    fn trim_messages(&self, room: &RoomName, epoch: Epoch, upto: u64) -> Result<(), StoreError> {
+        self.inner.trim_messages(room, epoch, upto)
     }
-    fn flush(&self) -> Durable {
+    fn flush(&self, room: &RoomName, epoch: Epoch) -> Durable {
         let result = self.check();
-        let inner = self.inner.flush();
+        let inner = self.inner.flush(room, epoch);
         Box::pin(async move {
             result?;
             inner.await
         })
     }
-    fn flush_blocking(&self) -> Result<(), StoreError> {
-        self.check()?;
-        self.inner.flush_blocking()
+    fn flush_all(&self) -> Durable {
+        self.inner.flush_all()
+    }
+    fn rooms(&self) -> StoreFuture<Vec<RoomName>> {
+        self.inner.rooms()
     }
 }
 

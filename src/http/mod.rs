@@ -149,9 +149,9 @@ impl From<RoomError> for ApiError {
         match e {
             RoomError::Invalid(e) => ApiError::BadRequest(e.to_string()),
             // Storage details stay in the log; the client learns only that it may retry.
-            RoomError::Store(e) => {
+            e @ RoomError::Store(_) => {
                 tracing::error!(error = %e, "storage failure during a request");
-                ApiError::Unavailable("storage unavailable; retry later".into())
+                ApiError::Unavailable(e.public_message())
             }
             e @ (RoomError::Unavailable(_) | RoomError::Full { .. }) => {
                 ApiError::Unavailable(e.public_message())

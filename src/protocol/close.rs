@@ -84,5 +84,12 @@ pub const TOKEN_EXPIRED: Close = Close {
     code: 4010,
     reason: "token expired",
 };
+/// The room was taken over by another activation (another node, after a membership
+/// change or a pause): this one may not write any more. Reconnect; the room's new owner
+/// serves it from everything acknowledged.
+pub const ROOM_MOVED: Close = Close {
+    code: 4011,
+    reason: "room moved",
+};
 // 4029 ("rate limit exceeded") is retired: a client over its message rate is throttled
 // (its socket is not read until its tokens refill), never closed.

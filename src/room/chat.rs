@@ -5,28 +5,33 @@
 //! and acknowledged only once a flush covers it.
 //!
 //! Decisions that need no actor (resume, the idempotency window, presence, the JSON wire
-//! format) live in [`crate::stream`]; this module only wires them to the room. It never
-//! touches a socket: members are [`Recipient`]s of [`Outbound::Event`].
+//! format) live in [`crate::stream`], and the reads over the store (loading, replay,
+//! history, the retention scan) in [`super::history`]; this module wires them to the room.
+//! Handlers that read from the store run as atomic actor futures: the room takes no other
+//! message until the read is done, so a join's replay and the live messages after it can
+//! neither overlap nor leave a gap, and no thread blocks on a database round trip. It
+//! never touches a socket: members are [`Recipient`]s of [`Outbound::Event`].
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use actix::fut::{self, LocalBoxActorFuture};
 use actix::prelude::*;
 use bytes::Bytes;
 use bytestring::ByteString;
 use serde_json::Value;
 use tokio::sync::oneshot;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
+use super::history::{self, PageRequest, StreamView};
 use super::{AfterFlush, DurableReply, Outbound, Outbox, Room, RoomError, SessionId, Unavailable};
 use crate::auth::{Access, ANONYMOUS_PREFIX};
 use crate::metrics;
 use crate::protocol::close;
-use crate::stream::wire::{self, ErrorCode, Event, Page, RecordHead, Request};
+use crate::stream::wire::{self, ErrorCode, Event, Page, Request};
 use crate::stream::{
-    new_epoch, now_millis, resume, Idempotency, IdempotencyKey, Member, Presence, Resume,
-    ResumeFrom, StreamMeta,
+    new_epoch, now_millis, Idempotency, IdempotencyKey, Member, Presence, ResumeFrom, StreamMeta,
 };
 
 pub use crate::stream::wire::MAX_PAGE;
@@ -34,9 +39,7 @@ pub use crate::stream::wire::MAX_PAGE;
 /// client that could not be recovered.
 pub const DEFAULT_PAGE: usize = 50;
 /// Most messages replayed on join; a client further behind is told it was not recovered.
-pub const MAX_REPLAY: usize = 10_000;
-/// Records read from the store at a time when a range may be long.
-const READ_CHUNK: usize = 256;
+pub(super) const MAX_REPLAY: usize = 10_000;
 
 /// Chat stream knobs (from the configuration).
 #[derive(Debug, Clone)]
@@ -148,13 +151,31 @@ pub(super) struct Chat {
     members: HashMap<SessionId, ChatMember>,
     /// Long-polls waiting for the next delivered message.
     waiters: Vec<oneshot::Sender<()>>,
+    /// `oldest_ts` is unknown since a trim: the retention scan finds it again.
+    oldest_unknown: bool,
+    /// A retention scan is under way.
+    scanning: bool,
 }
 
 impl Chat {
     /// Whether the stream keeps the room active.
     pub(super) fn is_idle(&self) -> bool {
-        self.members.is_empty() && self.waiters.iter().all(|w| w.is_closed())
+        self.members.is_empty() && self.waiters.iter().all(|w| w.is_closed()) && !self.scanning
     }
+
+    fn view(&self) -> StreamView {
+        StreamView {
+            meta: self.meta.clone(),
+            delivered: self.delivered,
+        }
+    }
+}
+
+/// An actor future of the room's.
+type RoomFuture<T> = LocalBoxActorFuture<Room, T>;
+
+fn done<T: 'static>(value: T) -> RoomFuture<T> {
+    Box::pin(fut::ready(value))
 }
 
 /// This connection's id as clients see it: unique across restarts of the process.
@@ -165,81 +186,63 @@ fn conn_id(session: SessionId) -> String {
 }
 
 impl Room {
-    /// The chat stream, loaded (or created) on first use.
-    fn chat(&mut self) -> Result<&mut Chat, RoomError> {
-        if self.chat.is_none() {
-            let loaded = self.load_chat()?;
-            self.chat = Some(loaded);
-            // Messages may have aged out while the room was inactive.
-            self.trim_by_age();
+    /// An actor future that resolves once the chat stream is loaded (or created): at once
+    /// if it is. Run it atomically (`ctx.wait`, [`AtomicResponse`]): the stream's first
+    /// load must finish before anything else touches it.
+    fn chat_loaded(&mut self) -> RoomFuture<Result<(), RoomError>> {
+        if self.chat.is_some() {
+            return done(Ok(()));
         }
+        let config = self.config.stream.clone();
+        let load = history::load(
+            Arc::clone(&self.store),
+            self.name.clone(),
+            config.clone(),
+            now_millis(),
+        );
+        Box::pin(load.into_actor(self).map(move |loaded, room, ctx| {
+            let loaded = loaded?;
+            if room.chat.is_some() {
+                return Ok(());
+            }
+            if room.stopping {
+                return Err(RoomError::Unavailable(Unavailable::Stopping));
+            }
+            if loaded.created {
+                if let Err(e) = room
+                    .store
+                    .create_stream(&room.name, room.epoch, &loaded.meta.epoch)
+                {
+                    room.fail(e.clone(), "creating the chat stream", ctx);
+                    return Err(e.into());
+                }
+                room.commits.record_write();
+            }
+            room.chat = Some(Chat {
+                delivered: loaded.meta.last_seq,
+                meta: loaded.meta,
+                oldest_ts: loaded.oldest_ts,
+                removed_upto: loaded.removed_upto,
+                idempotency: loaded.idempotency,
+                presence: Presence::new(config.typing_ttl),
+                members: HashMap::new(),
+                waiters: Vec::new(),
+                oldest_unknown: false,
+                scanning: false,
+            });
+            // Messages may have aged out while the room was inactive.
+            if let Some(upto) = loaded.expired_upto {
+                room.trim_to(upto, ctx);
+            }
+            Ok(())
+        }))
+    }
+
+    /// The loaded chat stream (see [`Room::chat_loaded`]).
+    fn chat(&mut self) -> Result<&mut Chat, RoomError> {
         self.chat
             .as_mut()
             .ok_or(RoomError::Unavailable(Unavailable::Failed))
-    }
-
-    fn load_chat(&mut self) -> Result<Chat, RoomError> {
-        let stream = &self.config.stream;
-        let retention = stream.retention_messages;
-        let mut removed_upto = 0;
-        let meta = match self.store.load_stream(&self.name)? {
-            Some(stored) => {
-                removed_upto = stored.first_seq - 1;
-                StreamMeta {
-                    epoch: stored.epoch,
-                    // Messages past the count retention may still be stored (batched removal).
-                    first_seq: stored
-                        .first_seq
-                        .max((stored.last_seq + 1).saturating_sub(retention)),
-                    last_seq: stored.last_seq,
-                }
-            }
-            None => {
-                let meta = StreamMeta::fresh();
-                self.store.create_stream(&self.name, &meta.epoch)?;
-                self.writes += 1;
-                meta
-            }
-        };
-        // Rebuild the idempotency window from the newest records, oldest first, a chunk at
-        // a time (records may be large; only their heads are kept).
-        let mut idempotency = Idempotency::new(stream.idempotency_window);
-        let window = stream.idempotency_window as u64;
-        let mut after = meta.last_seq.saturating_sub(window).max(meta.first_seq - 1);
-        while window > 0 && after < meta.last_seq {
-            let chunk = self.store.read_messages(&self.name, after, READ_CHUNK)?;
-            let Some((last, _)) = chunk.last() else {
-                break;
-            };
-            after = *last;
-            for (seq, record) in &chunk {
-                if let Some(RecordHead {
-                    sender,
-                    id: Some(id),
-                    ..
-                }) = RecordHead::parse(record)
-                {
-                    idempotency.insert((key_subject_of_sender(&sender), id), *seq);
-                }
-            }
-        }
-        let oldest_ts = self
-            .store
-            .read_messages(&self.name, meta.first_seq.saturating_sub(1), 1)?
-            .first()
-            .and_then(|(_, r)| RecordHead::parse(r))
-            .map(|h| h.ts);
-        debug!(room = %self.name, epoch = %meta.epoch, last_seq = meta.last_seq, "chat stream loaded");
-        Ok(Chat {
-            delivered: meta.last_seq,
-            meta,
-            oldest_ts,
-            removed_upto,
-            idempotency,
-            presence: Presence::new(stream.typing_ttl),
-            members: HashMap::new(),
-            waiters: Vec::new(),
-        })
     }
 
     /// Assigns the next seq, stores the message and queues its delivery; the returned seq
@@ -266,14 +269,14 @@ impl Room {
         let seq = chat.meta.last_seq + 1;
         let ts = now_millis();
         let record = wire::message_record(seq, ts, sender, id, body);
-        if let Err(e) = self
-            .store
-            .append_message(&self.name, seq, record.as_bytes())
+        if let Err(e) =
+            self.store
+                .append_message(&self.name, self.epoch, seq, record.as_bytes().to_vec())
         {
-            self.fail(&format!("appending a message failed: {e}"), ctx);
+            self.fail(e.clone(), "appending a message", ctx);
             return Err(e.into());
         }
-        self.writes += 1;
+        self.commits.record_write();
         let retention = self.config.stream.retention_messages;
         let chat = self.chat()?;
         chat.meta.last_seq = seq;
@@ -289,34 +292,33 @@ impl Room {
         let unremoved = chat.meta.first_seq - 1 - chat.removed_upto;
         let first = chat.meta.first_seq;
         if unremoved >= (retention / 64).clamp(1, 1024) {
-            self.trim_to(first - 1);
+            self.trim_to(first - 1, ctx);
         }
         Ok((seq, false))
     }
 
-    /// Drops every stored message up to `upto` (retention).
-    fn trim_to(&mut self, upto: u64) {
-        if let Err(e) = self.store.trim_messages(&self.name, upto) {
-            warn!(room = %self.name, error = %e, "trimming the stream failed; will retry");
+    /// Drops every stored message up to `upto` (retention). The oldest timestamp kept is
+    /// found again by the next retention scan.
+    fn trim_to(&mut self, upto: u64, ctx: &mut Context<Self>) {
+        if let Err(e) = self.store.trim_messages(&self.name, self.epoch, upto) {
+            if matches!(e, crate::storage::StoreError::Fenced { .. }) {
+                self.fail(e, "trimming the stream", ctx);
+            } else {
+                warn!(room = %self.name, error = %e, "trimming the stream failed; will retry");
+            }
             return;
         }
-        let next = self.store.read_messages(&self.name, upto, 1);
+        self.commits.record_write();
         let Some(chat) = self.chat.as_mut() else {
             return;
         };
         chat.meta.first_seq = chat.meta.first_seq.max(upto + 1);
         chat.removed_upto = upto;
-        chat.oldest_ts = match next {
-            Ok(records) => records
-                .first()
-                .and_then(|(_, r)| RecordHead::parse(r))
-                .map(|h| h.ts),
-            Err(_) => None,
-        };
+        chat.oldest_unknown = true;
     }
 
     /// Retention by age, expiring typing states, forgetting abandoned long-polls.
-    pub(super) fn chat_tick(&mut self) {
+    pub(super) fn chat_tick(&mut self, ctx: &mut Context<Self>) {
         let Some(chat) = self.chat.as_mut() else {
             return;
         };
@@ -340,36 +342,56 @@ impl Room {
             let event = wire::typing(&member, ttl_ms);
             self.chat_broadcast(&event);
         }
-        self.trim_by_age();
+        self.trim_by_age(ctx);
     }
 
-    /// Drops the stored messages older than the retention age.
-    fn trim_by_age(&mut self) {
+    /// Drops the stored messages older than the retention age: a scan of the oldest few
+    /// runs as an actor future beside the room's other work (it changes nothing that
+    /// readers rely on until its outcome is applied).
+    fn trim_by_age(&mut self, ctx: &mut Context<Self>) {
         let max_age = self.config.stream.retention_age.as_millis() as u64;
         let cutoff = now_millis().saturating_sub(max_age);
-        let Some(chat) = self.chat.as_ref() else {
+        let Some(chat) = self.chat.as_mut() else {
             return;
         };
-        if chat.oldest_ts.is_none_or(|ts| ts >= cutoff) {
+        let due = chat.oldest_unknown || chat.oldest_ts.is_some_and(|ts| ts < cutoff);
+        if !due || chat.scanning || self.stopping {
             return;
         }
-        // Find the newest expired message among the oldest few; trim up to it.
+        chat.scanning = true;
+        chat.oldest_unknown = false;
         let first = chat.meta.first_seq;
-        let expired = match self.store.read_messages(&self.name, first - 1, 1024) {
-            Ok(records) => records
-                .iter()
-                .take_while(|(_, r)| RecordHead::parse(r).is_some_and(|h| h.ts < cutoff))
-                .map(|(seq, _)| *seq)
-                .last(),
-            Err(e) => {
-                warn!(room = %self.name, error = %e, "reading the stream for retention failed");
-                None
-            }
-        };
-        if let Some(upto) = expired {
-            debug!(room = %self.name, upto, "messages expired");
-            self.trim_to(upto);
-        }
+        let (store, name) = (Arc::clone(&self.store), self.name.clone());
+        ctx.spawn(
+            async move { history::scan_expired(&*store, &name, first, cutoff).await }
+                .into_actor(self)
+                .map(move |scanned, room, ctx| {
+                    let Some(chat) = room.chat.as_mut() else {
+                        return;
+                    };
+                    chat.scanning = false;
+                    match scanned {
+                        Ok((expired, oldest)) => {
+                            chat.oldest_ts = oldest;
+                            if let Some(upto) = expired.filter(|&u| u >= chat.meta.first_seq) {
+                                debug!(room = %room.name, upto, "messages expired");
+                                room.trim_to(upto, ctx);
+                                // The scan read only the oldest few: look again.
+                                if let Some(chat) = room.chat.as_mut() {
+                                    chat.oldest_unknown = oldest.is_none();
+                                    if oldest.is_some() {
+                                        chat.oldest_ts = oldest;
+                                    }
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            chat.oldest_unknown = true;
+                            warn!(room = %room.name, error = %e, "reading the stream for retention failed");
+                        }
+                    }
+                }),
+        );
     }
 
     /// Hands one event to every member.
@@ -442,147 +464,13 @@ impl Room {
         }
     }
 
-    /// Messages `(after, upto]`, at most `limit`, as stored.
-    /// Messages `(after, upto]`, all of them, or `None` once they would pass `max_count`
-    /// messages or `max_bytes` (read a chunk at a time, so an oversized replay is refused
-    /// without being loaded).
-    fn read_all_capped(
-        &self,
-        after: u64,
-        upto: u64,
-        max_count: usize,
-        max_bytes: u64,
-    ) -> Result<Option<Vec<(u64, ByteString)>>, RoomError> {
-        let mut out = Vec::new();
-        let (mut next, mut bytes) = (after, 0u64);
-        while next < upto {
-            let chunk = self.read_range(next, upto, READ_CHUNK)?;
-            let Some((last, _)) = chunk.last() else {
-                break;
-            };
-            next = *last;
-            bytes += chunk.iter().map(|(_, r)| r.len() as u64).sum::<u64>();
-            out.extend(chunk);
-            if out.len() > max_count || bytes > max_bytes {
-                return Ok(None);
-            }
-        }
-        Ok(Some(out))
-    }
-
-    fn read_range(
-        &self,
-        after: u64,
-        upto: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, ByteString)>, RoomError> {
-        let records = self.store.read_messages(&self.name, after, limit)?;
-        Ok(records
-            .into_iter()
-            .take_while(|(seq, _)| *seq <= upto)
-            .filter_map(|(seq, r)| self.text_record(seq, r))
-            .collect())
-    }
-
-    /// A stored record as text, checked once here; a record that is not UTF-8 is left out
-    /// (so a replay missing it is not complete) and logged.
-    fn text_record(&self, seq: u64, record: Vec<u8>) -> Option<(u64, ByteString)> {
-        match String::from_utf8(record) {
-            Ok(text) => Some((seq, text.into())),
-            Err(_) => {
-                error!(room = %self.name, seq, "stored message is not UTF-8; left out");
-                None
-            }
-        }
-    }
-
-    /// The newest `limit` messages up to `delivered` still within retention.
-    fn latest(&self, delivered: u64, limit: usize) -> Result<Vec<(u64, ByteString)>, RoomError> {
-        let first = self.chat.as_ref().map_or(1, |c| c.meta.first_seq);
-        let records =
-            self.store
-                .read_messages_before(&self.name, delivered.saturating_add(1), limit)?;
-        Ok(records
-            .into_iter()
-            .filter(|(seq, _)| *seq >= first)
-            .filter_map(|(seq, r)| self.text_record(seq, r))
-            .collect())
-    }
-
-    /// What a client resuming `from` receives: whether it recovered, and the messages.
-    fn replay(
-        &mut self,
-        from: Option<&ResumeFrom>,
-    ) -> Result<(bool, Vec<(u64, ByteString)>), RoomError> {
-        let max_bytes = self.config.stream.max_replay_bytes;
-        let chat = self.chat()?;
-        let delivered = chat.delivered;
-        let decision = resume(&chat.meta, delivered, from);
-        let m = metrics::get();
-        match decision {
-            Resume::Fresh => Ok((false, Vec::new())),
-            Resume::Recovered { after } => {
-                let messages = self.read_all_capped(after, delivered, MAX_REPLAY, max_bytes)?;
-                if let Some(messages) = messages {
-                    // Trimmed meanwhile? Then it is not the whole range: never present a
-                    // partial replay as complete.
-                    if messages.len() as u64 == delivered - after {
-                        m.chat_recovered.inc();
-                        return Ok((true, messages));
-                    }
-                }
-                m.chat_not_recovered.inc();
-                Ok((false, self.latest(delivered, DEFAULT_PAGE)?))
-            }
-            Resume::NotRecovered => {
-                m.chat_not_recovered.inc();
-                Ok((false, self.latest(delivered, DEFAULT_PAGE)?))
-            }
-        }
-    }
-
-    /// A page for a history request or an HTTP read.
-    fn page(
-        &mut self,
-        from: Option<&ResumeFrom>,
-        before: Option<u64>,
-        limit: usize,
-        from_oldest: bool,
-    ) -> Result<Page, RoomError> {
-        let limit = limit.clamp(1, MAX_PAGE);
-        let chat = self.chat()?;
-        let (delivered, meta) = (chat.delivered, chat.meta.clone());
-        let (recovered, messages) = match (before, from) {
-            // History paging forward from before the retained window: start at its oldest.
-            (None, Some(from)) if from_oldest && from.since + 1 < meta.first_seq => (
-                false,
-                self.read_range(meta.first_seq - 1, delivered, limit)?,
-            ),
-            (Some(before), _) => (
-                false,
-                self.latest(
-                    before.min(delivered.saturating_add(1)).saturating_sub(1),
-                    limit,
-                )?,
-            ),
-            (None, None) => (false, self.latest(delivered, limit)?),
-            (None, Some(from)) => match resume(&meta, delivered, Some(from)) {
-                Resume::Recovered { after } => (true, self.read_range(after, delivered, limit)?),
-                _ => (false, self.latest(delivered, limit)?),
-            },
-        };
-        Ok(Page {
-            epoch: meta.epoch,
-            first_seq: meta.first_seq,
-            last_seq: delivered,
-            recovered,
-            messages,
-        })
-    }
-
     /// Adds a member: `joined`, the replay, then (via the mailbox order) live messages.
-    fn chat_join(&mut self, msg: ChatJoin) -> Result<(), RoomError> {
-        let (recovered, replay) = self.replay(msg.resume.as_ref())?;
+    fn chat_join(
+        &mut self,
+        msg: ChatJoin,
+        recovered: bool,
+        replay: Vec<(u64, ByteString)>,
+    ) -> Result<(), RoomError> {
         let conn = conn_id(msg.session);
         let sender = msg
             .subject
@@ -723,39 +611,74 @@ impl Room {
                 after,
                 limit,
             } => {
-                let from = after.map(|since| ResumeFrom { epoch: None, since });
-                let limit = limit.unwrap_or(DEFAULT_PAGE);
-                let event = match self.page(from.as_ref(), before, limit, true) {
-                    Ok(page) => wire::history(&page, req.as_deref()),
-                    Err(e) => {
-                        warn!(room = %self.name, error = %e, "history page failed");
-                        wire::error(e.chat_code(), &e.public_message(), req.as_deref())
-                    }
+                let request = PageRequest {
+                    from: after.map(|since| ResumeFrom { epoch: None, since }),
+                    before,
+                    limit: limit.unwrap_or(DEFAULT_PAGE),
+                    from_oldest: true,
                 };
-                self.chat_send(session, event);
+                // The page is read while the room goes on: its reply carries its request
+                // id, and it never reads past what was delivered when it was asked.
+                let read = self.read_page(request);
+                ctx.spawn(read.map(move |page, room, _ctx| {
+                    let event = match page {
+                        Ok(page) => wire::history(&page, req.as_deref()),
+                        Err(e) => {
+                            warn!(room = %room.name, error = %e, "history page failed");
+                            wire::error(e.chat_code(), &e.public_message(), req.as_deref())
+                        }
+                    };
+                    room.chat_send(session, event);
+                }));
             }
         }
     }
-}
 
-/// The idempotency key's subject half for a stored sender (anonymous senders share "").
-fn key_subject_of_sender(sender: &str) -> String {
-    if sender.starts_with(ANONYMOUS_PREFIX) {
-        String::new()
-    } else {
-        sender.to_owned()
+    /// Reads a page as of now (the stream's position is taken at once).
+    fn read_page(&mut self, request: PageRequest) -> RoomFuture<Result<Page, RoomError>> {
+        let view = match self.chat() {
+            Ok(chat) => chat.view(),
+            Err(e) => return done(Err(e)),
+        };
+        let read = history::page(Arc::clone(&self.store), self.name.clone(), view, request);
+        Box::pin(async move { read.await.map_err(RoomError::from) }.into_actor(self))
     }
 }
 
 impl Handler<ChatJoin> for Room {
-    type Result = Result<Addr<Room>, RoomError>;
+    type Result = AtomicResponse<Self, Result<Addr<Room>, RoomError>>;
 
-    fn handle(&mut self, msg: ChatJoin, ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: ChatJoin, _ctx: &mut Self::Context) -> Self::Result {
         if self.stopping {
-            return Err(RoomError::Unavailable(Unavailable::Stopping));
+            return AtomicResponse::new(done(Err(RoomError::Unavailable(Unavailable::Stopping))));
         }
-        self.chat_join(msg)?;
-        Ok(ctx.address())
+        let max_bytes = self.config.stream.max_replay_bytes;
+        AtomicResponse::new(Box::pin(self.chat_loaded().then(
+            move |loaded, room, _ctx| -> RoomFuture<Result<Addr<Room>, RoomError>> {
+                if let Err(e) = loaded {
+                    return done(Err(e));
+                }
+                let view = match room.chat() {
+                    Ok(chat) => chat.view(),
+                    Err(e) => return done(Err(e)),
+                };
+                let replay = history::replay(
+                    Arc::clone(&room.store),
+                    room.name.clone(),
+                    view,
+                    msg.resume.clone(),
+                    max_bytes,
+                );
+                Box::pin(replay.into_actor(room).map(move |replayed, room, ctx| {
+                    let (recovered, messages) = replayed?;
+                    if room.stopping {
+                        return Err(RoomError::Unavailable(Unavailable::Stopping));
+                    }
+                    room.chat_join(msg, recovered, messages)?;
+                    Ok(ctx.address())
+                }))
+            },
+        )))
     }
 }
 
@@ -763,50 +686,74 @@ impl Handler<ChatRequest> for Room {
     type Result = ();
 
     fn handle(&mut self, msg: ChatRequest, ctx: &mut Self::Context) {
+        // Members exist only once the stream is loaded (they joined through it).
         self.on_chat_request(msg.session, msg.request, ctx);
     }
 }
 
 impl Handler<HttpPublish> for Room {
-    type Result = Result<DurableReply, RoomError>;
+    type Result = AtomicResponse<Self, Result<DurableReply, RoomError>>;
 
-    fn handle(&mut self, msg: HttpPublish, ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: HttpPublish, _ctx: &mut Self::Context) -> Self::Result {
         if self.stopping {
-            return Err(RoomError::Unavailable(Unavailable::Stopping));
+            return AtomicResponse::new(done(Err(RoomError::Unavailable(Unavailable::Stopping))));
         }
         self.empty_since = Instant::now();
-        let sender = msg
-            .subject
-            .clone()
-            .unwrap_or_else(|| format!("{ANONYMOUS_PREFIX}http"));
-        let key_subject = msg.subject.unwrap_or_default();
-        let (seq, duplicate) =
-            self.publish(&sender, &key_subject, msg.id.as_deref(), &msg.body, ctx)?;
-        let (tx, rx) = oneshot::channel();
-        let body = wire::ack(msg.id.as_deref(), seq, duplicate)
-            .json
-            .into_bytes();
-        // A retry is answered once the original is durable too: it sits in the same queue.
-        self.after_durable(AfterFlush::Reply { tx, body }, ctx);
-        Ok(rx)
+        AtomicResponse::new(Box::pin(self.chat_loaded().map(
+            move |loaded, room, ctx| {
+                loaded?;
+                if room.stopping {
+                    return Err(RoomError::Unavailable(Unavailable::Stopping));
+                }
+                let sender = msg
+                    .subject
+                    .clone()
+                    .unwrap_or_else(|| format!("{ANONYMOUS_PREFIX}http"));
+                let key_subject = msg.subject.unwrap_or_default();
+                let (seq, duplicate) =
+                    room.publish(&sender, &key_subject, msg.id.as_deref(), &msg.body, ctx)?;
+                let (tx, rx) = oneshot::channel();
+                let body = wire::ack(msg.id.as_deref(), seq, duplicate)
+                    .json
+                    .into_bytes();
+                // A retry is answered once the original is durable too: it sits in the same queue.
+                room.after_durable(AfterFlush::Reply { tx, body }, ctx);
+                Ok(rx)
+            },
+        )))
     }
 }
 
 impl Handler<ReadMessages> for Room {
-    type Result = Result<ReadReply, RoomError>;
+    type Result = AtomicResponse<Self, Result<ReadReply, RoomError>>;
 
     fn handle(&mut self, msg: ReadMessages, _ctx: &mut Self::Context) -> Self::Result {
         if self.stopping {
-            return Err(RoomError::Unavailable(Unavailable::Stopping));
+            return AtomicResponse::new(done(Err(RoomError::Unavailable(Unavailable::Stopping))));
         }
         self.empty_since = Instant::now();
-        let page = self.page(msg.from.as_ref(), None, msg.limit, false)?;
-        let caught_up = msg.from.as_ref().is_some_and(|f| f.since >= page.last_seq);
-        if msg.wait && page.recovered && caught_up {
-            let (tx, rx) = oneshot::channel();
-            self.chat()?.waiters.push(tx);
-            return Ok(ReadReply::Wait(rx));
-        }
-        Ok(ReadReply::Page(page.to_json(None, None).into_bytes()))
+        AtomicResponse::new(Box::pin(self.chat_loaded().then(
+            move |loaded, room, _ctx| -> RoomFuture<Result<ReadReply, RoomError>> {
+                if let Err(e) = loaded {
+                    return done(Err(e));
+                }
+                let request = PageRequest {
+                    from: msg.from.clone(),
+                    before: None,
+                    limit: msg.limit,
+                    from_oldest: false,
+                };
+                Box::pin(room.read_page(request).map(move |page, room, _ctx| {
+                    let page = page?;
+                    let caught_up = msg.from.as_ref().is_some_and(|f| f.since >= page.last_seq);
+                    if msg.wait && page.recovered && caught_up {
+                        let (tx, rx) = oneshot::channel();
+                        room.chat()?.waiters.push(tx);
+                        return Ok(ReadReply::Wait(rx));
+                    }
+                    Ok(ReadReply::Page(page.to_json(None, None).into_bytes()))
+                }))
+            },
+        )))
     }
 }

@@ -58,6 +58,9 @@ pub enum Unavailable {
     /// The room failed (its store, or a reload after a yrs panic); it reloads on next use.
     #[error("{STORAGE_FAILED}")]
     Failed,
+    /// The room was claimed by a newer activation (fenced by the store); it stepped down.
+    #[error("the room moved to another owner; retry")]
+    Moved,
     /// The room did not answer in time.
     #[error("room did not answer in time")]
     NotAnswering,
@@ -71,6 +74,7 @@ impl RoomError {
     /// a failure of the server's own (storage details stay in the server's log).
     pub fn public_message(&self) -> String {
         match self {
+            RoomError::Store(StoreError::Fenced { .. }) => Unavailable::Moved.to_string(),
             RoomError::Store(_) => STORAGE_FAILED.to_owned(),
             other => other.to_string(),
         }
@@ -84,6 +88,8 @@ impl RoomError {
             RoomError::BodyTooLarge { .. } => close::MESSAGE_TOO_BIG,
             RoomError::Full { .. } => close::TRY_AGAIN_LATER,
             RoomError::Unavailable(Unavailable::ShuttingDown) => close::GOING_AWAY,
+            RoomError::Unavailable(Unavailable::Moved)
+            | RoomError::Store(StoreError::Fenced { .. }) => close::ROOM_MOVED,
             RoomError::Store(_) | RoomError::Unavailable(_) => close::INTERNAL_ERROR,
         }
     }
@@ -112,6 +118,14 @@ mod tests {
         assert_eq!(e.chat_code(), ErrorCode::Unavailable);
         let failed = RoomError::Unavailable(Unavailable::Failed);
         assert!(failed.public_message().contains(STORAGE_FAILED));
+        let room = crate::id::RoomName::parse("r").unwrap();
+        let fenced = RoomError::Store(StoreError::fenced(&room, crate::id::Epoch(3)));
+        assert_eq!(fenced.close(), close::ROOM_MOVED);
+        assert!(
+            !fenced.public_message().contains("epoch"),
+            "{}",
+            fenced.public_message()
+        );
     }
 
     #[test]

@@ -3,16 +3,23 @@
 //! the CRDT, the delta is appended to the store, and only once a flush has made it durable
 //! is it broadcast (encoded once, the same bytes to every other session).
 //!
-//! The room never touches sockets (sessions are type-erased [`Recipient`]s) nor sled
-//! (only the [`Store`] trait). Activation happens in `started` (load snapshot + log tail);
-//! deactivation after the idle timeout writes a final snapshot and tells the registry.
+//! The room never touches sockets (sessions are type-erased [`Recipient`]s) nor a database
+//! (only the [`Store`] trait). Activation happens in `started`: the room claims itself in
+//! the store (a new ownership [`Epoch`] that every write carries), then loads its snapshot
+//! and log tail, as an actor future that holds the mailbox until it is done. A write or
+//! flush refused as fenced (a newer activation claimed the room) makes the room stop
+//! writing, close its sessions with "room moved" and step down. Deactivation after the idle
+//! timeout writes a final snapshot and tells the registry. Which writes must be durable
+//! before which action is the [`commit`] queue's business.
 
 mod chat;
+pub mod commit;
 pub mod document;
 mod error;
+mod history;
 mod outbox;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,12 +39,14 @@ pub use error::{RoomError, Unavailable, STORAGE_FAILED};
 pub use outbox::{Outbox, HARD_FACTOR, SLOW_GRACE};
 
 use crate::auth::Access;
+use crate::id::Epoch;
 use crate::metrics;
 use crate::protocol::close::{self, Close};
 use crate::protocol::update_check::check_update_v1;
 use crate::protocol::ysync::{self, Message as SyncMessage};
-use crate::storage::{Durable, Store, StoreError};
+use crate::storage::{Durable, Store, StoreError, StoredDoc};
 use crate::stream::wire::Event;
+use commit::CommitQueue;
 
 /// Queued updates applied at once, whatever is still in the mailbox: bounds the batch
 /// (and the delay of its first update) under a steady stream.
@@ -166,17 +175,9 @@ enum AfterFlush {
     Chat(chat::ChatAction),
 }
 
-struct Pending {
-    /// Performed once this many writes are durable.
-    writes: u64,
-    since: Instant,
-    action: AfterFlush,
-}
-
-/// A flush under way: which generation, what it will make durable, and its outcome.
+/// A flush under way: its generation (the commit queue's) and its outcome.
 struct InFlight {
     generation: u64,
-    upto: u64,
     done: Shared<Durable>,
 }
 
@@ -202,8 +203,10 @@ pub struct Room {
     stored_bytes: u64,
     /// Highest sequence number appended to the log.
     last_seq: u64,
-    /// Writes (log appends and stream messages) made to the store by this activation.
-    writes: u64,
+    /// The ownership epoch this activation claimed (0 until the claim resolves).
+    epoch: Epoch,
+    /// Writes made and the actions waiting for them to be durable.
+    commits: CommitQueue<AfterFlush>,
     /// Sessions found too slow and not yet closed (see `close_slow_sessions`).
     slow: Vec<SessionId>,
     closing_slow: bool,
@@ -214,17 +217,15 @@ pub struct Room {
     /// Logged updates not yet handed to the store: written as one record when the next
     /// flush starts (one store write per group commit instead of one per update).
     unwritten: Vec<Vec<u8>>,
-    /// How many of them are known durable.
-    durable_writes: u64,
     /// Sequence number the last snapshot covers.
     snapshot_seq: u64,
     last_snapshot_at: Instant,
-    pending: VecDeque<Pending>,
     /// The flush under way, if any.
     in_flight: Option<InFlight>,
-    flush_generation: u64,
     empty_since: Instant,
     stopping: bool,
+    /// The document is being rebuilt from the store (after a yrs panic): updates wait.
+    reloading: bool,
 }
 
 impl Room {
@@ -247,30 +248,24 @@ impl Room {
             chat: None,
             stored_bytes: 0,
             last_seq: 0,
-            writes: 0,
+            epoch: Epoch(0),
+            commits: CommitQueue::new(),
             slow: Vec::new(),
             closing_slow: false,
             inbox: Vec::new(),
             inbox_bytes: 0,
             unwritten: Vec::new(),
-            durable_writes: 0,
             snapshot_seq: 0,
             last_snapshot_at: Instant::now(),
-            pending: VecDeque::new(),
             in_flight: None,
-            flush_generation: 0,
             empty_since: Instant::now(),
             stopping: false,
+            reloading: false,
         }
     }
 
-    /// Loads the document: the snapshot, then the logged updates after it.
-    fn load(&mut self) -> Result<(), RoomError> {
-        let started = Instant::now();
-        // What the store holds may include writes of an earlier activation that failed
-        // before they were flushed: make them durable before serving any of it.
-        self.store.flush_blocking()?;
-        let stored = self.store.load_doc(&self.name)?;
+    /// Installs the stored document: the snapshot, then the logged updates after it.
+    fn install(&mut self, stored: StoredDoc, started: Instant) -> Result<(), RoomError> {
         self.document = Document::load(
             stored.snapshot.as_deref(),
             stored.updates.iter().map(Vec::as_slice),
@@ -281,6 +276,7 @@ impl Room {
         self.snapshot_seq = stored.last_seq - stored.updates.len() as u64;
         debug!(
             room = %self.name,
+            epoch = %self.epoch,
             log_entries = stored.updates.len(),
             elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
             "room activated"
@@ -317,19 +313,9 @@ impl Room {
             .count();
         let applied = match self.document.apply_updates(&updates[..fit]) {
             Ok(applied) => applied,
-            Err(DocError::Panicked) if fit > 1 => {
-                // One of them made yrs panic: rebuild and apply them one by one, so that
-                // only the guilty update is refused.
-                self.reload_after_panic(ctx);
-                if self.stopping {
-                    return Err(RoomError::Unavailable(Unavailable::Failed));
-                }
-                for update in updates {
-                    self.apply(&[update], from, ctx)?;
-                }
-                return Ok(());
-            }
             Err(e) => {
+                // The document may be half-changed: it is rebuilt from the store, and the
+                // sender of the updates that made yrs panic is refused.
                 self.reload_after_panic(ctx);
                 return Err(e.into());
             }
@@ -340,7 +326,7 @@ impl Room {
             self.stored_bytes += record.len() as u64;
             let frame = SyncMessage::Update(Bytes::copy_from_slice(&record)).encode();
             self.unwritten.push(record);
-            self.writes += 1;
+            self.commits.record_write();
             self.after_durable(
                 AfterFlush::Broadcast {
                     frame,
@@ -363,27 +349,63 @@ impl Room {
         }
     }
 
-    /// yrs panicked: the document may be half-changed, so rebuild it from the store.
+    /// yrs panicked: the document may be half-changed, so rebuild it from the store, once
+    /// what was applied before is durable there. Updates wait in the inbox meanwhile, and
+    /// the mailbox is held (an actor future the room waits on).
     fn reload_after_panic(&mut self, ctx: &mut Context<Self>) {
         error!(room = %self.name, "yrs panicked on an update; reloading the room");
-        // What was applied before is only kept in memory until the next flush: the store
-        // must hold it before the document is rebuilt from the store.
-        let reloaded = match self.write_unwritten() {
-            Ok(()) => self.load(),
-            Err(e) => Err(e.into()),
-        };
-        if let Err(e) = reloaded {
-            self.fail(&format!("reload after a yrs panic failed: {e}"), ctx);
+        self.reloading = true;
+        if let Err(e) = self.write_unwritten() {
+            self.fail(e, "writing the log before a reload", ctx);
+            return;
         }
+        let flush = self.store.flush(&self.name, self.epoch);
+        let (store, name) = (Arc::clone(&self.store), self.name.clone());
+        let started = Instant::now();
+        ctx.wait(
+            async move {
+                flush.await?;
+                store.load_doc(&name).await
+            }
+            .into_actor(self)
+            .map(move |loaded, room, ctx| {
+                room.reloading = false;
+                let installed = loaded
+                    .map_err(RoomError::from)
+                    .and_then(|stored| room.install(stored, started));
+                match installed {
+                    Ok(()) => {
+                        if !room.inbox.is_empty() {
+                            ctx.notify(ApplyInbox);
+                        }
+                    }
+                    Err(RoomError::Store(e)) => room.fail(e, "reloading after a yrs panic", ctx),
+                    Err(e) => room.fail(
+                        StoreError::refused(format!("the stored document does not load: {e}")),
+                        "reloading after a yrs panic",
+                        ctx,
+                    ),
+                }
+            }),
+        );
     }
 
     /// Applies the updates queued by `Receive`, each sender's consecutive ones in one
     /// transaction, closing a sender whose update is refused.
     fn apply_inbox(&mut self, ctx: &mut Context<Self>) {
+        if self.reloading || self.stopping {
+            return;
+        }
         let inbox = std::mem::take(&mut self.inbox);
         self.inbox_bytes = 0;
         let mut rest = &inbox[..];
         while let Some(&(session, _)) = rest.first() {
+            if self.reloading || self.stopping {
+                // A panic started a reload: the rest waits for the rebuilt document.
+                self.inbox_bytes = rest.iter().map(|(_, u)| u.len()).sum();
+                self.inbox = rest.to_vec();
+                return;
+            }
             let run = rest.iter().take_while(|(s, _)| *s == session).count();
             let (updates, next) = rest.split_at(run);
             rest = next;
@@ -404,33 +426,26 @@ impl Room {
     /// Runs `action` once everything logged so far is durable.
     fn after_durable(&mut self, action: AfterFlush, ctx: &mut Context<Self>) {
         self.poll_flush(ctx);
-        if self.durable_writes >= self.writes && self.pending.is_empty() {
+        if let Some(action) = self.commits.defer(action, Instant::now()) {
             self.perform(action);
             return;
         }
-        self.pending.push_back(Pending {
-            writes: self.writes,
-            since: Instant::now(),
-            action,
-        });
         self.request_flush(ctx);
     }
 
     /// Starts a flush unless one is running; when it ends, releases what it covered.
     fn request_flush(&mut self, ctx: &mut Context<Self>) {
-        if self.in_flight.is_some() || self.pending.is_empty() || self.stopping {
+        if !self.commits.wants_flush() || self.stopping {
             return;
         }
         if let Err(e) = self.write_unwritten() {
-            self.fail(&format!("appending to the log failed: {e}"), ctx);
+            self.fail(e, "appending to the log", ctx);
             return;
         }
-        self.flush_generation += 1;
-        let generation = self.flush_generation;
-        let done = self.store.flush().shared();
+        let generation = self.commits.flush_started();
+        let done = self.store.flush(&self.name, self.epoch).shared();
         self.in_flight = Some(InFlight {
             generation,
-            upto: self.writes,
             done: done.clone(),
         });
         // Wakes the room when the flush ends while it is idle. Under a steady stream of
@@ -460,34 +475,36 @@ impl Room {
         result: Result<(), StoreError>,
         ctx: &mut Context<Self>,
     ) {
-        let Some(in_flight) = self.in_flight.take_if(|f| f.generation == generation) else {
+        if self.commits.in_flight() != Some(generation) {
             return; // already handled
-        };
+        }
+        self.in_flight = None;
         match result {
             Ok(()) => {
-                self.durable_writes = self.durable_writes.max(in_flight.upto);
-                self.release(ctx);
+                for pending in self.commits.flush_succeeded(generation) {
+                    metrics::get()
+                        .persist_seconds
+                        .observe(pending.since.elapsed().as_secs_f64());
+                    self.perform(pending.action);
+                }
+                self.request_flush(ctx);
             }
-            Err(e) => self.fail(&format!("flush failed: {e}"), ctx),
+            Err(e) => {
+                let abandoned = self.commits.flush_failed(generation);
+                self.refuse_all(abandoned, &e);
+                self.fail(e, "flushing", ctx);
+            }
         }
     }
 
-    /// Performs every pending action the durable sequence number covers, in order.
-    fn release(&mut self, ctx: &mut Context<Self>) {
-        while self
-            .pending
-            .front()
-            .is_some_and(|p| p.writes <= self.durable_writes)
-        {
-            let Some(pending) = self.pending.pop_front() else {
-                break;
-            };
-            metrics::get()
-                .persist_seconds
-                .observe(pending.since.elapsed().as_secs_f64());
-            self.perform(pending.action);
+    /// Answers the HTTP requests among `pending` with the room's failure; the rest
+    /// (broadcasts, acks) are simply never performed.
+    fn refuse_all(&mut self, pending: Vec<commit::Pending<AfterFlush>>, cause: &StoreError) {
+        for pending in pending {
+            if let AfterFlush::Reply { tx, .. } = pending.action {
+                let _ = tx.send(Err(failure_of(cause)));
+            }
         }
-        self.request_flush(ctx);
     }
 
     fn perform(&mut self, action: AfterFlush) {
@@ -561,10 +578,9 @@ impl Room {
         if self.unwritten.is_empty() {
             return Ok(());
         }
+        let records = std::mem::take(&mut self.unwritten);
         self.store
-            .append_updates(&self.name, self.last_seq, &self.unwritten)?;
-        self.unwritten.clear();
-        Ok(())
+            .append_updates(&self.name, self.epoch, self.last_seq, records)
     }
 
     /// Writes the whole state as a snapshot covering the log, which it replaces.
@@ -578,13 +594,17 @@ impl Room {
             error!(room = %self.name, error = %e, "snapshot does not validate; keeping the log");
             return;
         }
-        match self.store.write_snapshot(&self.name, self.last_seq, &state) {
+        let size = state.len() as u64;
+        match self
+            .store
+            .write_snapshot(&self.name, self.epoch, self.last_seq, state)
+        {
             Ok(()) => {
-                debug!(room = %self.name, seq = self.last_seq, bytes = state.len(), "snapshot written");
+                debug!(room = %self.name, seq = self.last_seq, bytes = size, "snapshot written");
                 self.snapshot_seq = self.last_seq;
                 // The snapshot holds them; the next flush makes it durable.
                 self.unwritten.clear();
-                self.stored_bytes = state.len() as u64;
+                self.stored_bytes = size;
                 self.last_snapshot_at = Instant::now();
                 metrics::get().snapshots.inc();
             }
@@ -615,25 +635,31 @@ impl Room {
         self.remove_session(id);
     }
 
-    /// The store failed: nothing pending can be acknowledged. Close everyone and stop; the
-    /// next activation reloads from what the store holds.
-    fn fail(&mut self, why: &str, ctx: &mut Context<Self>) {
-        // `why` carries the store's error: it goes to the log, clients get a fixed line.
-        error!(room = %self.name, "{why}; closing the room");
-        self.unwritten.clear(); // never acknowledged
-        for pending in self.pending.drain(..) {
-            if let AfterFlush::Reply { tx, .. } = pending.action {
-                let _ = tx.send(Err(RoomError::Unavailable(Unavailable::Failed)));
+    /// The store failed, or refused this activation's writes as fenced: nothing pending can
+    /// be acknowledged. Close everyone and stop; the next activation (here or on the new
+    /// owner) reloads from what the store holds. `doing` says what failed, for the log.
+    fn fail(&mut self, error: StoreError, doing: &str, ctx: &mut Context<Self>) {
+        let (close, detail) = match &error {
+            StoreError::Fenced { .. } => {
+                // Not an error of this node's: another activation owns the room now.
+                warn!(room = %self.name, epoch = %self.epoch, "{doing}: {error}; stepping down");
+                metrics::get().rooms_fenced.inc();
+                (close::ROOM_MOVED, Unavailable::Moved.to_string())
             }
-        }
+            _ => {
+                // The error goes to the log; clients get a fixed line.
+                error!(room = %self.name, "{doing} failed: {error}; closing the room");
+                (close::INTERNAL_ERROR, STORAGE_FAILED.to_owned())
+            }
+        };
+        self.unwritten.clear(); // never acknowledged
+        let abandoned = self.commits.abandon();
+        self.refuse_all(abandoned, &error);
         for session in self.sessions.values() {
-            session.outbox.send(Outbound::Close(
-                close::INTERNAL_ERROR,
-                STORAGE_FAILED.to_owned(),
-            ));
+            session.outbox.send(Outbound::Close(close, detail.clone()));
         }
         self.sessions.clear();
-        self.chat_close_all(close::INTERNAL_ERROR, STORAGE_FAILED);
+        self.chat_close_all(close, &detail);
         self.stopping = true;
         ctx.stop();
     }
@@ -664,11 +690,11 @@ impl Room {
             .chain(self.chat_too_slow())
             .collect();
         self.close_slow_sessions(slow);
-        self.chat_tick();
+        self.chat_tick(ctx);
         let idle = self.sessions.is_empty()
             && self.chat.as_ref().is_none_or(chat::Chat::is_idle)
-            && self.pending.is_empty()
-            && self.in_flight.is_none()
+            && self.commits.is_idle()
+            && !self.reloading
             && self.empty_since.elapsed() >= self.config.idle_timeout;
         if idle && !self.stopping {
             // Final snapshot, then stop: the registry forgets this activation when it hears
@@ -677,10 +703,12 @@ impl Room {
             if let Err(e) = self.write_unwritten() {
                 error!(room = %self.name, error = %e, "final log write failed");
             }
-            let store = Arc::clone(&self.store);
+            // Compaction only: everything acknowledged is durable already.
+            let flush = self.store.flush(&self.name, self.epoch);
+            let name = self.name.clone();
             actix::spawn(async move {
-                if let Err(e) = store.flush().await {
-                    warn!(error = %e, "flush after deactivation failed");
+                if let Err(e) = flush.await {
+                    warn!(room = %name, error = %e, "flush after deactivation failed");
                 }
             });
             metrics::get().evictions.inc();
@@ -697,11 +725,35 @@ impl Actor for Room {
     fn started(&mut self, ctx: &mut Self::Context) {
         metrics::get().rooms_active.inc();
         metrics::get().activations.inc();
-        if let Err(e) = self.load() {
-            self.fail(&format!("activation failed: {e}"), ctx);
-            return;
-        }
-        ctx.run_interval(self.tick_interval(), Self::on_tick);
+        // Claim, then load: the room handles no message before both are done, and never
+        // blocks its thread on them.
+        let (store, name) = (Arc::clone(&self.store), self.name.clone());
+        let started = Instant::now();
+        ctx.wait(
+            async move {
+                let epoch = store.claim(&name).await?;
+                let stored = store.load_doc(&name).await?;
+                Ok::<_, StoreError>((epoch, stored))
+            }
+            .into_actor(self)
+            .map(move |loaded, room, ctx| {
+                let installed = loaded.map_err(RoomError::from).and_then(|(epoch, stored)| {
+                    room.epoch = epoch;
+                    room.install(stored, started)
+                });
+                match installed {
+                    Ok(()) => {
+                        ctx.run_interval(room.tick_interval(), Self::on_tick);
+                    }
+                    Err(RoomError::Store(e)) => room.fail(e, "activation", ctx),
+                    Err(e) => room.fail(
+                        StoreError::refused(format!("the stored document does not load: {e}")),
+                        "activation",
+                        ctx,
+                    ),
+                }
+            }),
+        );
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
@@ -874,6 +926,14 @@ impl Handler<ReadState> for Room {
     }
 }
 
+/// What an HTTP waiter is told when the flush it waited for failed.
+fn failure_of(cause: &StoreError) -> RoomError {
+    match cause {
+        StoreError::Fenced { .. } => RoomError::Unavailable(Unavailable::Moved),
+        _ => RoomError::Unavailable(Unavailable::Failed),
+    }
+}
+
 impl Handler<Shutdown> for Room {
     type Result = ResponseActFuture<Self, ()>;
 
@@ -893,20 +953,25 @@ impl Handler<Shutdown> for Room {
         self.snapshot();
         if let Err(e) = self.write_unwritten() {
             // Nothing pending may be acknowledged now; `fail` answers them with an error.
-            self.fail(&format!("final log write failed: {e}"), ctx);
+            self.fail(e, "the final log write", ctx);
             return Box::pin(actix::fut::ready(()));
         }
         Box::pin(
             self.store
-                .flush()
+                .flush(&self.name, self.epoch)
                 .into_actor(self)
                 .map(|result, room, ctx| {
                     match result {
                         Ok(()) => {
-                            room.durable_writes = room.writes;
-                            room.release(ctx);
+                            for pending in room.commits.all_durable() {
+                                room.perform(pending.action);
+                            }
                         }
-                        Err(e) => error!(room = %room.name, error = %e, "final flush failed"),
+                        Err(e) => {
+                            error!(room = %room.name, error = %e, "final flush failed");
+                            let abandoned = room.commits.abandon();
+                            room.refuse_all(abandoned, &e);
+                        }
                     }
                     ctx.stop();
                 }),

@@ -13,11 +13,19 @@
 //! - `name\0\0` → the stream meta: 8-byte big-endian trimmed-up-to seq, then the epoch;
 //! - `name\0\1` + 8-byte big-endian seq → one message record.
 //!
+//! The `owners` tree holds each room's ownership epoch (8-byte big-endian) under its name.
+//! One process holds a sled directory, so the epochs are checked in process: a write
+//! checks its epoch and is applied under a shared lock that a claim takes exclusively, so
+//! a claim and a stale write cannot interleave; a write under an older epoch is refused
+//! at once.
+//!
 //! sled makes writes durable only at `flush` (or its 500 ms background flush), which is
-//! why [`Store::flush`] exists and why the flusher thread is here.
+//! why [`Store::flush`] exists and why the flusher thread is here. Reads run on the
+//! caller's thread (sled is in process and reads from its page cache) and return a
+//! resolved future.
 
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, RwLock};
 use std::thread;
 use std::time::Instant;
 
@@ -25,7 +33,10 @@ use std::time::Instant;
 // drains a long mailbox in one poll exhausts, so it would see the flush end only late.
 use futures_channel::oneshot;
 
-use super::{Durable, FlushPolicy, Store, StoreError, StoredDoc, StoredStream};
+use super::{
+    encode_batch, split_batch, Durable, Epoch, FlushPolicy, Messages, Store, StoreError,
+    StoreFuture, StoredDoc, StoredStream,
+};
 use crate::id::RoomName;
 use crate::metrics;
 
@@ -41,6 +52,11 @@ type Waiter = oneshot::Sender<Result<(), StoreError>>;
 pub struct SledStore {
     docs: sled::Tree,
     streams: sled::Tree,
+    /// Room name → current ownership epoch.
+    owners: sled::Tree,
+    /// Writes hold it shared while they check their epoch and write; a claim holds it
+    /// exclusively while it moves the epoch.
+    fence: Arc<RwLock<()>>,
     /// The group-commit thread; `None` under [`FlushPolicy::Interval`].
     flusher: Option<Flusher>,
 }
@@ -92,6 +108,7 @@ impl SledStore {
         check_format(&db, dir)?;
         let docs = db.open_tree("docs").map_err(backend)?;
         let streams = db.open_tree("streams").map_err(backend)?;
+        let owners = db.open_tree("owners").map_err(backend)?;
         let flusher = match policy {
             FlushPolicy::EveryBatch => Some(spawn_flusher(db.clone())?),
             FlushPolicy::Interval(_) => None,
@@ -99,7 +116,49 @@ impl SledStore {
         Ok(Self {
             docs,
             streams,
+            owners,
+            fence: Arc::new(RwLock::new(())),
             flusher,
+        })
+    }
+
+    /// The room's current ownership epoch (0: never claimed).
+    fn current_epoch(owners: &sled::Tree, room: &RoomName) -> Result<u64, StoreError> {
+        match owners.get(room.as_str()).map_err(backend)? {
+            None => Ok(0),
+            Some(bytes) => <[u8; 8]>::try_from(bytes.as_ref())
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError::Corrupt {
+                    room: room.to_string(),
+                    reason: "owner epoch is not 8 bytes".into(),
+                }),
+        }
+    }
+
+    /// Runs a write if `epoch` is the room's current one, with claims held off meanwhile.
+    fn fenced_write(
+        &self,
+        room: &RoomName,
+        epoch: Epoch,
+        write: impl FnOnce() -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let _shared = self.fence.read().unwrap_or_else(|e| e.into_inner());
+        if Self::current_epoch(&self.owners, room)? != epoch.0 {
+            return Err(StoreError::fenced(room, epoch));
+        }
+        write()
+    }
+
+    /// A future that resolves once everything written so far is durable.
+    fn durable(&self) -> Durable {
+        let Some(requests) = self.flusher.as_ref().and_then(|f| f.requests.as_ref()) else {
+            return Box::pin(async { Ok(()) });
+        };
+        let (tx, rx) = oneshot::channel();
+        let sent = requests.send(tx);
+        Box::pin(async move {
+            sent.map_err(|_| StoreError::Closed)?;
+            rx.await.map_err(|_| StoreError::Closed)?
         })
     }
 
@@ -252,27 +311,151 @@ fn spawn_flusher(db: sled::Db) -> Result<Flusher, StoreError> {
     })
 }
 
-/// The updates of a batch record, or `None` if it is truncated.
-fn split_batch(mut value: &[u8]) -> Option<Vec<Vec<u8>>> {
-    let mut updates = Vec::new();
-    while !value.is_empty() {
-        let (len, rest) = value.split_first_chunk::<4>()?;
-        let len = u32::from_be_bytes(*len) as usize;
-        if rest.len() < len {
-            return None;
-        }
-        updates.push(rest[..len].to_vec());
-        value = &rest[len..];
-    }
-    Some(updates)
-}
-
 fn backend(e: sled::Error) -> StoreError {
     StoreError::backend("sled", e)
 }
 
 impl Store for SledStore {
-    fn load_doc(&self, room: &RoomName) -> Result<StoredDoc, StoreError> {
+    fn claim(&self, room: &RoomName) -> StoreFuture<Epoch> {
+        let claimed = {
+            let _exclusive = self.fence.write().unwrap_or_else(|e| e.into_inner());
+            Self::current_epoch(&self.owners, room).and_then(|current| {
+                let next = current + 1;
+                self.owners
+                    .insert(room.as_str(), &next.to_be_bytes())
+                    .map_err(backend)?;
+                Ok(Epoch(next))
+            })
+        };
+        // The flush makes the claim durable, and with it whatever an earlier activation
+        // wrote and did not flush: nothing is served before it is durable.
+        let durable = self.durable();
+        Box::pin(async move {
+            let epoch = claimed?;
+            durable.await?;
+            Ok(epoch)
+        })
+    }
+
+    fn load_doc(&self, room: &RoomName) -> StoreFuture<StoredDoc> {
+        Box::pin(std::future::ready(self.read_doc(room)))
+    }
+
+    fn append_updates(
+        &self,
+        room: &RoomName,
+        epoch: Epoch,
+        last_seq: u64,
+        updates: Vec<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        self.fenced_write(room, epoch, || self.write_log(room, last_seq, &updates))
+    }
+
+    fn write_snapshot(
+        &self,
+        room: &RoomName,
+        epoch: Epoch,
+        upto: u64,
+        state: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        self.fenced_write(room, epoch, || self.write_snap(room, upto, &state))
+    }
+
+    fn load_stream(&self, room: &RoomName) -> StoreFuture<Option<StoredStream>> {
+        Box::pin(std::future::ready(self.read_stream(room)))
+    }
+
+    fn create_stream(
+        &self,
+        room: &RoomName,
+        epoch: Epoch,
+        stream_epoch: &str,
+    ) -> Result<(), StoreError> {
+        self.fenced_write(room, epoch, || self.new_stream(room, stream_epoch))
+    }
+
+    fn append_message(
+        &self,
+        room: &RoomName,
+        epoch: Epoch,
+        seq: u64,
+        record: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        self.fenced_write(room, epoch, || {
+            self.streams
+                .insert(Self::message_key(room, seq), record)
+                .map(drop)
+                .map_err(backend)
+        })
+    }
+
+    fn read_messages(&self, room: &RoomName, after: u64, limit: usize) -> StoreFuture<Messages> {
+        Box::pin(std::future::ready(self.read_after(room, after, limit)))
+    }
+
+    fn read_messages_before(
+        &self,
+        room: &RoomName,
+        before: u64,
+        limit: usize,
+    ) -> StoreFuture<Messages> {
+        Box::pin(std::future::ready(self.read_before(room, before, limit)))
+    }
+
+    fn trim_messages(&self, room: &RoomName, epoch: Epoch, upto: u64) -> Result<(), StoreError> {
+        self.fenced_write(room, epoch, || self.trim(room, upto))
+    }
+
+    fn flush(&self, room: &RoomName, epoch: Epoch) -> Durable {
+        let durable = self.durable();
+        let (owners, room) = (self.owners.clone(), room.clone());
+        Box::pin(async move {
+            durable.await?;
+            // Written before a newer claim, so durable, but this owner has been replaced:
+            // it must not acknowledge anything more.
+            if Self::current_epoch(&owners, &room)? != epoch.0 {
+                return Err(StoreError::fenced(&room, epoch));
+            }
+            Ok(())
+        })
+    }
+
+    fn flush_all(&self) -> Durable {
+        self.durable()
+    }
+
+    fn rooms(&self) -> StoreFuture<Vec<RoomName>> {
+        Box::pin(std::future::ready(self.room_names()))
+    }
+}
+
+impl SledStore {
+    fn room_names(&self) -> Result<Vec<RoomName>, StoreError> {
+        let mut names = std::collections::BTreeSet::new();
+        for tree in [&self.docs, &self.streams] {
+            let mut next: Option<Vec<u8>> = None;
+            loop {
+                // Jump from one room's prefix to the next instead of reading every record.
+                let entry = match &next {
+                    None => tree.first(),
+                    Some(from) => tree.range(from.clone()..).next().transpose(),
+                }
+                .map_err(backend)?;
+                let Some((key, _)) = entry else { break };
+                let end = key.iter().position(|&b| b == 0).unwrap_or(key.len());
+                let name = String::from_utf8_lossy(&key[..end]).into_owned();
+                if let Ok(room) = RoomName::parse(&name) {
+                    names.insert(room);
+                }
+                let mut after = key[..end].to_vec();
+                after.push(1); // past every `name\0…` key
+                next = Some(after);
+            }
+        }
+        Ok(names.into_iter().collect())
+    }
+
+    fn read_doc(&self, room: &RoomName) -> Result<StoredDoc, StoreError> {
         let corrupt = |reason: &str| StoreError::Corrupt {
             room: room.to_string(),
             reason: reason.to_owned(),
@@ -319,27 +502,20 @@ impl Store for SledStore {
         Ok(stored)
     }
 
-    fn append_updates(
+    fn write_log(
         &self,
         room: &RoomName,
         last_seq: u64,
         updates: &[Vec<u8>],
     ) -> Result<(), StoreError> {
-        let size = updates.iter().map(|u| u.len() + 4).sum();
-        let mut value = Vec::with_capacity(size);
-        for update in updates {
-            let len = u32::try_from(update.len())
-                .map_err(|_| StoreError::refused("an update over 4 GiB"))?;
-            value.extend_from_slice(&len.to_be_bytes());
-            value.extend_from_slice(update);
-        }
+        let value = encode_batch(updates)?;
         self.docs
             .insert(Self::log_key(room, BATCH_TAG, last_seq), value)
             .map_err(backend)?;
         Ok(())
     }
 
-    fn write_snapshot(&self, room: &RoomName, upto: u64, state: &[u8]) -> Result<(), StoreError> {
+    fn write_snap(&self, room: &RoomName, upto: u64, state: &[u8]) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         let mut value = Vec::with_capacity(8 + state.len());
         value.extend_from_slice(&upto.to_be_bytes());
@@ -356,7 +532,7 @@ impl Store for SledStore {
         self.docs.apply_batch(batch).map_err(backend)
     }
 
-    fn load_stream(&self, room: &RoomName) -> Result<Option<StoredStream>, StoreError> {
+    fn read_stream(&self, room: &RoomName) -> Result<Option<StoredStream>, StoreError> {
         let Some((trimmed, epoch)) = self.stream_meta(room)? else {
             return Ok(None);
         };
@@ -376,7 +552,7 @@ impl Store for SledStore {
         }))
     }
 
-    fn create_stream(&self, room: &RoomName, epoch: &str) -> Result<(), StoreError> {
+    fn new_stream(&self, room: &RoomName, epoch: &str) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         let (start, end) = (
             Self::message_key(room, 0),
@@ -389,19 +565,12 @@ impl Store for SledStore {
         self.streams.apply_batch(batch).map_err(backend)
     }
 
-    fn append_message(&self, room: &RoomName, seq: u64, record: &[u8]) -> Result<(), StoreError> {
-        self.streams
-            .insert(Self::message_key(room, seq), record)
-            .map_err(backend)?;
-        Ok(())
-    }
-
-    fn read_messages(
+    fn read_after(
         &self,
         room: &RoomName,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    ) -> Result<Messages, StoreError> {
         let Some(from) = after.checked_add(1) else {
             return Ok(Vec::new());
         };
@@ -416,12 +585,12 @@ impl Store for SledStore {
             .collect()
     }
 
-    fn read_messages_before(
+    fn read_before(
         &self,
         room: &RoomName,
         before: u64,
         limit: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    ) -> Result<Messages, StoreError> {
         let (start, end) = (Self::message_key(room, 0), Self::message_key(room, before));
         let mut page = self
             .streams
@@ -434,7 +603,7 @@ impl Store for SledStore {
         Ok(page)
     }
 
-    fn trim_messages(&self, room: &RoomName, upto: u64) -> Result<(), StoreError> {
+    fn trim(&self, room: &RoomName, upto: u64) -> Result<(), StoreError> {
         let Some((trimmed, epoch)) = self.stream_meta(room)? else {
             return Ok(());
         };
@@ -451,56 +620,23 @@ impl Store for SledStore {
         );
         self.streams.apply_batch(batch).map_err(backend)
     }
-
-    fn flush_blocking(&self) -> Result<(), StoreError> {
-        // Flushes the whole database (every tree); cheap when nothing is dirty.
-        self.docs.flush().map(drop).map_err(backend)
-    }
-
-    fn flush(&self) -> Durable {
-        let Some(requests) = self.flusher.as_ref().and_then(|f| f.requests.as_ref()) else {
-            return Box::pin(async { Ok(()) });
-        };
-        let (tx, rx) = oneshot::channel();
-        let sent = requests.send(tx);
-        Box::pin(async move {
-            sent.map_err(|_| StoreError::Closed)?;
-            rx.await.map_err(|_| StoreError::Closed)?
-        })
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    //! What only sled has: its key layout, the format record, reopening a directory. The
+    //! contract every store keeps is checked by `tests/store_contract.rs`.
     use super::*;
 
     fn room(name: &str) -> RoomName {
         RoomName::parse(name).unwrap()
     }
 
-    #[test]
-    fn log_snapshot_and_reload() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path(), FlushPolicy::EveryBatch).unwrap();
-        let (a, ab) = (room("a"), room("ab"));
-        store
-            .append_updates(&a, 2, &[b"one".to_vec(), b"two".to_vec()])
-            .unwrap();
-        store
-            .append_updates(&ab, 1, &[b"other room".to_vec()])
-            .unwrap();
-        assert_eq!(
-            store.load_doc(&a).unwrap().updates,
-            vec![b"one".to_vec(), b"two".to_vec()]
-        );
-
-        store.write_snapshot(&a, 1, b"state@1").unwrap();
-        store.append_updates(&a, 3, &[b"three".to_vec()]).unwrap();
-        let loaded = store.load_doc(&a).unwrap();
-        assert_eq!(loaded.snapshot.as_deref(), Some(&b"state@1"[..]));
-        assert_eq!(loaded.updates, vec![b"two".to_vec(), b"three".to_vec()]);
-        assert_eq!(loaded.last_seq, 3);
-        assert_eq!(store.load_doc(&ab).unwrap().updates.len(), 1);
+    fn block<T>(f: StoreFuture<T>) -> Result<T, StoreError> {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
     }
 
     #[test]
@@ -508,6 +644,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path(), FlushPolicy::EveryBatch).unwrap();
         let r = room("mixed");
+        let epoch = block(store.claim(&r)).unwrap();
         store
             .docs
             .insert(SledStore::log_key(&r, UPDATE_TAG, 1), &b"1"[..])
@@ -517,21 +654,26 @@ mod tests {
             .insert(SledStore::log_key(&r, UPDATE_TAG, 2), &b"2"[..])
             .unwrap();
         store
-            .append_updates(&r, 5, &[b"3".to_vec(), b"4".to_vec(), b"5".to_vec()])
+            .append_updates(
+                &r,
+                epoch,
+                5,
+                vec![b"3".to_vec(), b"4".to_vec(), b"5".to_vec()],
+            )
             .unwrap();
-        let loaded = store.load_doc(&r).unwrap();
+        let loaded = block(store.load_doc(&r)).unwrap();
         let texts: Vec<&[u8]> = loaded.updates.iter().map(Vec::as_slice).collect();
         assert_eq!(texts, [&b"1"[..], b"2", b"3", b"4", b"5"]);
         assert_eq!(loaded.last_seq, 5);
-        store.write_snapshot(&r, 5, b"s").unwrap();
-        assert!(store.load_doc(&r).unwrap().updates.is_empty());
+        store.write_snapshot(&r, epoch, 5, b"s".to_vec()).unwrap();
+        assert!(block(store.load_doc(&r)).unwrap().updates.is_empty());
         // A truncated batch is reported, not half-loaded.
         store
             .docs
             .insert(SledStore::log_key(&r, BATCH_TAG, 9), &[0, 0, 0, 9, 1][..])
             .unwrap();
         assert!(matches!(
-            store.load_doc(&r),
+            block(store.load_doc(&r)),
             Err(StoreError::Corrupt { .. })
         ));
     }
@@ -557,101 +699,31 @@ mod tests {
     }
 
     #[test]
-    fn snapshot_alone_keeps_the_sequence() {
+    fn flushed_writes_and_epochs_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path(), FlushPolicy::EveryBatch).unwrap();
-        let r = room("r");
-        store.append_updates(&r, 7, &[b"x".to_vec()]).unwrap();
-        store.write_snapshot(&r, 7, b"s").unwrap();
-        let loaded = store.load_doc(&r).unwrap();
-        assert!(loaded.updates.is_empty());
-        assert_eq!(loaded.last_seq, 7);
-    }
-
-    #[test]
-    fn stream_append_page_trim_and_reload() {
-        let dir = tempfile::tempdir().unwrap();
-        let (a, ab) = (room("a"), room("ab"));
+        let (d, s) = (room("d"), room("s"));
         {
             let store = SledStore::open(dir.path(), FlushPolicy::EveryBatch).unwrap();
-            assert_eq!(store.load_stream(&a).unwrap(), None);
-            store.create_stream(&a, "e1").unwrap();
-            store.create_stream(&ab, "e2").unwrap();
-            for seq in 1..=5 {
-                store
-                    .append_message(&a, seq, format!("m{seq}").as_bytes())
-                    .unwrap();
-            }
-            store.append_message(&ab, 1, b"other").unwrap();
-            let seqs =
-                |page: Vec<(u64, Vec<u8>)>| page.into_iter().map(|(s, _)| s).collect::<Vec<_>>();
-            assert_eq!(seqs(store.read_messages(&a, 2, 2).unwrap()), vec![3, 4]);
-            assert_eq!(
-                seqs(store.read_messages(&a, 0, 100).unwrap()),
-                vec![1, 2, 3, 4, 5]
-            );
-            assert_eq!(
-                seqs(store.read_messages(&a, u64::MAX, 10).unwrap()),
-                Vec::<u64>::new()
-            );
-            assert_eq!(
-                seqs(store.read_messages_before(&a, 5, 2).unwrap()),
-                vec![3, 4]
-            );
-            assert_eq!(
-                seqs(store.read_messages_before(&a, 2, 10).unwrap()),
-                vec![1]
-            );
-            store.trim_messages(&a, 2).unwrap();
-            let expected = StoredStream {
-                epoch: "e1".into(),
-                last_seq: 5,
-                first_seq: 3,
-            };
-            assert_eq!(store.load_stream(&a).unwrap(), Some(expected));
-            store.trim_messages(&a, 5).unwrap();
-        }
-        let store = SledStore::open(dir.path(), FlushPolicy::EveryBatch).unwrap();
-        // Everything trimmed: the sequence still continues after 5.
-        let expected = StoredStream {
-            epoch: "e1".into(),
-            last_seq: 5,
-            first_seq: 6,
-        };
-        assert_eq!(store.load_stream(&a).unwrap(), Some(expected));
-        let other = StoredStream {
-            epoch: "e2".into(),
-            last_seq: 1,
-            first_seq: 1,
-        };
-        assert_eq!(store.load_stream(&ab).unwrap(), Some(other));
-        // A new epoch starts empty.
-        store.create_stream(&a, "e3").unwrap();
-        let fresh = StoredStream {
-            epoch: "e3".into(),
-            last_seq: 0,
-            first_seq: 1,
-        };
-        assert_eq!(store.load_stream(&a).unwrap(), Some(fresh));
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn flush_resolves_and_data_survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = SledStore::open(dir.path(), FlushPolicy::EveryBatch).unwrap();
+            let epoch = block(store.claim(&d)).unwrap();
             store
-                .append_updates(&room("d"), 1, &[b"durable".to_vec()])
+                .append_updates(&d, epoch, 1, vec![b"durable".to_vec()])
                 .unwrap();
-            let flushes: Vec<_> = (0..5).map(|_| store.flush()).collect();
-            for flush in flushes {
-                flush.await.unwrap();
-            }
+            let other = block(store.claim(&s)).unwrap();
+            store.create_stream(&s, other, "e1").unwrap();
+            store.append_message(&s, other, 1, b"m1".to_vec()).unwrap();
+            store.trim_messages(&s, other, 1).unwrap();
+            block(store.flush(&d, epoch)).unwrap();
         }
         let store = SledStore::open(dir.path(), FlushPolicy::EveryBatch).unwrap();
         assert_eq!(
-            store.load_doc(&room("d")).unwrap().updates,
+            block(store.load_doc(&d)).unwrap().updates,
             vec![b"durable".to_vec()]
         );
+        // Everything trimmed: the sequence still continues after 1.
+        let stream = block(store.load_stream(&s)).unwrap().unwrap();
+        assert_eq!((stream.last_seq, stream.first_seq), (1, 2));
+        // The epoch kept growing across the restart.
+        assert_eq!(block(store.claim(&d)).unwrap(), Epoch(2));
+        assert_eq!(block(store.rooms()).unwrap(), vec![d, s]);
     }
 }

@@ -20,6 +20,7 @@ use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
 pub const WAIT: Duration = Duration::from_secs(10);
 
 pub mod chat;
+pub mod pg;
 pub mod raw;
 
 #[path = "../../examples/support/procfs.rs"]
