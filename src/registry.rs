@@ -95,6 +95,11 @@ impl Handler<GetRoom> for Registry {
         if self.shutting_down {
             return Err(RoomError::Unavailable(Unavailable::ShuttingDown));
         }
+        if !self.store.is_ready() {
+            // The database is unreachable: an activation would only fail (and be retried);
+            // refuse at once until the store says it is back.
+            return Err(RoomError::Unavailable(Unavailable::Failed));
+        }
         if self.rooms.len() >= self.max_rooms {
             return Err(RoomError::Full {
                 limit: self.max_rooms,

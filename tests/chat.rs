@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use actix_http::ws::Message as WsMessage;
 use common::chat::{hs256, Chat, Sse};
+use common::pg;
 use common::*;
 use futures_util::SinkExt;
 use serde_json::{json, Value};
@@ -297,8 +298,25 @@ async fn the_same_message_id_publishes_once() {
 
 #[actix_rt::test]
 async fn kill_9_while_publishing_keeps_every_acknowledged_message_gap_free() {
+    acknowledged_messages_survive_kill_9(&[]).await;
+}
+
+/// The same on PostgreSQL (a schema of its own).
+#[actix_rt::test]
+async fn kill_9_while_publishing_keeps_every_acknowledged_message_gap_free_on_postgres() {
+    let Some(url) =
+        pg::url("kill_9_while_publishing_keeps_every_acknowledged_message_gap_free_on_postgres")
+    else {
+        return;
+    };
+    let schema = pg::Schema::new(&url, "chatcrash");
+    acknowledged_messages_survive_kill_9(&schema.flags()).await;
+}
+
+async fn acknowledged_messages_survive_kill_9(store: &[String]) {
+    let store: Vec<&str> = store.iter().map(String::as_str).collect();
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(dir.path(), &[]);
+    let mut server = Server::start(dir.path(), &store);
     let room = "chat-crash";
     let (mut publisher, _) = Chat::join(&server, room, json!({})).await;
     // Pipeline publishes; kill the server while acks are still arriving.
@@ -627,9 +645,27 @@ async fn five_hundred_rooms_of_four_keep_order_and_isolation() {
 
 #[actix_rt::test]
 async fn count_retention_is_exact_though_removal_is_batched() {
+    count_retention_is_exact(&[]).await;
+}
+
+/// The same on PostgreSQL (a schema of its own).
+#[actix_rt::test]
+async fn count_retention_is_exact_though_removal_is_batched_on_postgres() {
+    let Some(url) = pg::url("count_retention_is_exact_though_removal_is_batched_on_postgres")
+    else {
+        return;
+    };
+    let schema = pg::Schema::new(&url, "retention");
+    count_retention_is_exact(&schema.flags()).await;
+}
+
+async fn count_retention_is_exact(store: &[String]) {
+    let store: Vec<&str> = store.iter().map(String::as_str).collect();
     let dir = tempfile::tempdir().unwrap();
     let room = "chat-retention";
-    let mut server = Server::start(dir.path(), &["--stream-retention-messages", "200"]);
+    let mut flags = vec!["--stream-retention-messages", "200"];
+    flags.extend(store);
+    let mut server = Server::start(dir.path(), &flags);
     let (mut publisher, _) = Chat::join(&server, room, json!({})).await;
     for n in 1..=250 {
         publisher.send(&json!({"type": "publish", "body": n})).await;

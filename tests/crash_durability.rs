@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
+use common::pg;
 use common::*;
 use rand::Rng;
 use tandem::protocol::ysync::Message;
@@ -25,9 +26,26 @@ fn markers(text: &str) -> BTreeSet<String> {
 
 #[actix_rt::test]
 async fn updates_seen_by_a_client_survive_kill_9() {
+    seen_updates_survive_kill_9(&[]).await;
+}
+
+/// The same on PostgreSQL (a schema of its own).
+#[actix_rt::test]
+async fn updates_seen_by_a_client_survive_kill_9_on_postgres() {
+    let Some(url) = pg::url("updates_seen_by_a_client_survive_kill_9_on_postgres") else {
+        return;
+    };
+    let schema = pg::Schema::new(&url, "crash");
+    seen_updates_survive_kill_9(&schema.flags()).await;
+}
+
+async fn seen_updates_survive_kill_9(store: &[String]) {
+    let store: Vec<&str> = store.iter().map(String::as_str).collect();
     let dir = tempfile::tempdir().unwrap();
     // No rate limit: the writer streams as fast as it can.
-    let mut server = Server::start(dir.path(), &["--max-messages-per-sec", "0"]);
+    let mut flags = vec!["--max-messages-per-sec", "0"];
+    flags.extend(store);
+    let mut server = Server::start(dir.path(), &flags);
     let mut total_seen = 0;
     for round in 0..ROUNDS {
         let room = format!("crash-{round}");

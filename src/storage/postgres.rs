@@ -178,7 +178,8 @@ impl PostgresStore {
             .parse()
             .map_err(|e| StoreError::backend("PostgreSQL: parsing the URL", e))?;
         pg.options(format!("-c search_path={}", config.schema));
-        pg.application_name("tandem");
+        // Names the deployment in pg_stat_activity (and lets a test find its own sessions).
+        pg.application_name(format!("tandem/{}", config.schema));
         pg.connect_timeout(Duration::from_secs(5));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
