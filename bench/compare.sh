@@ -124,5 +124,6 @@ run tandem stream-ws stream-fanout --url "$http_base" --subscribers "$readers" -
 run tandem stream-sse stream-fanout --url "$http_base" --subscribers "$readers" --transport sse
 stop
 
-python3 bench/table.py "$out" >BENCHMARKS.md
+python3 bench/table.py "$out" >"$work/BENCHMARKS.md"  # reads the old one first
+mv "$work/BENCHMARKS.md" BENCHMARKS.md
 echo "== wrote $out and BENCHMARKS.md" >&2

@@ -170,6 +170,15 @@ def main(path):
                    f"{fmt(get(r, 'tandem', label, 'publish_to_ack', 'p50_ms'), 2)} | "
                    f"{fmt(get(r, 'tandem', label, 'publish_to_ack', 'p99_ms'), 2)} |")
     out.append("")
+    # The sled vs PostgreSQL section comes from bench/stores.sh: carried over as it is.
+    try:
+        with open("BENCHMARKS.md") as f:
+            current = f.read()
+        if "<!-- stores:begin -->" in current and "<!-- stores:end -->" in current:
+            block = current.split("<!-- stores:begin -->", 1)[1].split("<!-- stores:end -->", 1)[0]
+            out.append("<!-- stores:begin -->" + block + "<!-- stores:end -->")
+    except FileNotFoundError:
+        pass
     print("\n".join(out))
 
 
