@@ -33,4 +33,4 @@ pub mod storage;
 pub mod stream;
 
 pub use config::{Config, Settings};
-pub use server::{open_store, run, run_with_store, ServerError};
+pub use server::{open_store, run, run_listening, run_with_store, ServerError};

@@ -138,6 +138,17 @@ pub async fn run_with_store(
     store: Arc<dyn Store>,
     shutdown: impl Future<Output = ()> + 'static,
 ) -> Result<(), ServerError> {
+    run_listening(config, store, shutdown, |_| {}).await
+}
+
+/// Runs the server on a given store and tells `listening` the address it bound (the one
+/// the kernel picked when the configured port is 0) before serving; see [`run`].
+pub async fn run_listening(
+    config: Config,
+    store: Arc<dyn Store>,
+    shutdown: impl Future<Output = ()> + 'static,
+    listening: impl FnOnce(SocketAddr),
+) -> Result<(), ServerError> {
     let auth = config.auth.authenticator()?;
     if auth.is_open() {
         warn!("NO AUTHENTICATION CONFIGURED: anyone who can reach this server may read and write every room; set --jwt-secret or --jwt-public-key");
@@ -182,6 +193,7 @@ pub async fn run_with_store(
     // On stdout whatever the log level: the address to use (the bound one, when the
     // configured port was 0), for people and for scripts that start the server.
     println!("tandem listening on http://{addr}");
+    listening(addr);
     let handshake_timeout = config.handshake_timeout;
     let builder = actix_server::Server::build();
     // Lets idle keep-alive connections go at once when the server stops.

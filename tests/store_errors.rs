@@ -4,10 +4,8 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::*;
 use tandem::room::RoomName;
@@ -113,13 +111,9 @@ impl Store for FailingStore {
 
 #[actix_rt::test]
 async fn a_failing_store_is_reported_without_its_details() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Port 0: the kernel picks, and the server tells the test which it bound.
     let settings = Settings {
-        listen: Some(format!("127.0.0.1:{port}").parse().unwrap()),
+        listen: Some("127.0.0.1:0".parse().unwrap()),
         ..Settings::default()
     };
     let config = Config::from_settings(settings).unwrap();
@@ -128,24 +122,23 @@ async fn a_failing_store_is_reported_without_its_details() {
         failing: AtomicBool::new(false),
     });
     let (stop, stopped) = futures_channel::oneshot::channel::<()>();
+    let (bound_tx, bound) = std::sync::mpsc::channel();
     let server_store: Arc<dyn Store> = store.clone();
     let server = std::thread::spawn(move || {
         actix_rt::System::new().block_on(async move {
             let shutdown = async move {
                 let _ = stopped.await;
             };
-            tandem::run_with_store(config, server_store, shutdown).await
+            tandem::run_listening(config, server_store, shutdown, move |addr| {
+                let _ = bound_tx.send(addr);
+            })
+            .await
         })
     });
-    let base = format!("127.0.0.1:{port}");
-    let deadline = std::time::Instant::now() + WAIT;
-    while std::net::TcpStream::connect(&base).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the server never listened"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let base = bound
+        .recv_timeout(WAIT)
+        .expect("the server never listened")
+        .to_string();
 
     let mut client = YClient::try_connect_url(&format!("ws://{base}/yjs/doc"), None)
         .await

@@ -12,7 +12,6 @@
 //! neither overlap nor leave a gap, and no thread blocks on a database round trip. It
 //! never touches a socket: members are [`Recipient`]s of [`Outbound::Event`].
 
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -25,6 +24,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use super::history::{self, PageRequest, StreamView};
+use super::members::{Connection, Role};
 use super::{AfterFlush, DurableReply, Outbound, Outbox, Room, RoomError, SessionId, Unavailable};
 use crate::auth::{Access, ANONYMOUS_PREFIX};
 use crate::metrics;
@@ -126,15 +126,6 @@ pub(super) enum ChatAction {
     Send { to: SessionId, event: Event },
 }
 
-struct ChatMember {
-    outbox: Outbox,
-    access: Access,
-    /// The `sender` of its messages: the subject, or `anon-` and the connection id.
-    sender: String,
-    /// The idempotency key's first half: the subject, or "" when anonymous.
-    key_subject: String,
-}
-
 /// A room's loaded chat stream.
 pub(super) struct Chat {
     meta: StreamMeta,
@@ -148,7 +139,6 @@ pub(super) struct Chat {
     removed_upto: u64,
     idempotency: Idempotency,
     presence: Presence<SessionId>,
-    members: HashMap<SessionId, ChatMember>,
     /// Long-polls waiting for the next delivered message.
     waiters: Vec<oneshot::Sender<()>>,
     /// `oldest_ts` is unknown since a trim: the retention scan finds it again.
@@ -160,7 +150,7 @@ pub(super) struct Chat {
 impl Chat {
     /// Whether the stream keeps the room active.
     pub(super) fn is_idle(&self) -> bool {
-        self.members.is_empty() && self.waiters.iter().all(|w| w.is_closed()) && !self.scanning
+        self.waiters.iter().all(|w| w.is_closed()) && !self.scanning
     }
 
     fn view(&self) -> StreamView {
@@ -225,7 +215,6 @@ impl Room {
                 removed_upto: loaded.removed_upto,
                 idempotency: loaded.idempotency,
                 presence: Presence::new(config.typing_ttl),
-                members: HashMap::new(),
                 waiters: Vec::new(),
                 oldest_unknown: false,
                 scanning: false,
@@ -323,20 +312,6 @@ impl Room {
             return;
         };
         chat.waiters.retain(|w| !w.is_closed());
-        // A member whose connection ended before its join was answered never sends
-        // `Leave` (its actor did not know the room yet): notice it here.
-        let gone: Vec<SessionId> = chat
-            .members
-            .iter()
-            .filter(|(_, m)| !m.outbox.connected())
-            .map(|(id, _)| *id)
-            .collect();
-        for session in gone {
-            self.chat_leave(session);
-        }
-        let Some(chat) = self.chat.as_mut() else {
-            return;
-        };
         let ttl_ms = chat.presence.status_ttl().as_millis() as u64;
         for member in chat.presence.expire(Instant::now()) {
             let event = wire::typing(&member, ttl_ms);
@@ -396,41 +371,22 @@ impl Room {
 
     /// Hands one event to every member.
     fn chat_broadcast(&mut self, event: &Event) {
-        let Some(chat) = &self.chat else {
-            return;
-        };
-        let slow: Vec<SessionId> = chat
-            .members
-            .iter()
-            .filter(|(_, m)| !m.outbox.send(Outbound::Event(event.clone())))
-            .map(|(id, _)| *id)
-            .collect();
+        let slow = self.members.send_event_to_chats(event);
         self.close_slow_sessions(slow);
     }
 
     fn chat_send(&mut self, to: SessionId, event: Event) {
-        if let Some(member) = self.chat.as_ref().and_then(|c| c.members.get(&to)) {
+        if let Some(member) = self.members.chat(&to) {
             if !member.outbox.send(Outbound::Event(event)) {
                 self.close_slow_sessions(vec![to]);
             }
         }
     }
 
-    /// Members whose outbox says they are too slow (see [`Outbox::too_slow`]).
-    pub(super) fn chat_too_slow(&self) -> Vec<SessionId> {
-        self.chat.as_ref().map_or_else(Vec::new, |chat| {
-            chat.members
-                .iter()
-                .filter(|(_, m)| m.outbox.too_slow())
-                .map(|(id, _)| *id)
-                .collect()
-        })
-    }
-
     /// Closes a member that stopped taking events (its mailbox stays full) with its limit
     /// queued; false if it is no member. (Called from the room's `close_slow_sessions`.)
     pub(super) fn chat_close_slow(&mut self, id: SessionId) -> bool {
-        let Some(member) = self.chat.as_ref().and_then(|c| c.members.get(&id)) else {
+        let Some(member) = self.members.chat(&id) else {
             return false;
         };
         let queued = member.outbox.queued();
@@ -457,7 +413,7 @@ impl Room {
                 }
                 metrics::get()
                     .chat_delivered
-                    .inc_by(chat.members.len() as u64);
+                    .inc_by(self.members.chat_count() as u64);
                 self.chat_broadcast(&event);
             }
             ChatAction::Send { to, event } => self.chat_send(to, event),
@@ -510,13 +466,15 @@ impl Room {
                     .send(Outbound::Event(Event::message(seq, record)));
         }
         let id = msg.session;
-        chat.members.insert(
+        self.members.insert(
             msg.session,
-            ChatMember {
+            Connection {
                 outbox: msg.outbox,
                 access: msg.access,
-                key_subject: msg.subject.unwrap_or_default(),
-                sender,
+                role: Role::Chat {
+                    key_subject: msg.subject.unwrap_or_default(),
+                    sender,
+                },
             },
         );
         metrics::get().chat_members.inc();
@@ -528,42 +486,46 @@ impl Room {
 
     /// Removes a member, announcing its departure.
     pub(super) fn chat_leave(&mut self, session: SessionId) {
+        if self.members.chat(&session).is_none() {
+            return;
+        }
+        self.members.remove(&session);
+        metrics::get().chat_members.dec();
+        if self.members.is_empty() {
+            self.empty_since = Instant::now();
+        }
         let Some(chat) = self.chat.as_mut() else {
             return;
         };
-        if chat.members.remove(&session).is_none() {
-            return;
-        }
-        metrics::get().chat_members.dec();
         if let Some(member) = chat.presence.leave(&session) {
-            if chat.members.is_empty() {
-                self.empty_since = Instant::now();
-            }
             self.chat_broadcast(&wire::presence("leave", &member));
         }
     }
 
     /// Closes every member with `code` (shutdown or failure) and forgets them.
     pub(super) fn chat_close_all(&mut self, code: close::Close, detail: &str) {
-        let Some(chat) = self.chat.as_mut() else {
-            return;
-        };
-        for (_, member) in chat.members.drain() {
+        for (_, member) in self.members.drain_kind(true) {
             metrics::get().chat_members.dec();
             member.outbox.send(Outbound::Close(code, detail.to_owned()));
         }
-        chat.waiters.clear();
+        if let Some(chat) = self.chat.as_mut() {
+            chat.waiters.clear();
+        }
     }
 
     fn on_chat_request(&mut self, session: SessionId, request: Request, ctx: &mut Context<Self>) {
-        let Some(member) = self.chat.as_ref().and_then(|c| c.members.get(&session)) else {
+        let Some(Connection {
+            access,
+            role: Role::Chat {
+                sender,
+                key_subject,
+            },
+            ..
+        }) = self.members.chat(&session)
+        else {
             return; // closed by the room already; late requests are dropped
         };
-        let (access, sender, key_subject) = (
-            member.access,
-            member.sender.clone(),
-            member.key_subject.clone(),
-        );
+        let (access, sender, key_subject) = (*access, sender.clone(), key_subject.clone());
         match request {
             // The session answers refreshes itself; one never reaches the room.
             Request::Refresh { .. } => {}

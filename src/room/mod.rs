@@ -17,9 +17,10 @@ pub mod commit;
 pub mod document;
 mod error;
 mod history;
+mod members;
 mod outbox;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,7 @@ use crate::protocol::ysync::{self, Message as SyncMessage};
 use crate::storage::{Durable, Store, StoreError, StoredDoc};
 use crate::stream::wire::Event;
 use commit::CommitQueue;
+use members::{Connection, Members, Role};
 
 /// Queued updates applied at once, whatever is still in the mailbox: bounds the batch
 /// (and the delay of its first update) under a steady stream.
@@ -181,13 +183,6 @@ struct InFlight {
     done: Shared<Durable>,
 }
 
-struct SessionEntry {
-    outbox: Outbox,
-    access: Access,
-    /// Awareness client ids this session has announced.
-    clients: HashSet<u64>,
-}
-
 /// The room actor.
 pub struct Room {
     name: RoomName,
@@ -196,7 +191,8 @@ pub struct Room {
     registry: Recipient<Deactivated>,
     config: RoomConfig,
     document: Document,
-    sessions: HashMap<SessionId, SessionEntry>,
+    /// Everyone connected: y-websocket sessions and chat members.
+    members: Members,
     /// The chat stream, loaded on first use.
     chat: Option<chat::Chat>,
     /// Stored size of the document: the last snapshot plus the log after it.
@@ -244,7 +240,7 @@ impl Room {
             registry,
             config,
             document: Document::new(),
-            sessions: HashMap::new(),
+            members: Members::default(),
             chat: None,
             stored_bytes: 0,
             last_seq: 0,
@@ -409,7 +405,7 @@ impl Room {
             let run = rest.iter().take_while(|(s, _)| *s == session).count();
             let (updates, next) = rest.split_at(run);
             rest = next;
-            if !self.sessions.contains_key(&session) {
+            if self.members.doc(&session).is_none() {
                 continue; // closed by an earlier refusal: its later updates are dropped
             }
             let updates: Vec<&[u8]> = updates.iter().map(|(_, u)| u.as_ref()).collect();
@@ -521,17 +517,7 @@ impl Room {
     /// Hands the same frame to every session but `except`.
     fn broadcast(&mut self, frame: &Bytes, except: Option<SessionId>) {
         let started = Instant::now();
-        let mut sent = 0u64;
-        let mut slow = Vec::new();
-        for (id, session) in &self.sessions {
-            if Some(*id) != except {
-                if session.outbox.send(Outbound::Frame(frame.clone())) {
-                    sent += 1;
-                } else {
-                    slow.push(*id);
-                }
-            }
-        }
+        let (sent, slow) = self.members.send_frame_to_docs(frame, except);
         let m = metrics::get();
         m.updates_out.inc_by(sent);
         m.bytes_out.inc_by(sent * frame.len() as u64);
@@ -540,7 +526,7 @@ impl Room {
     }
 
     fn send(&mut self, to: SessionId, frame: Bytes) {
-        if let Some(session) = self.sessions.get(&to) {
+        if let Some(session) = self.members.doc(&to) {
             metrics::get().bytes_out.inc_by(frame.len() as u64);
             if !session.outbox.send(Outbound::Frame(frame)) {
                 self.close_slow_sessions(vec![to]);
@@ -562,7 +548,7 @@ impl Room {
             if self.chat_close_slow(id) {
                 continue;
             }
-            let Some(session) = self.sessions.get(&id) else {
+            let Some(session) = self.members.doc(&id) else {
                 continue; // already closed
             };
             let queued = session.outbox.queued();
@@ -615,13 +601,20 @@ impl Room {
 
     /// Removes a session, announcing the removal of the awareness states it carried.
     fn remove_session(&mut self, id: SessionId) {
-        let Some(session) = self.sessions.remove(&id) else {
+        if self.members.doc(&id).is_none() {
+            return;
+        }
+        let Some(Connection {
+            role: Role::Doc { clients },
+            ..
+        }) = self.members.remove(&id)
+        else {
             return;
         };
-        if self.sessions.is_empty() {
+        if self.members.is_empty() {
             self.empty_since = Instant::now();
         }
-        if let Some(removal) = self.document.remove_awareness(&session.clients) {
+        if let Some(removal) = self.document.remove_awareness(&clients) {
             let frame = SyncMessage::Awareness(removal.into()).encode();
             self.broadcast(&frame, None);
         }
@@ -629,10 +622,21 @@ impl Room {
 
     /// Closes one session with `close` and forgets it.
     fn close_session(&mut self, id: SessionId, close: Close, detail: String) {
-        if let Some(session) = self.sessions.get(&id) {
+        if let Some(session) = self.members.doc(&id) {
             session.outbox.send(Outbound::Close(close, detail));
         }
         self.remove_session(id);
+    }
+
+    /// Closes every session and chat member with `close` and forgets them (shutdown,
+    /// failure, stepping down).
+    fn close_all(&mut self, close: Close, detail: &str) {
+        for (_, session) in self.members.drain_kind(false) {
+            session
+                .outbox
+                .send(Outbound::Close(close, detail.to_owned()));
+        }
+        self.chat_close_all(close, detail);
     }
 
     /// The store failed, or refused this activation's writes as fenced: nothing pending can
@@ -655,11 +659,7 @@ impl Room {
         self.unwritten.clear(); // never acknowledged
         let abandoned = self.commits.abandon();
         self.refuse_all(abandoned, &error);
-        for session in self.sessions.values() {
-            session.outbox.send(Outbound::Close(close, detail.clone()));
-        }
-        self.sessions.clear();
-        self.chat_close_all(close, &detail);
+        self.close_all(close, &detail);
         self.stopping = true;
         ctx.stop();
     }
@@ -670,28 +670,17 @@ impl Room {
         if snapshot_due && self.last_seq > self.snapshot_seq {
             self.snapshot();
         }
-        // A session whose connection ended before its join was answered never sends
-        // `Leave`: notice it here.
-        let gone: Vec<SessionId> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| !s.outbox.connected())
-            .map(|(id, _)| *id)
-            .collect();
-        for id in gone {
+        // A connection that ended before its join was answered never sends `Leave`
+        // (its actor did not know the room yet): notice it here.
+        for id in self.members.disconnected() {
             self.remove_session(id);
+            self.chat_leave(id);
         }
-        // A stalled session is sent nothing once a burst ends: look at the queues here too.
-        let slow: Vec<SessionId> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.outbox.too_slow())
-            .map(|(id, _)| *id)
-            .chain(self.chat_too_slow())
-            .collect();
+        // A stalled client is sent nothing once a burst ends: look at the queues here too.
+        let slow = self.members.too_slow();
         self.close_slow_sessions(slow);
         self.chat_tick(ctx);
-        let idle = self.sessions.is_empty()
+        let idle = self.members.is_empty()
             && self.chat.as_ref().is_none_or(chat::Chat::is_idle)
             && self.commits.is_idle()
             && !self.reloading
@@ -780,12 +769,14 @@ impl Handler<Join> for Room {
                 SyncMessage::Awareness(states.into()).encode(),
             ));
         }
-        self.sessions.insert(
+        self.members.insert(
             msg.session,
-            SessionEntry {
+            Connection {
                 outbox: msg.outbox,
                 access: msg.access,
-                clients: HashSet::new(),
+                role: Role::Doc {
+                    clients: HashSet::new(),
+                },
             },
         );
         Ok(ctx.address())
@@ -811,16 +802,16 @@ impl Handler<Receive> for Room {
             message,
             frame,
         } = msg;
-        if !self.sessions.contains_key(&session) {
+        if self.members.doc(&session).is_none() {
             return; // closed by the room already; late frames are dropped
         }
         if !matches!(message, SyncMessage::SyncStep2(_) | SyncMessage::Update(_)) {
             self.apply_inbox(ctx); // everything is handled in the order it arrived
-            if !self.sessions.contains_key(&session) {
+            if self.members.doc(&session).is_none() {
                 return; // closed while the queue was applied (refused, or too slow)
             }
         }
-        let Some(access) = self.sessions.get(&session).map(|s| s.access) else {
+        let Some(access) = self.members.doc(&session).map(|s| s.access) else {
             return;
         };
         match message {
@@ -857,10 +848,14 @@ impl Handler<Receive> for Room {
             }
             SyncMessage::Awareness(payload) => match self.document.apply_awareness(&payload) {
                 Ok(change) => {
-                    if let Some(entry) = self.sessions.get_mut(&session) {
-                        entry.clients.extend(change.present);
+                    if let Some(Connection {
+                        role: Role::Doc { clients },
+                        ..
+                    }) = self.members.get_mut(&session)
+                    {
+                        clients.extend(change.present);
                         for id in change.removed {
-                            entry.clients.remove(&id);
+                            clients.remove(&id);
                         }
                     }
                     // Relayed to everyone, the sender too, as the reference server does:
@@ -943,13 +938,7 @@ impl Handler<Shutdown> for Room {
             return Box::pin(actix::fut::ready(())); // failed while applying: nothing to save
         }
         self.stopping = true;
-        for session in self.sessions.values() {
-            session
-                .outbox
-                .send(Outbound::Close(close::GOING_AWAY, String::new()));
-        }
-        self.sessions.clear();
-        self.chat_close_all(close::GOING_AWAY, "");
+        self.close_all(close::GOING_AWAY, "");
         self.snapshot();
         if let Err(e) = self.write_unwritten() {
             // Nothing pending may be acknowledged now; `fail` answers them with an error.

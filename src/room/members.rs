@@ -1,0 +1,194 @@
+//! Everyone connected to a room, in one map: y-websocket sessions and chat members (WebSocket
+//! or SSE) alike, each with where the room sends to it, what it may do, and what its kind
+//! carries (a session's awareness client ids; a member's sender name and idempotency
+//! subject). It hands frames and events to outboxes and reports who could not take them;
+//! what that means (closing a slow client) is the room's decision. No actor, no store.
+
+use std::collections::{HashMap, HashSet};
+
+use bytes::Bytes;
+
+use super::{Outbound, Outbox, SessionId};
+use crate::id::Access;
+use crate::stream::wire::Event;
+
+/// What a connection is in the room.
+pub(super) enum Role {
+    /// A y-websocket session, with the awareness client ids it has announced.
+    Doc { clients: HashSet<u64> },
+    /// A chat member.
+    Chat {
+        /// The `sender` of its messages: the subject, or `anon-` and the connection id.
+        sender: String,
+        /// The idempotency key's first half: the subject, or "" when anonymous.
+        key_subject: String,
+    },
+}
+
+/// One connection in the room: a y-websocket session or a chat member.
+pub(super) struct Connection {
+    pub outbox: Outbox,
+    pub access: Access,
+    pub role: Role,
+}
+
+impl Connection {
+    pub fn is_doc(&self) -> bool {
+        matches!(self.role, Role::Doc { .. })
+    }
+
+    pub fn is_chat(&self) -> bool {
+        matches!(self.role, Role::Chat { .. })
+    }
+}
+
+/// The room's connections.
+#[derive(Default)]
+pub(super) struct Members {
+    map: HashMap<SessionId, Connection>,
+}
+
+impl Members {
+    pub fn insert(&mut self, id: SessionId, member: Connection) {
+        self.map.insert(id, member);
+    }
+
+    pub fn get_mut(&mut self, id: &SessionId) -> Option<&mut Connection> {
+        self.map.get_mut(id)
+    }
+
+    pub fn remove(&mut self, id: &SessionId) -> Option<Connection> {
+        self.map.remove(id)
+    }
+
+    /// The y-websocket session `id`, if it is one.
+    pub fn doc(&self, id: &SessionId) -> Option<&Connection> {
+        self.map.get(id).filter(|m| m.is_doc())
+    }
+
+    /// The chat member `id`, if it is one.
+    pub fn chat(&self, id: &SessionId) -> Option<&Connection> {
+        self.map.get(id).filter(|m| m.is_chat())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn chat_count(&self) -> usize {
+        self.map.values().filter(|m| m.is_chat()).count()
+    }
+
+    /// Connections whose client went away (before its `Leave` could arrive).
+    pub fn disconnected(&self) -> Vec<SessionId> {
+        self.select(|m| !m.outbox.connected())
+    }
+
+    /// Connections whose outbox says they are too slow (see [`Outbox::too_slow`]).
+    pub fn too_slow(&self) -> Vec<SessionId> {
+        self.select(|m| m.outbox.too_slow())
+    }
+
+    fn select(&self, keep: impl Fn(&Connection) -> bool) -> Vec<SessionId> {
+        self.map
+            .iter()
+            .filter(|(_, m)| keep(m))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Hands the same frame to every y-websocket session but `except`: how many took it,
+    /// and who could not.
+    pub fn send_frame_to_docs(
+        &self,
+        frame: &Bytes,
+        except: Option<SessionId>,
+    ) -> (u64, Vec<SessionId>) {
+        let (mut sent, mut slow) = (0, Vec::new());
+        for (id, member) in self.map.iter().filter(|(_, m)| m.is_doc()) {
+            if Some(*id) == except {
+                continue;
+            }
+            if member.outbox.send(Outbound::Frame(frame.clone())) {
+                sent += 1;
+            } else {
+                slow.push(*id);
+            }
+        }
+        (sent, slow)
+    }
+
+    /// Hands one event to every chat member: who could not take it.
+    pub fn send_event_to_chats(&self, event: &Event) -> Vec<SessionId> {
+        self.map
+            .iter()
+            .filter(|(_, m)| m.is_chat())
+            .filter(|(_, m)| !m.outbox.send(Outbound::Event(event.clone())))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Removes every connection of one kind (`chat`: members, else sessions), returning them.
+    pub fn drain_kind(&mut self, chat: bool) -> Vec<(SessionId, Connection)> {
+        let ids = self.select(|m| m.is_chat() == chat);
+        ids.into_iter()
+            .filter_map(|id| self.map.remove(&id).map(|m| (id, m)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix::prelude::*;
+
+    struct Sink;
+    impl Actor for Sink {
+        type Context = Context<Self>;
+    }
+    impl Handler<Outbound> for Sink {
+        type Result = ();
+        fn handle(&mut self, _: Outbound, _: &mut Context<Self>) {}
+    }
+
+    #[actix_rt::test]
+    async fn sessions_and_members_share_one_map_and_each_kind_gets_its_own_sends() {
+        let outbox = || Outbox::new(Sink.start().recipient(), 1 << 20);
+        let mut members = Members::default();
+        let doc = |clients: &[u64]| Connection {
+            outbox: outbox(),
+            access: Access::Write,
+            role: Role::Doc {
+                clients: clients.iter().copied().collect(),
+            },
+        };
+        members.insert(SessionId(1), doc(&[7]));
+        members.insert(SessionId(2), doc(&[]));
+        members.insert(
+            SessionId(3),
+            Connection {
+                outbox: outbox(),
+                access: Access::Read,
+                role: Role::Chat {
+                    sender: "ada".into(),
+                    key_subject: "ada".into(),
+                },
+            },
+        );
+        assert!(members.doc(&SessionId(3)).is_none() && members.chat(&SessionId(3)).is_some());
+        assert_eq!(members.chat_count(), 1);
+        let (sent, slow) =
+            members.send_frame_to_docs(&Bytes::from_static(b"x"), Some(SessionId(1)));
+        assert_eq!(
+            (sent, slow.len()),
+            (1, 0),
+            "every session but the sender, no chat member"
+        );
+        let chats = members.drain_kind(true);
+        assert_eq!(chats.len(), 1);
+        assert_eq!(chats[0].0, SessionId(3));
+        assert!(!members.is_empty());
+        assert_eq!(members.drain_kind(false).len(), 2);
+        assert!(members.is_empty());
+    }
+}
