@@ -407,6 +407,10 @@ async fn store_copy_moves_a_sled_deployment_onto_postgres() {
     let mut server = Server::start(
         dir.path(),
         &[
+            // sled, also when the suite runs on PostgreSQL (TANDEM_TEST_STORE): an empty
+            // URL selects the embedded store.
+            "--postgres-url",
+            "",
             "--snapshot-every-updates",
             "5",
             "--stream-retention-messages",

@@ -19,6 +19,11 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
 fi
 cargo nextest run --locked --all-targets --no-fail-fast
 
+if [ -n "${TANDEM_TEST_POSTGRES_URL:-}" ]; then
+  step "end-to-end tests again, every server on PostgreSQL (TANDEM_TEST_STORE=postgres)"
+  TANDEM_TEST_STORE=postgres cargo nextest run --locked --tests --no-fail-fast -E 'kind(test)'
+fi
+
 step "build the server binary for the Node tests"
 cargo build --locked --bin tandem
 export TANDEM_BIN="$PWD/target/debug/tandem"

@@ -34,6 +34,20 @@ pub struct Server {
     pub port: u16,
     pub data_dir: PathBuf,
     args: Vec<String>,
+    /// The PostgreSQL schema the server stores in, when the suite runs on PostgreSQL
+    /// (kept across restarts, dropped with the last server that uses it).
+    schema: Option<std::sync::Arc<pg::Schema>>,
+}
+
+/// `TANDEM_TEST_STORE=postgres` runs every end-to-end test that starts a server on sled
+/// on PostgreSQL instead (a schema per server, kept across its restarts); `.ci/run` runs
+/// the suite both ways.
+fn suite_on_postgres() -> Option<String> {
+    let wanted = std::env::var("TANDEM_TEST_STORE").is_ok_and(|s| s == "postgres");
+    wanted.then(|| {
+        std::env::var(pg::URL_VAR)
+            .unwrap_or_else(|_| panic!("TANDEM_TEST_STORE=postgres needs {}", pg::URL_VAR))
+    })
 }
 
 impl Server {
@@ -46,7 +60,34 @@ impl Server {
 
     /// Like [`Server::start`] on a given port (0: the kernel picks).
     pub fn start_on(port: u16, data_dir: &Path, extra: &[&str]) -> Server {
-        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut schema = None;
+        if let Some(url) = suite_on_postgres() {
+            if !args.iter().any(|a| a == "--postgres-url") {
+                // One schema per data directory, as sled has one database there: a test
+                // that starts a new server on the same directory finds its data.
+                static SCHEMAS: std::sync::Mutex<
+                    Option<std::collections::HashMap<PathBuf, std::sync::Arc<pg::Schema>>>,
+                > = std::sync::Mutex::new(None);
+                let mut schemas = SCHEMAS.lock().unwrap_or_else(|e| e.into_inner());
+                let made = schemas
+                    .get_or_insert_with(Default::default)
+                    .entry(data_dir.to_owned())
+                    .or_insert_with(|| std::sync::Arc::new(pg::Schema::new(&url, "suite")))
+                    .clone();
+                args.extend(made.flags());
+                schema = Some(made);
+            }
+        }
+        Self::launch(port, data_dir, args, schema)
+    }
+
+    fn launch(
+        port: u16,
+        data_dir: &Path,
+        args: Vec<String>,
+        schema: Option<std::sync::Arc<pg::Schema>>,
+    ) -> Server {
         // `TANDEM_TEST_BIN` runs the suite against another build (a release binary, or an
         // older one to measure what a change bought).
         let bin = std::env::var_os("TANDEM_TEST_BIN").map_or_else(
@@ -79,6 +120,7 @@ impl Server {
             port,
             data_dir: data_dir.to_owned(),
             args,
+            schema,
         };
         server.wait_healthy();
         server
@@ -154,8 +196,12 @@ impl Server {
 
     /// Starts the same binary again on the same port and data directory.
     pub fn restart(&self) -> Server {
-        let extra: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        Server::start_on(self.port, &self.data_dir, &extra)
+        Server::launch(
+            self.port,
+            &self.data_dir,
+            self.args.clone(),
+            self.schema.clone(),
+        )
     }
 }
 

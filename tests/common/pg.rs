@@ -45,6 +45,8 @@ impl Schema {
             url: url.to_owned(),
             name,
         };
+        static SWEEP: std::sync::Once = std::sync::Once::new();
+        SWEEP.call_once(|| schema.sweep_dead());
         schema.execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", schema.name));
         schema
     }
@@ -77,6 +79,43 @@ impl Schema {
         })
         .join()
         .map_err(|_| "the SQL thread panicked".to_owned())?
+    }
+
+    /// Drops the schemas of test processes that are gone (a test killed before its drop
+    /// ran, or a schema kept for the life of a test process): their names carry the pid.
+    fn sweep_dead(&self) {
+        let (url, names) = (self.url.clone(), std::sync::Arc::new(std::sync::Mutex::new(Vec::new())));
+        let found = std::sync::Arc::clone(&names);
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async move {
+                let (client, connection) =
+                    tokio_postgres::connect(&url, tokio_postgres::NoTls).await.ok()?;
+                tokio::spawn(connection);
+                let rows = client
+                    .query("SELECT nspname FROM pg_namespace WHERE nspname LIKE 't\\_%'", &[])
+                    .await
+                    .ok()?;
+                let mut found = found.lock().ok()?;
+                found.extend(rows.into_iter().map(|r| r.get::<_, String>(0)));
+                Some(())
+            })
+        })
+        .join();
+        let names = names.lock().map(|n| n.clone()).unwrap_or_default();
+        for name in names {
+            // t_{tag}_{pid}_{n}_{random}
+            let parts: Vec<&str> = name.rsplitn(4, '_').collect();
+            let Some(pid) = parts.get(2).and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = self.try_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"));
+            }
+        }
     }
 
     /// The flags that point `tandem serve` at this schema.
