@@ -1,7 +1,7 @@
 //! The ids every layer shares, in one leaf module that imports nothing of Tandem's: room
 //! names (the one validated newtype passed around, so that no raw path segment ever
 //! reaches the registry or a storage key), session ids, and the right a session holds in
-//! a room, and the ownership epoch a store hands a room's owner. Pure.
+//! a room, the ownership epoch a store hands a room's owner, and cluster node ids. Pure.
 
 use std::fmt;
 
@@ -21,6 +21,47 @@ pub struct Epoch(pub u64);
 impl fmt::Display for Epoch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
+    }
+}
+
+/// The longest node id accepted, in bytes.
+pub const MAX_NODE_ID_LEN: usize = 64;
+
+/// A cluster node's id: 1–64 bytes of `A-Z a-z 0-9 _ - .`, chosen by the operator
+/// (`--node-id`). Its bytes are what the hash ring hashes, so it must be the same on every
+/// node that names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(std::sync::Arc<str>);
+
+/// Why a string is not a node id.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("node id {0:?}: use 1-64 of A-Z a-z 0-9 _ - .")]
+pub struct NodeIdError(pub String);
+
+impl NodeId {
+    /// Validates `id`.
+    pub fn parse(id: &str) -> Result<Self, NodeIdError> {
+        let ok = !id.is_empty()
+            && id.len() <= MAX_NODE_ID_LEN
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if ok {
+            Ok(Self(id.into()))
+        } else {
+            Err(NodeIdError(id.to_owned()))
+        }
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -100,6 +141,14 @@ mod tests {
     fn accepts_ordinary_names() {
         for ok in ["a", "doc-1", "team:notes_2026.v2", &"x".repeat(128)] {
             assert!(RoomName::parse(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn node_ids_are_plain() {
+        assert!(NodeId::parse("node-1.eu_west").is_ok());
+        for bad in ["", "a b", "n#1", "é", &"x".repeat(65)] {
+            assert!(NodeId::parse(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -6,8 +6,9 @@
 //! Data flows one way: socket → session actor → room actor → CRDT merge → persist →
 //! broadcast. Layers depend downward only.
 //!
-//! - [`id`] — the ids every layer shares (room names, session ids, access); a leaf that
-//!   imports nothing of Tandem's;
+//! - [`id`] — the ids every layer shares (room names, session ids, access, epochs, node
+//!   ids); a leaf that imports nothing of Tandem's;
+//! - [`cluster`] — the consistent hash ring (pure) that says which node owns a room;
 //! - [`protocol`] — pure wire formats: lib0 primitives, y-websocket messages, close codes;
 //! - [`room`] — the room actor and its pure [`room::Document`] (the CRDT wrapper);
 //! - [`session`] — one actor per WebSocket: frames, heartbeat, close codes;
@@ -20,6 +21,7 @@
 //! - [`server`] — wiring and ordered shutdown.
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod id;

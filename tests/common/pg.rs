@@ -84,7 +84,10 @@ impl Schema {
     /// Drops the schemas of test processes that are gone (a test killed before its drop
     /// ran, or a schema kept for the life of a test process): their names carry the pid.
     fn sweep_dead(&self) {
-        let (url, names) = (self.url.clone(), std::sync::Arc::new(std::sync::Mutex::new(Vec::new())));
+        let (url, names) = (
+            self.url.clone(),
+            std::sync::Arc::new(std::sync::Mutex::new(Vec::new())),
+        );
         let found = std::sync::Arc::clone(&names);
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -92,11 +95,15 @@ impl Schema {
                 .build()
                 .ok()?;
             runtime.block_on(async move {
-                let (client, connection) =
-                    tokio_postgres::connect(&url, tokio_postgres::NoTls).await.ok()?;
+                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .ok()?;
                 tokio::spawn(connection);
                 let rows = client
-                    .query("SELECT nspname FROM pg_namespace WHERE nspname LIKE 't\\_%'", &[])
+                    .query(
+                        "SELECT nspname FROM pg_namespace WHERE nspname LIKE 't\\_%'",
+                        &[],
+                    )
                     .await
                     .ok()?;
                 let mut found = found.lock().ok()?;
