@@ -1,4 +1,6 @@
-//! Running several nodes as one: which node owns which room. So far the pure hash ring
-//! ([`ring`]); membership, placement and routing build on it (issue 14).
+//! Running several nodes as one: who is in the cluster ([`membership`]: chitchat gossip, or
+//! an in-memory twin) and which node owns which room ([`ring`]: the consistent hash ring,
+//! pure). Placement and routing build on them (issue 14, in progress).
 
+pub mod membership;
 pub mod ring;
