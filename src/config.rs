@@ -60,6 +60,7 @@ pub const DEFAULT_TYPING_TTL_SECS: f64 = 5.0;
 pub const DEFAULT_IDEMPOTENCY_WINDOW: usize = 10_000;
 /// Default flush policy.
 pub const DEFAULT_FLUSH: &str = "batch";
+use crate::id::NodeId;
 /// Default bound of sled's page cache (defined by the store).
 pub use crate::storage::DEFAULT_SLED_CACHE_BYTES;
 use crate::storage::{PostgresConfig, DEFAULT_POSTGRES_SCHEMA};
@@ -93,6 +94,23 @@ pub struct Settings {
     /// Most PostgreSQL connections the server opens [default: 8]
     #[arg(long, env = "TANDEM_POSTGRES_POOL_SIZE")]
     pub postgres_pool_size: Option<usize>,
+    /// This node's id in a cluster (1-64 of A-Z a-z 0-9 _ - .) [default: none, one node]
+    #[arg(long, env = "TANDEM_NODE_ID")]
+    pub node_id: Option<String>,
+    /// The URL clients and other nodes reach this node at, e.g. http://10.0.0.5:4321
+    /// [default: http:// and the listen address]
+    #[arg(long, env = "TANDEM_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// UDP address this node gossips on (cluster membership) [default: none]
+    #[arg(long, env = "TANDEM_GOSSIP_LISTEN")]
+    pub gossip_listen: Option<SocketAddr>,
+    /// Gossip addresses of some members, comma-separated (may include this node's own)
+    /// [default: none]
+    #[arg(long, env = "TANDEM_SEEDS")]
+    pub seeds: Option<String>,
+    /// Nodes gossip only with nodes of the same cluster id [default: tandem]
+    #[arg(long, env = "TANDEM_CLUSTER_ID")]
+    pub cluster_id: Option<String>,
     /// Largest WebSocket frame, reassembled message or HTTP update body, in bytes
     /// [default: 16777216]
     #[arg(long, env = "TANDEM_MAX_MESSAGE_BYTES")]
@@ -198,6 +216,11 @@ impl Settings {
             postgres_url: self.postgres_url.or(fallback.postgres_url),
             postgres_schema: self.postgres_schema.or(fallback.postgres_schema),
             postgres_pool_size: self.postgres_pool_size.or(fallback.postgres_pool_size),
+            node_id: self.node_id.or(fallback.node_id),
+            advertise_url: self.advertise_url.or(fallback.advertise_url),
+            gossip_listen: self.gossip_listen.or(fallback.gossip_listen),
+            seeds: self.seeds.or(fallback.seeds),
+            cluster_id: self.cluster_id.or(fallback.cluster_id),
             max_message_bytes: self.max_message_bytes.or(fallback.max_message_bytes),
             room_idle_secs: self.room_idle_secs.or(fallback.room_idle_secs),
             snapshot_every_updates: self
@@ -273,6 +296,8 @@ pub struct Config {
     pub sled_cache_bytes: u64,
     /// PostgreSQL instead of sled, when set.
     pub postgres: Option<PostgresConfig>,
+    /// Cluster membership, when this node is one of several.
+    pub cluster: Option<ClusterConfig>,
     /// Largest frame, message or update body.
     pub max_message_bytes: usize,
     /// Room behaviour.
@@ -390,6 +415,83 @@ fn parse_origins(text: &str) -> Result<Vec<String>, ConfigError> {
         origins.push(origin.to_owned());
     }
     Ok(origins)
+}
+
+/// How a node joins a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// This node's id.
+    pub node_id: NodeId,
+    /// Where clients and other nodes reach it; `None`: from the bound listen address.
+    pub advertise_url: Option<String>,
+    /// UDP gossip address.
+    pub gossip_listen: SocketAddr,
+    /// Gossip addresses of some members.
+    pub seeds: Vec<String>,
+    /// The cluster's id.
+    pub cluster_id: String,
+}
+
+/// The cluster settings, when any is given: all or nothing, and only with PostgreSQL.
+fn cluster_config(
+    settings: &Settings,
+    has_postgres: bool,
+) -> Result<Option<ClusterConfig>, ConfigError> {
+    let given = settings.node_id.is_some()
+        || settings.gossip_listen.is_some()
+        || settings.seeds.is_some()
+        || settings.cluster_id.is_some()
+        || settings.advertise_url.is_some();
+    if !given {
+        return Ok(None);
+    }
+    let invalid = |name, reason: &str| ConfigError::Invalid {
+        name,
+        reason: reason.to_owned(),
+    };
+    if !has_postgres {
+        return Err(invalid(
+            "postgres-url",
+            "a cluster needs the shared store: give --postgres-url with the cluster flags",
+        ));
+    }
+    let node_id = settings
+        .node_id
+        .as_deref()
+        .ok_or_else(|| invalid("node-id", "a cluster node needs --node-id"))?;
+    let node_id = NodeId::parse(node_id).map_err(|e| invalid("node-id", &e.to_string()))?;
+    let gossip_listen = settings
+        .gossip_listen
+        .ok_or_else(|| invalid("gossip-listen", "a cluster node needs --gossip-listen"))?;
+    if let Some(url) = &settings.advertise_url {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(invalid(
+                "advertise-url",
+                "must start with http:// or https://",
+            ));
+        }
+    }
+    Ok(Some(ClusterConfig {
+        node_id,
+        advertise_url: settings
+            .advertise_url
+            .as_ref()
+            .map(|u| u.trim_end_matches('/').to_owned()),
+        gossip_listen,
+        seeds: settings
+            .seeds
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        cluster_id: settings
+            .cluster_id
+            .clone()
+            .unwrap_or_else(|| "tandem".to_owned()),
+    }))
 }
 
 /// Default most PostgreSQL connections.
@@ -538,6 +640,7 @@ impl Config {
             max_replay_bytes: max_outbox_bytes / 2,
         };
         let postgres = postgres_config(&settings)?;
+        let cluster = cluster_config(&settings, postgres.is_some())?;
         Ok(Config {
             listen: match settings.listen {
                 Some(addr) => addr,
@@ -549,6 +652,7 @@ impl Config {
             flush: parse_flush(settings.flush.as_deref().unwrap_or(DEFAULT_FLUSH))?,
             sled_cache_bytes,
             postgres,
+            cluster,
             max_message_bytes,
             room: RoomConfig {
                 idle_timeout: seconds(

@@ -61,6 +61,12 @@ pub struct Metrics {
     pub chat_not_recovered: Counter,
     /// Room activations that stepped down because a newer claim fenced their writes.
     pub rooms_fenced: Counter,
+    /// Requests answered with a 307 to the room's owner.
+    pub redirects: Counter,
+    /// Rooms handed off (deactivated here) because the ring gave them to another node.
+    pub handoffs: Counter,
+    /// Cluster members this node sees.
+    pub cluster_members: Gauge,
     /// PostgreSQL round trips (one transaction or one read each), and their duration.
     pub store_round_trip_seconds: Histogram,
     /// PostgreSQL operations that failed (the database errored or was unreachable).
@@ -106,6 +112,9 @@ impl Metrics {
             chat_recovered: Counter::default(),
             chat_not_recovered: Counter::default(),
             rooms_fenced: Counter::default(),
+            redirects: Counter::default(),
+            handoffs: Counter::default(),
+            cluster_members: Gauge::default(),
             store_round_trip_seconds: latency_histogram(),
             store_errors: Counter::default(),
             store_pool_size: Gauge::default(),
@@ -163,6 +172,21 @@ impl Metrics {
             "tandem_rooms_fenced",
             "Room activations that stepped down because a newer claim fenced their writes",
             m.rooms_fenced.clone(),
+        );
+        registry.register(
+            "tandem_redirects",
+            "Requests answered with a 307 to the room's owner",
+            m.redirects.clone(),
+        );
+        registry.register(
+            "tandem_handoffs",
+            "Rooms deactivated here because the ring gave them to another node",
+            m.handoffs.clone(),
+        );
+        registry.register(
+            "tandem_cluster_members",
+            "Cluster members this node sees",
+            m.cluster_members.clone(),
         );
         registry.register(
             "tandem_store_round_trip_seconds",

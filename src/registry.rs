@@ -4,6 +4,10 @@
 //!
 //! Callers reach rooms through [`send_to_room`], which retries when it catches a room in
 //! the moment between its deactivation and the registry hearing of it.
+//!
+//! In a cluster it asks [`Placement`] before activating: a room another node owns is not
+//! activated here, and when the ring changes, the rooms this node no longer owns are handed
+//! off (final snapshot, flush, sessions closed with "room moved" naming the new owner).
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -14,6 +18,8 @@ use actix::dev::ToEnvelope;
 use actix::prelude::*;
 use futures_util::future::join_all;
 
+use crate::cluster::placement::{Owner, Placement};
+use crate::metrics;
 use crate::room::{Deactivated, Room, RoomConfig, RoomError, RoomName, Shutdown, Unavailable};
 use crate::storage::Store;
 
@@ -47,7 +53,13 @@ pub struct Registry {
     next_activation: u64,
     shutting_down: bool,
     max_rooms: usize,
+    placement: Option<Arc<Placement>>,
 }
+
+/// The ring changed: hand off the rooms this node no longer owns.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct RingChanged;
 
 impl Registry {
     /// A registry that places rooms on `arbiters` (one per core, say).
@@ -69,7 +81,14 @@ impl Registry {
             next_activation: 0,
             shutting_down: false,
             max_rooms,
+            placement: None,
         }
+    }
+
+    /// Places rooms with `placement` (a cluster node).
+    pub fn with_placement(mut self, placement: Arc<Placement>) -> Self {
+        self.placement = Some(placement);
+        self
     }
 
     fn arbiter_for(&self, name: &RoomName) -> &ArbiterHandle {
@@ -81,6 +100,42 @@ impl Registry {
 
 impl Actor for Registry {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let Some(placement) = &self.placement else {
+            return;
+        };
+        let mut changes = placement.changes();
+        let me = ctx.address();
+        actix::spawn(async move {
+            while changes.changed().await.is_ok() {
+                if me.try_send(RingChanged).is_err() && !me.connected() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+impl Handler<RingChanged> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, _msg: RingChanged, _ctx: &mut Self::Context) {
+        let Some(placement) = &self.placement else {
+            return;
+        };
+        let snapshot = placement.snapshot();
+        metrics::get()
+            .cluster_members
+            .set(snapshot.view.members.len() as i64);
+        for (name, (activation, addr)) in &self.rooms {
+            if let Owner::Remote(owner) = placement.owner(name) {
+                tracing::info!(room = %name, activation, to = %owner.id, "handing the room off");
+                metrics::get().handoffs.inc();
+                addr.do_send(Shutdown::moved_to(&owner.url));
+            }
+        }
+    }
 }
 
 impl Handler<GetRoom> for Registry {
@@ -94,6 +149,12 @@ impl Handler<GetRoom> for Registry {
         }
         if self.shutting_down {
             return Err(RoomError::Unavailable(Unavailable::ShuttingDown));
+        }
+        if let Some(Owner::Remote(owner)) = self.placement.as_ref().map(|p| p.owner(&msg.name)) {
+            // The edge routes requests to the owner; this is the safety net for one that
+            // raced a ring change.
+            tracing::debug!(room = %msg.name, owner = %owner.id, "not activated here");
+            return Err(RoomError::Unavailable(Unavailable::Moved));
         }
         if !self.store.is_ready() {
             // The database is unreachable: an activation would only fail (and be retried);
@@ -150,7 +211,12 @@ impl Handler<ShutdownAll> for Registry {
         self.shutting_down = true;
         let rooms: Vec<Addr<Room>> = self.rooms.values().map(|(_, a)| a.clone()).collect();
         Box::pin(async move {
-            join_all(rooms.iter().map(|room| room.send(Shutdown))).await;
+            join_all(
+                rooms
+                    .iter()
+                    .map(|room| room.send(Shutdown::server_stopping())),
+            )
+            .await;
         })
     }
 }

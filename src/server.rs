@@ -23,7 +23,9 @@ use thiserror::Error;
 use tokio::net::TcpSocket;
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::cluster::membership::{GossipConfig, GossipMembership, Member};
+use crate::cluster::placement::Placement;
+use crate::config::{ClusterConfig, Config};
 use crate::http::{self, AppState};
 use crate::registry::{Registry, ShutdownAll};
 use crate::storage::{PostgresStore, SledStore, Store, StoreError};
@@ -52,6 +54,9 @@ pub enum ServerError {
     /// The configuration cannot be used.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// The node could not join its cluster.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::membership::MembershipError),
     /// The HTTP server failed while running.
     #[error("HTTP server error: {0}")]
     Serve(std::io::Error),
@@ -122,6 +127,31 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
     )?))
 }
 
+/// Starts gossiping and placing rooms for a cluster node bound at `addr`.
+async fn join_cluster(
+    cluster: &ClusterConfig,
+    addr: SocketAddr,
+) -> Result<(Arc<Placement>, Arc<GossipMembership>), ServerError> {
+    let me = Member {
+        id: cluster.node_id.clone(),
+        url: cluster
+            .advertise_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}")),
+    };
+    info!(node = %me.id, url = %me.url, gossip = %cluster.gossip_listen, seeds = ?cluster.seeds, "joining the cluster");
+    let membership = GossipMembership::start(GossipConfig {
+        me,
+        listen: cluster.gossip_listen,
+        seeds: cluster.seeds.clone(),
+        cluster_id: cluster.cluster_id.clone(),
+    })
+    .await
+    .map_err(ServerError::Cluster)?;
+    let placement = Placement::start(&membership);
+    Ok((placement, Arc::new(membership)))
+}
+
 /// Runs the server with the store its configuration names until `shutdown` resolves.
 /// Must run inside an actix system (`actix_web::main` or `actix::System`).
 pub async fn run(
@@ -153,14 +183,26 @@ pub async fn run_listening(
     if auth.is_open() {
         warn!("NO AUTHENTICATION CONFIGURED: anyone who can reach this server may read and write every room; set --jwt-secret or --jwt-public-key");
     }
+    let listener = listen(config.listen).map_err(|source| ServerError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let addr = listener.local_addr().unwrap_or(config.listen);
+    let placement = match &config.cluster {
+        Some(cluster) => Some(join_cluster(cluster, addr).await?),
+        None => None,
+    };
     let arbiters: Vec<Arbiter> = (0..config.room_threads).map(|_| Arbiter::new()).collect();
-    let registry = Registry::new(
+    let mut registry = Registry::new(
         Arc::clone(&store),
         arbiters.iter().map(Arbiter::handle).collect(),
         config.room.clone(),
         config.max_rooms,
-    )
-    .start();
+    );
+    if let Some((placement, _)) = &placement {
+        registry = registry.with_placement(Arc::clone(placement));
+    }
+    let registry = registry.start();
     let state = web::Data::new(AppState {
         registry: registry.clone(),
         store,
@@ -169,6 +211,7 @@ pub async fn run_listening(
         connections: Arc::new(AtomicUsize::new(0)),
         ready: AtomicBool::new(true),
         shutdown: tokio::sync::watch::Sender::new(false),
+        placement: placement.as_ref().map(|(p, _)| Arc::clone(p)),
     });
     let app_state = state.clone();
     let cors_origins = config.cors_origins.clone();
@@ -181,11 +224,6 @@ pub async fn run_listening(
             .app_data(app_state.clone())
             .configure(http::routes)
     };
-    let listener = listen(config.listen).map_err(|source| ServerError::Listen {
-        addr: config.listen,
-        source,
-    })?;
-    let addr = listener.local_addr().unwrap_or(config.listen);
     match &config.postgres {
         Some(pg) => info!(%addr, postgres_schema = %pg.schema, "tandem listening"),
         None => info!(%addr, data_dir = %config.data_dir.display(), "tandem listening"),

@@ -3,4 +3,5 @@
 //! pure). Placement and routing build on them (issue 14, in progress).
 
 pub mod membership;
+pub mod placement;
 pub mod ring;

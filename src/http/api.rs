@@ -5,7 +5,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use serde::Deserialize;
 
-use super::{authorize, read_body, room_name, ApiError, AppState};
+use super::{authorize, read_body, routed_room, ApiError, AppState};
 use crate::metrics;
 use crate::registry::send_to_room;
 use crate::room::{ApplyUpdate, DurableReply, ReadState, RoomError};
@@ -32,7 +32,7 @@ pub async fn get_state(
     query: web::Query<StateQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let name = room_name(&path)?;
+    let name = routed_room(&req, &state, &path)?;
     authorize(&req, &state, &name, false)?;
     let json = match query.format.as_deref() {
         None | Some("binary") => false,
@@ -60,7 +60,7 @@ pub async fn post_update(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let name = room_name(&path)?;
+    let name = routed_room(&req, &state, &path)?;
     authorize(&req, &state, &name, true)?;
     let body = read_body(&req, payload, state.config.max_message_bytes).await?;
     if body.is_empty() {

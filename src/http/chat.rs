@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::api::durable;
-use super::{authorize, read_body, room_name, ApiError, AppState};
+use super::{authorize, read_body, routed_room, ApiError, AppState};
 use crate::metrics;
 use crate::registry::send_to_room;
 use crate::room::{HttpPublish, ReadMessages, ReadReply, DEFAULT_PAGE, MAX_PAGE};
@@ -28,7 +28,7 @@ pub async fn upgrade(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let name = room_name(&path)?;
+    let name = routed_room(&req, &state, &path)?;
     let grant = authorize(&req, &state, &name, false)?;
     let session = super::yjs::session(&state, name, &grant).chat(grant.subject, grant.info);
     super::upgrade::accept(session, &req, &state)
@@ -60,7 +60,7 @@ pub async fn events(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let name = room_name(&path)?;
+    let name = routed_room(&req, &state, &path)?;
     let grant = authorize(&req, &state, &name, false)?;
     let q = query(&req)?;
     let last_event_id = match req.headers().get("last-event-id") {
@@ -115,7 +115,7 @@ pub async fn publish(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let name = room_name(&path)?;
+    let name = routed_room(&req, &state, &path)?;
     let grant = authorize(&req, &state, &name, true)?;
     let body = read_body(&req, payload, state.config.max_message_bytes).await?;
     metrics::get().bytes_in.inc_by(body.len() as u64);
@@ -152,7 +152,7 @@ pub async fn read(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let name = room_name(&path)?;
+    let name = routed_room(&req, &state, &path)?;
     authorize(&req, &state, &name, false)?;
     let q = query(&req)?;
     let limit = q.limit.unwrap_or(DEFAULT_PAGE);

@@ -6,10 +6,12 @@
 //! - `GET /rooms/{room}/state`, `POST /rooms/{room}/update` — the document over HTTP ([`api`]);
 //! - `GET /rooms/{room}/ws` (WebSocket), `GET /rooms/{room}/events` (SSE),
 //!   `POST|GET /rooms/{room}/messages` — the chat stream ([`chat`]);
+//! - `GET /route/{room}`, `GET /cluster` — who owns what ([`cluster`]);
 //! - `GET /healthz`, `GET /readyz`, `GET /metrics` — operations ([`ops`]).
 
 mod api;
 mod chat;
+mod cluster;
 mod ops;
 pub mod upgrade;
 mod yjs;
@@ -26,7 +28,9 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::auth::{Access, AuthError, Authenticator, Grant};
+use crate::cluster::placement::{Owner, Placement};
 use crate::config::Config;
+use crate::metrics;
 use crate::registry::Registry;
 use crate::room::{RoomError, RoomName, RoomNameError};
 use crate::storage::Store;
@@ -47,6 +51,8 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// Turns true when the server shuts down: every WebSocket session closes ("going away").
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// Which node owns which room, when this node is one of a cluster.
+    pub placement: Option<Arc<Placement>>,
 }
 
 /// Registers every route, and the JSON answers for what matches none.
@@ -75,6 +81,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::post().to(chat::publish),
     )
     .route("/rooms/{room:[^/]*}/messages", web::get().to(chat::read))
+    .route("/route/{room:[^/]*}", web::get().to(cluster::route))
+    .route("/cluster", web::get().to(cluster::cluster))
     .route("/healthz", web::get().to(ops::healthz))
     .route("/readyz", web::get().to(ops::readyz))
     .route("/metrics", web::get().to(ops::metrics))
@@ -142,6 +150,22 @@ pub enum ApiError {
     /// No endpoint has this path (and method).
     #[error("{0}")]
     NotFound(String),
+    /// Another node owns the room: 307 to it.
+    #[error("room {room} is served by node {owner}")]
+    Redirect {
+        /// The room.
+        room: String,
+        /// The owner's id.
+        owner: String,
+        /// Where to go.
+        location: String,
+        /// The ring version that decided.
+        ring_version: u64,
+    },
+    /// The request was redirected twice already and still did not reach the owner (the
+    /// nodes' views of the cluster disagree for a moment): 503, retry shortly.
+    #[error("room {0} is moving between nodes; retry shortly")]
+    Bounced(String),
 }
 
 impl From<RoomError> for ApiError {
@@ -173,6 +197,8 @@ impl ResponseError for ApiError {
             ApiError::Auth(e) if e.is_unauthenticated() => StatusCode::UNAUTHORIZED,
             ApiError::Auth(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Redirect { .. } => StatusCode::TEMPORARY_REDIRECT,
+            ApiError::Bounced(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -184,6 +210,15 @@ impl ResponseError for ApiError {
         if self.status_code() == StatusCode::SERVICE_UNAVAILABLE {
             response.insert_header((header::RETRY_AFTER, "1"));
         }
+        if let ApiError::Redirect {
+            location,
+            ring_version,
+            ..
+        } = self
+        {
+            response.insert_header((header::LOCATION, location.as_str()));
+            response.insert_header((RING_VERSION_HEADER, ring_version.to_string()));
+        }
         response.json(serde_json::json!({ "error": self.to_string() }))
     }
 }
@@ -191,6 +226,47 @@ impl ResponseError for ApiError {
 /// Validates the `{room}` path segment.
 fn room_name(raw: &str) -> Result<RoomName, ApiError> {
     Ok(RoomName::parse(raw)?)
+}
+
+/// The response header carrying the ring version that routed a request.
+pub const RING_VERSION_HEADER: &str = "tandem-ring-version";
+/// The query parameter that counts redirects between nodes.
+const HOPS_PARAM: &str = "tandem_hops";
+
+/// Validates the `{room}` segment and routes the request: a room this node owns is served
+/// here; any other gets a 307 to its owner (the same path and query, with a hop count), and
+/// a request that already bounced twice gets 503 rather than a loop.
+fn routed_room(req: &HttpRequest, state: &AppState, raw: &str) -> Result<RoomName, ApiError> {
+    let room = room_name(raw)?;
+    let Some(placement) = &state.placement else {
+        return Ok(room);
+    };
+    let Owner::Remote(owner) = placement.owner(&room) else {
+        return Ok(room);
+    };
+    let mut hops = 0u32;
+    let mut query: Vec<String> = Vec::new();
+    for pair in req.query_string().split('&').filter(|p| !p.is_empty()) {
+        match pair
+            .strip_prefix(HOPS_PARAM)
+            .and_then(|v| v.strip_prefix('='))
+        {
+            Some(n) => hops = n.parse().unwrap_or(u32::MAX),
+            None => query.push(pair.to_owned()),
+        }
+    }
+    if hops >= 2 {
+        return Err(ApiError::Bounced(room.to_string()));
+    }
+    query.push(format!("{HOPS_PARAM}={}", hops + 1));
+    let location = format!("{}{}?{}", owner.url, req.path(), query.join("&"));
+    metrics::get().redirects.inc();
+    Err(ApiError::Redirect {
+        room: room.to_string(),
+        owner: owner.id.to_string(),
+        location,
+        ring_version: placement.snapshot().ring.version(),
+    })
 }
 
 #[derive(Deserialize)]

@@ -5,7 +5,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use std::sync::Arc;
 
-use super::{authorize, room_name, upgrade, AppState};
+use super::{authorize, routed_room, upgrade, AppState};
 use crate::auth::Grant;
 use crate::room::RoomName;
 use crate::session::SessionPlan;
@@ -16,7 +16,7 @@ pub async fn upgrade(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let name = room_name(&path)?;
+    let name = routed_room(&req, &state, &path)?;
     // Checked before the upgrade: a refused client gets a 401/403 with a reason, never a socket.
     let grant = authorize(&req, &state, &name, false)?;
     upgrade::accept(session(&state, name, &grant), &req, &state)

@@ -142,7 +142,31 @@ pub struct ReadState {
 /// Close every session with "going away", write a final snapshot, flush, stop.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Shutdown;
+pub struct Shutdown {
+    /// What sessions are closed with: "going away" when the server stops, "room moved"
+    /// (with the new owner) when the ring gives the room to another node.
+    pub close: Close,
+    /// Detail after the close reason.
+    pub detail: String,
+}
+
+impl Shutdown {
+    /// The server is stopping.
+    pub fn server_stopping() -> Self {
+        Self {
+            close: close::GOING_AWAY,
+            detail: String::new(),
+        }
+    }
+
+    /// The room now belongs to the node at `url`.
+    pub fn moved_to(url: &str) -> Self {
+        Self {
+            close: close::ROOM_MOVED,
+            detail: format!("now served by {url}"),
+        }
+    }
+}
 
 /// Sent to the registry when a room actor stops, so it forgets the address.
 #[derive(Message)]
@@ -932,13 +956,13 @@ fn failure_of(cause: &StoreError) -> RoomError {
 impl Handler<Shutdown> for Room {
     type Result = ResponseActFuture<Self, ()>;
 
-    fn handle(&mut self, _msg: Shutdown, ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: Shutdown, ctx: &mut Self::Context) -> Self::Result {
         self.apply_inbox(ctx);
         if self.stopping {
             return Box::pin(actix::fut::ready(())); // failed while applying: nothing to save
         }
         self.stopping = true;
-        self.close_all(close::GOING_AWAY, "");
+        self.close_all(msg.close, &msg.detail);
         self.snapshot();
         if let Err(e) = self.write_unwritten() {
             // Nothing pending may be acknowledged now; `fail` answers them with an error.

@@ -1,0 +1,51 @@
+//! Cluster endpoints: `GET /route/{room}` (who owns a room, for clients that ask before
+//! connecting) and `GET /cluster` (the members this node sees and its ring version). On a
+//! node that runs alone they describe a cluster of one.
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use super::{room_name, ApiError, AppState, RING_VERSION_HEADER};
+
+/// `GET /route/{room}`: `{"room", "owner": {"id", "url"}, "ring_version"}`.
+pub async fn route(
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let room = room_name(&path)?;
+    let Some(placement) = &state.placement else {
+        return Ok(HttpResponse::Ok().json(json!({ "room": room.as_str(), "owner": null })));
+    };
+    let snapshot = placement.snapshot();
+    let owner = snapshot
+        .ring
+        .owner(&room)
+        .and_then(|id| snapshot.view.member(id));
+    Ok(HttpResponse::Ok()
+        .insert_header((RING_VERSION_HEADER, snapshot.ring.version().to_string()))
+        .json(json!({
+            "room": room.as_str(),
+            "owner": owner.map(|m| json!({ "id": m.id.as_str(), "url": m.url })),
+            "ring_version": snapshot.ring.version().to_string(),
+        })))
+}
+
+/// `GET /cluster`: this node, the live members it sees, the ring version.
+pub async fn cluster(state: web::Data<AppState>) -> HttpResponse {
+    let Some(placement) = &state.placement else {
+        return HttpResponse::Ok()
+            .json(json!({ "node": null, "members": [], "ring_version": null }));
+    };
+    let snapshot = placement.snapshot();
+    let members: Vec<_> = snapshot
+        .view
+        .members
+        .iter()
+        .map(|m| json!({ "id": m.id.as_str(), "url": m.url, "state": "alive" }))
+        .collect();
+    HttpResponse::Ok().json(json!({
+        "node": { "id": placement.me().id.as_str(), "url": placement.me().url },
+        "members": members,
+        "ring_version": snapshot.ring.version().to_string(),
+    }))
+}
