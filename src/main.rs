@@ -49,11 +49,11 @@ enum StoreCommand {
     /// A store is `sled:DIR` or a PostgreSQL URL (`postgres://user@host:5432/db`). Rooms
     /// that already exist in the destination are refused.
     Copy {
-        /// The store to read.
-        #[arg(long)]
+        /// The store to read (env TANDEM_COPY_FROM keeps a password out of `ps`).
+        #[arg(long, env = "TANDEM_COPY_FROM", hide_env_values = true)]
         from: String,
-        /// The store to write.
-        #[arg(long)]
+        /// The store to write (env TANDEM_COPY_TO).
+        #[arg(long, env = "TANDEM_COPY_TO", hide_env_values = true)]
         to: String,
         /// PostgreSQL schema of a `postgres://` store (created if missing)
         #[arg(long, env = "TANDEM_POSTGRES_SCHEMA", default_value = tandem::storage::DEFAULT_POSTGRES_SCHEMA)]
@@ -128,9 +128,8 @@ fn open_store(spec: &str, schema: &str) -> Result<Arc<dyn Store>, String> {
             .map(|s| Arc::new(s) as Arc<dyn Store>)
             .map_err(|e| e.to_string());
     }
-    Err(format!(
-        "{spec:?} is not a store: use sled:DIR or postgres://USER@HOST:PORT/DB"
-    ))
+    // The text itself is not echoed: it may be a connection string with a password.
+    Err("a store is sled:DIR or postgres://USER@HOST:PORT/DB (or postgresql://…)".to_owned())
 }
 
 /// `tandem store copy`.

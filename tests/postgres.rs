@@ -494,3 +494,62 @@ async fn store_copy_moves_a_sled_deployment_onto_postgres() {
         String::from_utf8_lossy(&again.stderr)
     );
 }
+
+/// A commit that fails loses every write in it, also those of rooms that had no flush
+/// waiting in that commit: such a room's next flush must fail too, never report them
+/// durable. (A duplicate log key makes the commit fail here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_lost_in_a_failed_commit_are_never_acknowledged_later() {
+    use tandem::room::RoomName;
+    use tandem::storage::{PostgresConfig, PostgresStore, Store};
+    let Some(url) = pg::url("writes_lost_in_a_failed_commit_are_never_acknowledged_later") else {
+        return;
+    };
+    let schema = pg::Schema::new(&url, "poison");
+    let store = PostgresStore::connect(&PostgresConfig {
+        url: schema.url.clone(),
+        schema: schema.name.clone(),
+        pool_size: 4,
+    })
+    .unwrap();
+    let (a, b) = (RoomName::parse("a").unwrap(), RoomName::parse("b").unwrap());
+    let (ea, eb) = (
+        store.claim(&a).await.unwrap(),
+        store.claim(&b).await.unwrap(),
+    );
+    store
+        .append_updates(&a, ea, 1, vec![b"a1".to_vec()])
+        .unwrap();
+    store.flush(&a, ea).await.unwrap();
+    // One commit: a's duplicate record (refused by the database) and b's write, with no
+    // flush of b's waiting in it.
+    store
+        .append_updates(&a, ea, 1, vec![b"again".to_vec()])
+        .unwrap();
+    store
+        .append_updates(&b, eb, 1, vec![b"b1".to_vec()])
+        .unwrap();
+    assert!(
+        store.flush(&a, ea).await.is_err(),
+        "the duplicate must fail the commit"
+    );
+    // b's write was in that commit and is gone: its flush must not say otherwise.
+    assert!(
+        store.flush(&b, eb).await.is_err(),
+        "a lost write was acknowledged"
+    );
+    assert!(store
+        .append_updates(&b, eb, 2, vec![b"b2".to_vec()])
+        .is_err());
+    assert!(store.load_doc(&b).await.unwrap().updates.is_empty());
+    // Under a new claim (a reactivation) the room works again.
+    let eb2 = store.claim(&b).await.unwrap();
+    store
+        .append_updates(&b, eb2, 1, vec![b"b1".to_vec()])
+        .unwrap();
+    store.flush(&b, eb2).await.unwrap();
+    assert_eq!(
+        store.load_doc(&b).await.unwrap().updates,
+        vec![b"b1".to_vec()]
+    );
+}

@@ -687,14 +687,18 @@ impl Handler<HttpPublish> for Room {
 }
 
 impl Handler<ReadMessages> for Room {
-    type Result = AtomicResponse<Self, Result<ReadReply, RoomError>>;
+    type Result = ResponseFuture<Result<ReadReply, RoomError>>;
 
-    fn handle(&mut self, msg: ReadMessages, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: ReadMessages, ctx: &mut Self::Context) -> Self::Result {
         if self.stopping {
-            return AtomicResponse::new(done(Err(RoomError::Unavailable(Unavailable::Stopping))));
+            return Box::pin(std::future::ready(Err(RoomError::Unavailable(
+                Unavailable::Stopping,
+            ))));
         }
         self.empty_since = Instant::now();
-        AtomicResponse::new(Box::pin(self.chat_loaded().then(
+        let (tx, rx) = oneshot::channel();
+        let loaded = self.chat.is_some();
+        let read = self.chat_loaded().then(
             move |loaded, room, _ctx| -> RoomFuture<Result<ReadReply, RoomError>> {
                 if let Err(e) = loaded {
                     return done(Err(e));
@@ -707,15 +711,33 @@ impl Handler<ReadMessages> for Room {
                 };
                 Box::pin(room.read_page(request).map(move |page, room, _ctx| {
                     let page = page?;
+                    let chat = room.chat()?;
                     let caught_up = msg.from.as_ref().is_some_and(|f| f.since >= page.last_seq);
-                    if msg.wait && page.recovered && caught_up {
+                    // Read while the room went on: wait only if nothing was delivered since
+                    // the page's view was taken (else the client reads again at once).
+                    if msg.wait && page.recovered && caught_up && chat.delivered == page.last_seq {
                         let (tx, rx) = oneshot::channel();
-                        room.chat()?.waiters.push(tx);
+                        chat.waiters.push(tx);
                         return Ok(ReadReply::Wait(rx));
                     }
                     Ok(ReadReply::Page(page.to_json(None, None).into_bytes()))
                 }))
             },
-        )))
+        );
+        let answer = read.map(move |result, _room, _ctx| {
+            let _ = tx.send(result);
+        });
+        if loaded {
+            // A page read is a snapshot of what was delivered when asked: the room goes on
+            // meanwhile (a long-poll must not hold it).
+            ctx.spawn(answer);
+        } else {
+            // The stream's first load holds the room (nothing may touch it half-loaded).
+            ctx.wait(answer);
+        }
+        Box::pin(async move {
+            rx.await
+                .unwrap_or(Err(RoomError::Unavailable(Unavailable::Stopping)))
+        })
     }
 }

@@ -61,6 +61,9 @@ pub enum Unavailable {
     /// The room was claimed by a newer activation (fenced by the store); it stepped down.
     #[error("the room moved to another owner; retry")]
     Moved,
+    /// The room is rebuilding its document from the store (after yrs panicked).
+    #[error("the room is reloading; retry")]
+    Reloading,
     /// The room did not answer in time.
     #[error("room did not answer in time")]
     NotAnswering,

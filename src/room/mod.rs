@@ -595,7 +595,8 @@ impl Room {
 
     /// Writes the whole state as a snapshot covering the log, which it replaces.
     fn snapshot(&mut self) {
-        if self.last_seq == self.snapshot_seq {
+        // While reloading, the document may be half-changed: never store it.
+        if self.last_seq == self.snapshot_seq || self.reloading {
             return;
         }
         let state = self.document.snapshot();
@@ -786,6 +787,9 @@ impl Handler<Join> for Room {
             return Err(RoomError::Unavailable(Unavailable::Stopping));
         }
         self.apply_inbox(ctx);
+        if self.reloading {
+            return Err(RoomError::Unavailable(Unavailable::Reloading));
+        }
         let greeting = SyncMessage::SyncStep1(self.document.state_vector().into()).encode();
         msg.outbox.send(Outbound::Frame(greeting));
         if let Some(states) = self.document.awareness_states() {
@@ -833,6 +837,16 @@ impl Handler<Receive> for Room {
             self.apply_inbox(ctx); // everything is handled in the order it arrived
             if self.members.doc(&session).is_none() {
                 return; // closed while the queue was applied (refused, or too slow)
+            }
+            if self.reloading {
+                // The queue made yrs panic: this waits for the rebuilt document (the
+                // reload holds the mailbox; this comes right after it).
+                ctx.notify(Receive {
+                    session,
+                    message,
+                    frame,
+                });
+                return;
             }
         }
         let Some(access) = self.members.doc(&session).map(|s| s.access) else {
@@ -915,7 +929,11 @@ impl Handler<ApplyUpdate> for Room {
         if self.stopping {
             return Err(RoomError::Unavailable(Unavailable::Stopping));
         }
+        self.empty_since = Instant::now();
         self.apply_inbox(ctx);
+        if self.reloading {
+            return Err(RoomError::Unavailable(Unavailable::Reloading));
+        }
         self.apply(&[&msg.update], None, ctx)?;
         let (tx, rx) = oneshot::channel();
         self.after_durable(
@@ -933,7 +951,11 @@ impl Handler<ReadState> for Room {
     type Result = Result<DurableReply, RoomError>;
 
     fn handle(&mut self, msg: ReadState, ctx: &mut Self::Context) -> Self::Result {
+        self.empty_since = Instant::now();
         self.apply_inbox(ctx);
+        if self.reloading {
+            return Err(RoomError::Unavailable(Unavailable::Reloading));
+        }
         let body: Bytes = if msg.json {
             self.document.to_json().to_string().into()
         } else {

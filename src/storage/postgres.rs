@@ -23,7 +23,7 @@
 //!   transaction under an advisory lock, into the schema named by `--postgres-schema`
 //!   (created if missing), so several deployments and parallel tests share one database.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -48,8 +48,11 @@ pub const DEFAULT_SCHEMA: &str = "tandem";
 /// The migrations, in order; a database at a version above the last is refused.
 const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
 
-/// Longest a single database operation (a commit, a read) may take before it is failed.
-const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a statement, a lock wait or an idle open transaction may last on the server.
+const SERVER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a single database operation (a commit, a read) may take before it is failed
+/// here (a little over the server's bound, which normally answers first).
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(12);
 /// Attempts for an operation that failed before anything reached the database.
 const ATTEMPTS: u32 = 3;
 /// How often the health task checks the database (more often while it is down).
@@ -91,6 +94,26 @@ struct Inner {
     ready: AtomicBool,
     /// Set when the store is dropped: the tasks end.
     closed: AtomicBool,
+    /// Rooms (under an epoch) with writes in a commit that failed. Those writes are lost,
+    /// so nothing more may be acknowledged under that epoch: every later write and flush
+    /// of it fails, the room fails and comes back under a new epoch from what is stored.
+    poisoned: Mutex<HashSet<(RoomName, u64)>>,
+}
+
+impl Inner {
+    fn is_poisoned(&self, room: &RoomName, epoch: Epoch) -> bool {
+        self.poisoned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&(room.clone(), epoch.0))
+    }
+}
+
+/// What a room whose writes were lost in a failed commit is told from then on.
+fn lost(room: &RoomName) -> StoreError {
+    StoreError::refused(format!(
+        "room {room}: an earlier commit of its writes failed; it must reload"
+    ))
 }
 
 /// One buffered write.
@@ -177,7 +200,16 @@ impl PostgresStore {
             .url
             .parse()
             .map_err(|e| StoreError::backend("PostgreSQL: parsing the URL", e))?;
-        pg.options(format!("-c search_path={}", config.schema));
+        // Server-side bounds, so that a paused or partitioned node cannot hold a room's
+        // owner row (and with it every claim of the room) longer than this: its open
+        // transaction is ended by the server. The client's own bound is a little longer,
+        // so a connection normally comes back clean (the server answered with an error).
+        pg.options(format!(
+            "-c search_path={} -c statement_timeout={ms} -c lock_timeout={ms} \
+             -c idle_in_transaction_session_timeout={ms}",
+            config.schema,
+            ms = SERVER_TIMEOUT.as_millis()
+        ));
         // Names the deployment in pg_stat_activity (and lets a test find its own sessions).
         pg.application_name(format!("tandem/{}", config.schema));
         pg.connect_timeout(Duration::from_secs(5));
@@ -208,6 +240,7 @@ impl PostgresStore {
             wake: Notify::new(),
             ready: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            poisoned: Mutex::default(),
         });
         // Waited for on this thread without entering the runtime: the caller may be inside
         // another runtime (the server's), where `block_on` is not allowed.
@@ -251,6 +284,9 @@ impl PostgresStore {
     }
 
     fn queue(&self, room: &RoomName, epoch: Epoch, op: Op) -> Result<(), StoreError> {
+        if self.inner.is_poisoned(room, epoch) {
+            return Err(lost(room));
+        }
         let mut queue = self.inner.queue.lock().unwrap_or_else(|e| e.into_inner());
         queue.writes.push(Write {
             room: room.clone(),
@@ -423,10 +459,22 @@ impl Inner {
             m.flush_batch_size.observe(waiters.len() as f64);
             match result {
                 Ok(current) => {
+                    let any_lost = !self
+                        .poisoned
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .is_empty();
                     for waiter in waiters {
                         let outcome = match &waiter.scope {
                             Scope::Room(room, epoch) if current.get(room) != Some(&epoch.0) => {
                                 Err(StoreError::fenced(room, *epoch))
+                            }
+                            // Its writes of an earlier commit were lost: never acknowledged.
+                            Scope::Room(room, epoch) if self.is_poisoned(room, *epoch) => {
+                                Err(lost(room))
+                            }
+                            Scope::All if any_lost => {
+                                Err(StoreError::refused("writes of a failed commit were lost"))
                             }
                             _ => Ok(()),
                         };
@@ -435,6 +483,12 @@ impl Inner {
                 }
                 Err(e) => {
                     warn!(error = %e, writes = writes.len(), "PostgreSQL commit failed; nothing in it is acknowledged");
+                    {
+                        // Every room with writes in it loses them: none of its later flushes
+                        // may succeed as if they were stored.
+                        let mut poisoned = self.poisoned.lock().unwrap_or_else(|e| e.into_inner());
+                        poisoned.extend(writes.iter().map(|w| (w.room.clone(), w.epoch.0)));
+                    }
                     for waiter in waiters {
                         let _ = waiter.tx.send(Err(e.clone()));
                     }
