@@ -67,6 +67,8 @@ pub struct Metrics {
     pub handoffs: Counter,
     /// Cluster members this node sees.
     pub cluster_members: Gauge,
+    /// WebSocket connections relayed to a room's owner on another node.
+    pub proxied_sessions: Gauge,
     /// PostgreSQL round trips (one transaction or one read each), and their duration.
     pub store_round_trip_seconds: Histogram,
     /// PostgreSQL operations that failed (the database errored or was unreachable).
@@ -115,6 +117,7 @@ impl Metrics {
             redirects: Counter::default(),
             handoffs: Counter::default(),
             cluster_members: Gauge::default(),
+            proxied_sessions: Gauge::default(),
             store_round_trip_seconds: latency_histogram(),
             store_errors: Counter::default(),
             store_pool_size: Gauge::default(),
@@ -187,6 +190,11 @@ impl Metrics {
             "tandem_cluster_members",
             "Cluster members this node sees",
             m.cluster_members.clone(),
+        );
+        registry.register(
+            "tandem_proxied_sessions",
+            "WebSocket connections relayed to a room's owner on another node",
+            m.proxied_sessions.clone(),
         );
         registry.register(
             "tandem_store_round_trip_seconds",

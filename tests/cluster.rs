@@ -189,6 +189,66 @@ async fn nodes_agree_on_owners_route_by_redirect_and_take_over_a_dead_owners_roo
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=30).collect::<Vec<_>>());
 
+    // WebSockets: y-websocket clients on all three nodes (two of them relayed to the
+    // owner) edit one room and converge; a chat member on a non-owner publishes and one on
+    // the owner receives it.
+    let doc_room = "relayed";
+    let mut clients = Vec::new();
+    for node in cluster.live() {
+        clients.push(YClient::synced(node, doc_room).await);
+    }
+    for (i, client) in clients.iter_mut().enumerate() {
+        client.append(&format!("c{i};")).await;
+    }
+    let deadline = Instant::now() + WAIT;
+    for client in &mut clients {
+        while ["c0;", "c1;", "c2;"]
+            .iter()
+            .any(|m| !client.text().contains(m))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "clients never converged: {}",
+                client.text()
+            );
+            match client.recv_within(Duration::from_millis(200)).await {
+                Some(Received::Message(tandem::protocol::ysync::Message::Update(u))) => {
+                    client.apply(&u)
+                }
+                Some(Received::Closed(code, reason)) => panic!("closed: {code} {reason}"),
+                _ => {}
+            }
+        }
+    }
+    let texts: Vec<String> = clients.iter().map(YClient::text).collect();
+    assert!(texts.iter().all(|t| *t == texts[0]), "{texts:?}");
+    let proxied: f64 = {
+        let mut sum = 0.0;
+        for node in cluster.live() {
+            sum += metric(node, "tandem_proxied_sessions").await;
+        }
+        sum
+    };
+    assert_eq!(proxied, 2.0, "two of the three sessions are relayed");
+    let (chat_owner_id, _) = owner_seen_by(cluster.node(0), "chat-relayed").await;
+    let chat_owner: usize = chat_owner_id
+        .strip_prefix("node-")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (mut listener, _) =
+        common::chat::Chat::join(cluster.node(chat_owner), "chat-relayed", json!({})).await;
+    let (mut speaker, _) = common::chat::Chat::join(
+        cluster.node((chat_owner + 1) % 3),
+        "chat-relayed",
+        json!({}),
+    )
+    .await;
+    let ack = speaker.publish(Some("hello"), json!({"text": "hi"})).await;
+    let message = listener.next_of("message").await;
+    assert_eq!(message["seq"], ack["seq"]);
+    drop(clients);
+
     // Failover: kill -9 the owner; another node serves the room within 10 s, with every
     // acknowledged message.
     cluster.nodes[owner_index].as_mut().unwrap().kill9();

@@ -28,6 +28,9 @@ pub async fn upgrade(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
+    if let Some(relayed) = super::proxy::route_upgrade(&req, &state, &path)? {
+        return Ok(relayed);
+    }
     let name = routed_room(&req, &state, &path)?;
     let grant = authorize(&req, &state, &name, false)?;
     let session = super::yjs::session(&state, name, &grant).chat(grant.subject, grant.info);

@@ -13,6 +13,7 @@ mod api;
 mod chat;
 mod cluster;
 mod ops;
+mod proxy;
 pub mod upgrade;
 mod yjs;
 
@@ -231,7 +232,7 @@ fn room_name(raw: &str) -> Result<RoomName, ApiError> {
 /// The response header carrying the ring version that routed a request.
 pub const RING_VERSION_HEADER: &str = "tandem-ring-version";
 /// The query parameter that counts redirects between nodes.
-const HOPS_PARAM: &str = "tandem_hops";
+pub(crate) const HOPS_PARAM: &str = "tandem_hops";
 
 /// Validates the `{room}` segment and routes the request: a room this node owns is served
 /// here; any other gets a 307 to its owner (the same path and query, with a hop count), and

@@ -27,6 +27,7 @@ use futures_util::SinkExt;
 use tokio::net::TcpStream;
 use tracing::debug;
 
+use super::proxy::ProxyTo;
 use super::{ApiError, AppState};
 use crate::protocol::close;
 use crate::session::SessionPlan;
@@ -36,6 +37,11 @@ struct Handover(SessionPlan);
 
 /// The request extension that marks a request handed over by actix-http as an upgrade.
 struct ViaUpgrade;
+
+/// Whether `req` came through the upgrade service (a WebSocket handshake it can take over).
+pub(super) fn via_upgrade(req: &HttpRequest) -> bool {
+    req.extensions().contains::<ViaUpgrade>()
+}
 
 /// Accepts a WebSocket handshake for `plan`: the 101 response with the session attached,
 /// or 400 with the reason when `req` is no valid WebSocket handshake.
@@ -145,6 +151,12 @@ where
         Ok(response) => response.into_parts().1.map_into_boxed_body(),
         Err(e) => e.error_response(),
     };
+    if let Some(to) = response.extensions_mut().remove::<ProxyTo>() {
+        // Another node owns the room: relay the connection there, handshake and all.
+        let parts = framed.into_parts();
+        actix::spawn(super::proxy::relay(parts.io, parts.read_buf, to));
+        return Ok(());
+    }
     let plan = response.extensions_mut().remove::<Handover>();
     let (head, body) = response.into_parts();
     let head: Response<()> = head.into();

@@ -16,6 +16,9 @@ pub async fn upgrade(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
+    if let Some(relayed) = super::proxy::route_upgrade(&req, &state, &path)? {
+        return Ok(relayed);
+    }
     let name = routed_room(&req, &state, &path)?;
     // Checked before the upgrade: a refused client gets a 401/403 with a reason, never a socket.
     let grant = authorize(&req, &state, &name, false)?;
