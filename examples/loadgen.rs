@@ -152,6 +152,13 @@ enum Mode {
         /// Seconds the writer sends for.
         #[arg(long, default_value_t = 10.0)]
         secs: f64,
+        /// Every other reader connects here instead (a cluster node that does not own the
+        /// room, so its sessions are relayed): latencies are reported for both halves.
+        #[arg(long)]
+        proxied_url: Option<String>,
+        /// The room (default: one named after this process).
+        #[arg(long)]
+        room: Option<String>,
     },
     /// Fan-out at rising rates until p99 passes `--p99-ms` or an update is missed.
     Saturate {
@@ -777,6 +784,9 @@ fn find_markers(frame: &[u8]) -> Vec<(usize, u64)> {
 /// What one fan-out run measured.
 struct FanoutResult {
     latency: hdrhistogram::Histogram<u64>,
+    /// The readers that connected to the writer's node, and the relayed ones (when some are).
+    direct: hdrhistogram::Histogram<u64>,
+    proxied: hdrhistogram::Histogram<u64>,
     delivered: u64,
     expected: u64,
     readers_missing: usize,
@@ -792,6 +802,7 @@ async fn run_fanout(
     readers: usize,
     rate: f64,
     count: usize,
+    proxied_url: Option<&str>,
 ) -> FanoutResult {
     let origin = Instant::now();
     let mut tasks = Vec::with_capacity(readers);
@@ -799,6 +810,12 @@ async fn run_fanout(
     let send_secs = count as f64 / rate;
     let deadline = origin + Duration::from_secs_f64(60.0 + send_secs * 2.0);
     for i in 0..readers {
+        let proxied = proxied_url.is_some() && i % 2 == 1;
+        let url = if proxied {
+            proxied_url.unwrap_or(url)
+        } else {
+            url
+        };
         let (url, room, ready) = (url.to_owned(), room.to_owned(), ready_tx.clone());
         tasks.push(actix_rt::spawn(async move {
             let doc = Doc::new();
@@ -829,7 +846,7 @@ async fn run_fanout(
                     }
                 }
             }
-            (latency, got, origin.elapsed())
+            (latency, got, origin.elapsed(), proxied)
         }));
         if i % 50 == 49 {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -859,18 +876,24 @@ async fn run_fanout(
         };
         send(&mut writer, &Message::Update(update.into())).await;
     }
-    let mut latency =
-        hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram");
+    let histogram =
+        || hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram");
+    let (mut latency, mut direct, mut relayed) = (histogram(), histogram(), histogram());
     let (mut delivered, mut readers_missing, mut last) = (0u64, 0usize, Duration::ZERO);
     for task in tasks {
-        let (h, got, done) = task.await.expect("reader task");
+        let (h, got, done, proxied) = task.await.expect("reader task");
         latency.add(&h).expect("merge histograms");
+        if proxied { &mut relayed } else { &mut direct }
+            .add(&h)
+            .expect("merge histograms");
         delivered += got as u64;
         readers_missing += usize::from(got < count);
         last = last.max(done);
     }
     FanoutResult {
         latency,
+        direct,
+        proxied: relayed,
         delivered,
         expected: (readers * count) as u64,
         readers_missing,
@@ -890,12 +913,30 @@ fn fanout_json(r: &FanoutResult, readers: usize, rate: f64) -> serde_json::Value
     })
 }
 
-async fn fanout(url: String, readers: usize, rate: f64, secs: f64) {
-    let room = format!("fanout{}", std::process::id());
+async fn fanout(
+    url: String,
+    readers: usize,
+    rate: f64,
+    secs: f64,
+    proxied_url: Option<String>,
+    room: Option<String>,
+) {
+    let room = room.unwrap_or_else(|| format!("fanout{}", std::process::id()));
     let count = (rate * secs).round().max(1.0) as usize;
-    let result = run_fanout(&url, &room, readers, rate, count).await;
+    let result = run_fanout(&url, &room, readers, rate, count, proxied_url.as_deref()).await;
     let mut json = fanout_json(&result, readers, rate);
     json["mode"] = "fanout".into();
+    if proxied_url.is_some() {
+        let ms = |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        json["direct"] = serde_json::json!({
+            "readers": readers.div_ceil(2),
+            "p50_ms": ms(&result.direct, 0.5), "p99_ms": ms(&result.direct, 0.99),
+        });
+        json["proxied"] = serde_json::json!({
+            "readers": readers / 2,
+            "p50_ms": ms(&result.proxied, 0.5), "p99_ms": ms(&result.proxied, 0.99),
+        });
+    }
     println!("{json}");
 }
 
@@ -913,7 +954,7 @@ async fn saturate(
     for step in 0..max_steps {
         let room = format!("saturate{}-{step}", std::process::id());
         let count = (rate * step_secs).round().max(1.0) as usize;
-        let result = run_fanout(&url, &room, readers, rate, count).await;
+        let result = run_fanout(&url, &room, readers, rate, count, None).await;
         let json = fanout_json(&result, readers, rate);
         let p99 = json["p99_ms"].as_f64().unwrap_or(f64::MAX);
         let ok = result.readers_missing == 0 && p99 <= p99_ms;
@@ -1299,7 +1340,9 @@ fn main() {
                 readers,
                 rate,
                 secs,
-            } => fanout(url, readers, rate, secs).await,
+                proxied_url,
+                room,
+            } => fanout(url, readers, rate, secs, proxied_url, room).await,
             Mode::Saturate {
                 url,
                 readers,
