@@ -641,6 +641,7 @@ impl Config {
         };
         let postgres = postgres_config(&settings)?;
         let cluster = cluster_config(&settings, postgres.is_some())?;
+        let log_claims = cluster.is_some();
         Ok(Config {
             listen: match settings.listen {
                 Some(addr) => addr,
@@ -674,6 +675,7 @@ impl Config {
                     86_400.0,
                 )?,
                 stream,
+                log_claims,
             },
             session: SessionConfig {
                 max_message_bytes,

@@ -6,6 +6,7 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use super::{room_name, ApiError, AppState, RING_VERSION_HEADER};
+use crate::registry::ActiveRooms;
 
 /// `GET /route/{room}`: `{"room", "owner": {"id", "url"}, "ring_version"}`.
 pub async fn route(
@@ -30,11 +31,14 @@ pub async fn route(
         })))
 }
 
-/// `GET /cluster`: this node, the live members it sees, the ring version.
+/// `GET /cluster`: this node, the live members it sees, the ring version, and how many
+/// rooms are active here.
 pub async fn cluster(state: web::Data<AppState>) -> HttpResponse {
+    let rooms_active = state.registry.send(ActiveRooms).await.unwrap_or(0);
     let Some(placement) = &state.placement else {
-        return HttpResponse::Ok()
-            .json(json!({ "node": null, "members": [], "ring_version": null }));
+        return HttpResponse::Ok().json(json!({
+            "node": null, "members": [], "ring_version": null, "rooms_active": rooms_active
+        }));
     };
     let snapshot = placement.snapshot();
     let members: Vec<_> = snapshot
@@ -47,5 +51,6 @@ pub async fn cluster(state: web::Data<AppState>) -> HttpResponse {
         "node": { "id": placement.me().id.as_str(), "url": placement.me().url },
         "members": members,
         "ring_version": snapshot.ring.version().to_string(),
+        "rooms_active": rooms_active,
     }))
 }

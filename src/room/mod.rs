@@ -72,6 +72,8 @@ pub struct RoomConfig {
     pub max_document_bytes: u64,
     /// The chat stream's knobs.
     pub stream: StreamConfig,
+    /// Log every claim (activation) with its epoch at info level (cluster nodes).
+    pub log_claims: bool,
 }
 
 /// Something for a session to do: send a frame or close.
@@ -757,6 +759,10 @@ impl Actor for Room {
                 });
                 match installed {
                     Ok(()) => {
+                        if room.config.log_claims {
+                            // In a cluster, an activation is an ownership change: say so.
+                            info!(room = %room.name, epoch = %room.epoch, "room claimed");
+                        }
                         ctx.run_interval(room.tick_interval(), Self::on_tick);
                     }
                     Err(RoomError::Store(e)) => room.fail(e, "activation", ctx),
