@@ -217,6 +217,23 @@ async fn nodes_agree_on_owners_route_by_redirect_and_take_over_a_dead_owners_roo
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=30).collect::<Vec<_>>());
 
+    // SSE through a non-owner (EventSource follows the 307): resumes with Last-Event-ID,
+    // then gets live messages.
+    let mut sse = common::chat::Sse::open(
+        cluster.node(other),
+        &format!("/rooms/{room}/events"),
+        Some(25),
+    )
+    .await;
+    for expected in 26..=30 {
+        assert_eq!(sse.next_of("message").await.id, Some(expected));
+    }
+    publish_via(cluster.node(owner_index), room, "live")
+        .await
+        .unwrap();
+    assert_eq!(sse.next_of("message").await.id, Some(31));
+    drop(sse);
+
     // WebSockets: y-websocket clients on all three nodes (two of them relayed to the
     // owner) edit one room and converge; a chat member on a non-owner publishes and one on
     // the owner receives it.
@@ -295,7 +312,7 @@ async fn nodes_agree_on_owners_route_by_redirect_and_take_over_a_dead_owners_roo
     };
     let failover = killed.elapsed();
     assert_eq!(
-        seq, 31,
+        seq, 32,
         "the stream continues after every acknowledged message"
     );
     let (status, body) = http_get(survivor, &format!("/rooms/{room}/messages?limit=100")).await;
