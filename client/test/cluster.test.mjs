@@ -1,0 +1,95 @@
+// A cluster with stock clients: three `tandem serve` nodes on loopback sharing one
+// PostgreSQL schema; stock y-websocket providers, each connected to a different node,
+// edit one room and converge (the non-owners relay their sessions to the owner).
+// Skipped, saying so, where TANDEM_TEST_POSTGRES_URL is unset.
+import { after, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import dgram from 'node:dgram';
+import * as Y from 'yjs';
+import { connectProvider, destroyProvider, removeDir, startServer, uniqueRoom, waitFor, waitSynced } from './server.mjs';
+
+const pgUrl = process.env.TANDEM_TEST_POSTGRES_URL;
+const servers = [];
+const providers = [];
+// Named like the Rust tests' schemas (t_TAG_PID_N_RANDOM), so a sweep of a dead test
+// process's schemas finds it too.
+const schema = `t_nodecluster_${process.pid}_0_${Math.floor(Math.random() * 65536)}`;
+
+after(async () => {
+  for (const p of providers) destroyProvider(p);
+  for (const s of servers) {
+    await s.kill();
+    removeDir(s.dataDir);
+  }
+  if (pgUrl) {
+    try {
+      execFileSync('psql', ['-q', pgUrl, '-c', `DROP SCHEMA IF EXISTS ${schema} CASCADE`], { stdio: 'ignore' });
+    } catch {
+      // psql missing: the Rust suite's sweep drops it once this process is gone
+    }
+  }
+});
+
+/** A UDP port free a moment ago (for gossip). */
+function udpPort() {
+  return new Promise((resolve, reject) => {
+    const socket = dgram.createSocket('udp4');
+    socket.on('error', reject);
+    socket.bind(0, '127.0.0.1', () => {
+      const { port } = socket.address();
+      socket.close(() => resolve(port));
+    });
+  });
+}
+
+async function metric(server, name) {
+  const text = await (await fetch(`${server.url}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+  return line ? Number(line.split(' ')[1]) : NaN;
+}
+
+test('stock providers on three nodes of a cluster converge', { timeout: 120_000, skip: pgUrl ? false : 'TANDEM_TEST_POSTGRES_URL is not set (no PostgreSQL for a cluster)' }, async () => {
+  const gossip = [await udpPort(), await udpPort(), await udpPort()];
+  const seeds = gossip.map((p) => `127.0.0.1:${p}`).join(',');
+  for (let i = 0; i < 3; i++) {
+    servers.push(
+      await startServer({
+        env: {
+          TANDEM_POSTGRES_URL: pgUrl,
+          TANDEM_POSTGRES_SCHEMA: schema,
+          TANDEM_NODE_ID: `node-${i}`,
+          TANDEM_GOSSIP_LISTEN: `127.0.0.1:${gossip[i]}`,
+          TANDEM_SEEDS: seeds,
+          TANDEM_CLUSTER_ID: schema,
+        },
+      }),
+    );
+  }
+  for (const server of servers) {
+    await waitFor(
+      async () => (await (await fetch(`${server.url}/cluster`)).json()).members.length === 3,
+      { timeout: 30_000, message: () => `${server.url} to see three members` },
+    );
+  }
+  const room = uniqueRoom('cluster');
+  const docs = servers.map(() => new Y.Doc());
+  const clients = docs.map((doc, i) => {
+    const provider = connectProvider(servers[i].wsUrl, room, doc);
+    providers.push(provider);
+    return provider;
+  });
+  await Promise.all(clients.map((p, i) => waitSynced(p, 15_000, `client on node ${i}`)));
+  docs.forEach((doc, i) => doc.getText('t').insert(0, `[node ${i}]`));
+  const texts = () => docs.map((d) => d.getText('t').toString());
+  await waitFor(
+    () => texts().every((t) => t === texts()[0] && [0, 1, 2].every((i) => t.includes(`[node ${i}]`))),
+    { timeout: 15_000, message: () => `convergence: ${JSON.stringify(texts())}` },
+  );
+  // Two of the three sessions were relayed to the owner.
+  let relayed = 0;
+  for (const server of servers) relayed += await metric(server, 'tandem_proxied_sessions');
+  assert.equal(relayed, 2, 'two sessions relayed through non-owners');
+  const route = await (await fetch(`${servers[0].url}/route/${room}`)).json();
+  assert.match(route.owner.id, /^node-[012]$/);
+});
