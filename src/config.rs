@@ -111,6 +111,11 @@ pub struct Settings {
     /// Nodes gossip only with nodes of the same cluster id [default: tandem]
     #[arg(long, env = "TANDEM_CLUSTER_ID")]
     pub cluster_id: Option<String>,
+    /// How a node answers an HTTP or SSE request for a room another node owns: "redirect"
+    /// (307 to the owner) or "proxy" (forward it there); WebSockets are always relayed
+    /// [default: redirect]
+    #[arg(long, env = "TANDEM_ROUTE_MODE")]
+    pub route_mode: Option<String>,
     /// Largest WebSocket frame, reassembled message or HTTP update body, in bytes
     /// [default: 16777216]
     #[arg(long, env = "TANDEM_MAX_MESSAGE_BYTES")]
@@ -221,6 +226,7 @@ impl Settings {
             gossip_listen: self.gossip_listen.or(fallback.gossip_listen),
             seeds: self.seeds.or(fallback.seeds),
             cluster_id: self.cluster_id.or(fallback.cluster_id),
+            route_mode: self.route_mode.or(fallback.route_mode),
             max_message_bytes: self.max_message_bytes.or(fallback.max_message_bytes),
             room_idle_secs: self.room_idle_secs.or(fallback.room_idle_secs),
             snapshot_every_updates: self
@@ -298,6 +304,8 @@ pub struct Config {
     pub postgres: Option<PostgresConfig>,
     /// Cluster membership, when this node is one of several.
     pub cluster: Option<ClusterConfig>,
+    /// How HTTP and SSE requests for another node's rooms are answered.
+    pub route_mode: RouteMode,
     /// Largest frame, message or update body.
     pub max_message_bytes: usize,
     /// Room behaviour.
@@ -415,6 +423,15 @@ fn parse_origins(text: &str) -> Result<Vec<String>, ConfigError> {
         origins.push(origin.to_owned());
     }
     Ok(origins)
+}
+
+/// How HTTP and SSE requests for a room another node owns are answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteMode {
+    /// 307 to the owner (the default: the client talks to the owner directly).
+    Redirect,
+    /// Forwarded to the owner by this node.
+    Proxy,
 }
 
 /// How a node joins a cluster.
@@ -642,6 +659,16 @@ impl Config {
         let postgres = postgres_config(&settings)?;
         let cluster = cluster_config(&settings, postgres.is_some())?;
         let log_claims = cluster.is_some();
+        let route_mode = match settings.route_mode.as_deref().unwrap_or("redirect") {
+            "redirect" => RouteMode::Redirect,
+            "proxy" => RouteMode::Proxy,
+            other => {
+                return Err(ConfigError::Invalid {
+                    name: "route-mode",
+                    reason: format!("{other:?}; expected redirect or proxy"),
+                })
+            }
+        };
         Ok(Config {
             listen: match settings.listen {
                 Some(addr) => addr,
@@ -654,6 +681,7 @@ impl Config {
             sled_cache_bytes,
             postgres,
             cluster,
+            route_mode,
             max_message_bytes,
             room: RoomConfig {
                 idle_timeout: seconds(
@@ -752,6 +780,8 @@ mod tests {
         let cases = [
             ("flush = \"sometimes\"", "flush"),
             ("sled-cache-bytes = 100", "sled-cache-bytes"),
+            ("route-mode = \"maybe\"", "route-mode"),
+            ("node-id = \"n1\"", "postgres-url"),
             ("heartbeat-interval-secs = 40", "heartbeat-interval-secs"),
             ("max-message-bytes = 10", "max-message-bytes"),
             ("snapshot-every-updates = 0", "snapshot-every-updates"),

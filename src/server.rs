@@ -217,6 +217,24 @@ pub async fn run_listening(
     let cors_origins = config.cors_origins.clone();
     let app = move || {
         App::new()
+            // Innermost: forwards requests for another node's rooms (--route-mode proxy).
+            .wrap_fn(|req, routes| {
+                use actix_service::Service as _;
+                let answer: futures_util::future::LocalBoxFuture<
+                    'static,
+                    Result<actix_web::dev::ServiceResponse, actix_web::Error>,
+                > = match http::forward::target(&req) {
+                    Ok(None) => Box::pin(routes.call(req)),
+                    Ok(Some(url)) => {
+                        Box::pin(async move { Ok(http::forward::forward(req, url).await) })
+                    }
+                    Err(e) => {
+                        let response = actix_web::ResponseError::error_response(&e);
+                        Box::pin(std::future::ready(Ok(req.into_response(response))))
+                    }
+                };
+                answer
+            })
             .wrap(Condition::new(
                 !cors_origins.is_empty(),
                 cors(&cors_origins),

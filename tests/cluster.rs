@@ -33,11 +33,17 @@ struct Cluster {
     seeds: String,
     gossip: Vec<u16>,
     schema: pg::Schema,
+    /// Flags every node gets besides the cluster's.
+    extra: Vec<String>,
 }
 
 impl Cluster {
     /// `n` nodes running, gossip ports reserved for `capacity` (the seeds name them all).
     fn start(url: &str, n: usize, capacity: usize) -> Cluster {
+        Self::start_with(url, n, capacity, &[])
+    }
+
+    fn start_with(url: &str, n: usize, capacity: usize, extra: &[&str]) -> Cluster {
         let schema = pg::Schema::new(url, "cluster");
         let gossip: Vec<u16> = (0..capacity).map(|_| udp_port()).collect();
         let seeds = gossip
@@ -52,6 +58,7 @@ impl Cluster {
             seeds,
             gossip,
             schema,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         for _ in 0..n {
             cluster.add();
@@ -76,6 +83,7 @@ impl Cluster {
             "--max-messages-per-sec".into(),
             "0".into(),
         ]);
+        flags.extend(self.extra.iter().cloned());
         let args: Vec<&str> = flags.iter().map(String::as_str).collect();
         self.nodes.push(Some(Server::start(dir.path(), &args)));
         self.flags.push(flags);
@@ -690,4 +698,52 @@ async fn failover_under_edits_and_publishes_loses_nothing_over_five_trials() {
         }
     }
     assert!(worst < Duration::from_secs(10), "worst failover {worst:?}");
+}
+
+#[actix_rt::test]
+async fn in_proxy_mode_http_and_sse_are_forwarded_to_the_owner() {
+    let Some(url) = pg::url("in_proxy_mode_http_and_sse_are_forwarded_to_the_owner") else {
+        return;
+    };
+    let cluster = Cluster::start_with(&url, 2, 2, &["--route-mode", "proxy"]);
+    cluster.converged().await;
+    let room = "forwarded";
+    let owner = index_of(&owner_seen_by(cluster.node(0), room).await.0);
+    let other = cluster.node(1 - owner);
+    let client = awc::Client::builder().disable_redirects().finish();
+    // A publish through the non-owner is answered by it (no redirect), durably, by the owner.
+    for n in 0..5 {
+        let mut response = client
+            .post(other.url(&format!("/rooms/{room}/messages")))
+            .insert_header(("Idempotency-Key", format!("f{n}")))
+            .send_json(&json!({ "n": n }))
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        let ack: Value = serde_json::from_slice(&response.body().await.unwrap()).unwrap();
+        assert_eq!(ack["seq"], n + 1);
+    }
+    let mut response = client
+        .get(other.url(&format!("/rooms/{room}/messages?limit=10")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let page: Value = serde_json::from_slice(&response.body().await.unwrap()).unwrap();
+    assert_eq!(page["messages"].as_array().unwrap().len(), 5);
+    // SSE streams through the non-owner: a resume, then a live message.
+    let mut sse = common::chat::Sse::open(other, &format!("/rooms/{room}/events"), Some(3)).await;
+    assert_eq!(sse.next_of("message").await.id, Some(4));
+    assert_eq!(sse.next_of("message").await.id, Some(5));
+    publish_via(cluster.node(owner), room, "live")
+        .await
+        .unwrap();
+    assert_eq!(sse.next_of("message").await.id, Some(6));
+    // Bad requests are still answered by the routes: a bad room name is a 400 here.
+    let response = client
+        .get(other.url("/rooms/.bad/messages"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
 }

@@ -12,6 +12,7 @@
 mod api;
 mod chat;
 mod cluster;
+pub mod forward;
 mod ops;
 mod proxy;
 pub mod upgrade;
