@@ -67,6 +67,8 @@ pub struct Metrics {
     pub handoffs: Counter,
     /// Cluster members this node sees.
     pub cluster_members: Gauge,
+    /// The ring's version (equal on every node that sees the same members).
+    pub ring_version: Gauge,
     /// WebSocket connections relayed to a room's owner on another node.
     pub proxied_sessions: Gauge,
     /// PostgreSQL round trips (one transaction or one read each), and their duration.
@@ -117,6 +119,7 @@ impl Metrics {
             redirects: Counter::default(),
             handoffs: Counter::default(),
             cluster_members: Gauge::default(),
+            ring_version: Gauge::default(),
             proxied_sessions: Gauge::default(),
             store_round_trip_seconds: latency_histogram(),
             store_errors: Counter::default(),
@@ -190,6 +193,11 @@ impl Metrics {
             "tandem_cluster_members",
             "Cluster members this node sees",
             m.cluster_members.clone(),
+        );
+        registry.register(
+            "tandem_ring_version",
+            "The ring's version (the same on nodes that agree on the members)",
+            m.ring_version.clone(),
         );
         registry.register(
             "tandem_proxied_sessions",

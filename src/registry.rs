@@ -128,6 +128,10 @@ impl Handler<RingChanged> for Registry {
         metrics::get()
             .cluster_members
             .set(snapshot.view.members.len() as i64);
+        // The bits of the u64 version, shown as a signed gauge: compared, never summed.
+        metrics::get()
+            .ring_version
+            .set(snapshot.ring.version() as i64);
         for (name, (activation, addr)) in &self.rooms {
             if let Owner::Remote(owner) = placement.owner(name) {
                 tracing::info!(room = %name, activation, to = %owner.id, "handing the room off");

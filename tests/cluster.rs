@@ -113,7 +113,10 @@ impl Cluster {
             loop {
                 let (_, body) = http_get(node, "/cluster").await;
                 let view: Value = serde_json::from_slice(&body).unwrap();
-                if view["members"].as_array().map_or(0, Vec::len) == want {
+                let alive = view["members"]
+                    .as_array()
+                    .map_or(0, |m| m.iter().filter(|m| m["state"] == "alive").count());
+                if alive == want {
                     break;
                 }
                 assert!(
@@ -345,6 +348,16 @@ async fn nodes_agree_on_owners_route_by_redirect_and_take_over_a_dead_owners_roo
         );
     }
     eprintln!("failover: served again {failover:?} after kill -9");
+    let (_, body) = http_get(survivor, "/cluster").await;
+    let view: Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        view["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == owner_id.as_str() && m["state"] == "dead"),
+        "the killed node is not reported dead: {view}"
+    );
     assert!(
         failover < Duration::from_secs(10),
         "failover took {failover:?}"

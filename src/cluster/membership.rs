@@ -40,10 +40,12 @@ pub struct Member {
     pub url: String,
 }
 
-/// The live members, sorted by id.
+/// The live members, sorted by id (what the ring is built from), and the members the
+/// failure detector holds dead (for operators; not in the ring).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct View {
     pub members: Vec<Member>,
+    pub dead: Vec<Member>,
 }
 
 impl View {
@@ -51,7 +53,10 @@ impl View {
     pub fn new(mut members: Vec<Member>) -> Self {
         members.sort();
         members.dedup_by(|a, b| a.id == b.id);
-        Self { members }
+        Self {
+            members,
+            dead: Vec::new(),
+        }
     }
 
     /// The member with this id, if live.
@@ -172,12 +177,13 @@ impl GossipMembership {
             addr: config.listen,
             reason: e.to_string(),
         })?;
-        let mut live = handle.chitchat().lock().await.live_nodes_watcher();
+        let chitchat = handle.chitchat();
+        let mut live = chitchat.lock().await.live_nodes_watcher();
         let (tx, views) = watch::channel(View::new(vec![config.me.clone()]));
         let me = config.me.clone();
         tokio::spawn(async move {
             loop {
-                let view = {
+                let mut view = {
                     let nodes = live.borrow_and_update();
                     let mut members: Vec<Member> = nodes
                         .iter()
@@ -191,6 +197,21 @@ impl GossipMembership {
                     members.push(me.clone());
                     View::new(members)
                 };
+                {
+                    let state = chitchat.lock().await;
+                    let mut dead: Vec<Member> = state
+                        .dead_nodes()
+                        .filter_map(|id| {
+                            let node = NodeId::parse(&id.node_id).ok()?;
+                            let url = state.node_state(id)?.get(URL_KEY)?.to_owned();
+                            Some(Member { id: node, url })
+                        })
+                        .filter(|m| view.member(&m.id).is_none())
+                        .collect();
+                    dead.sort();
+                    dead.dedup_by(|a, b| a.id == b.id);
+                    view.dead = dead;
+                }
                 if *tx.borrow() != view {
                     info!(
                         members = ?view.members.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),

@@ -31,8 +31,8 @@ pub async fn route(
         })))
 }
 
-/// `GET /cluster`: this node, the live members it sees, the ring version, and how many
-/// rooms are active here.
+/// `GET /cluster`: this node, the members it sees (live ones, then those the failure
+/// detector holds dead), the ring version, and how many rooms are active here.
 pub async fn cluster(state: web::Data<AppState>) -> HttpResponse {
     let rooms_active = state.registry.send(ActiveRooms).await.unwrap_or(0);
     let Some(placement) = &state.placement else {
@@ -46,6 +46,13 @@ pub async fn cluster(state: web::Data<AppState>) -> HttpResponse {
         .members
         .iter()
         .map(|m| json!({ "id": m.id.as_str(), "url": m.url, "state": "alive" }))
+        .chain(
+            snapshot
+                .view
+                .dead
+                .iter()
+                .map(|m| json!({ "id": m.id.as_str(), "url": m.url, "state": "dead" })),
+        )
         .collect();
     HttpResponse::Ok().json(json!({
         "node": { "id": placement.me().id.as_str(), "url": placement.me().url },
