@@ -105,6 +105,12 @@ impl Actor for Registry {
         let Some(placement) = &self.placement else {
             return;
         };
+        // The others show this node's active rooms in their `/cluster`.
+        ctx.run_interval(Duration::from_secs(2), |registry, _| {
+            if let Some(placement) = &registry.placement {
+                placement.publish_rooms(registry.rooms.len());
+            }
+        });
         let mut changes = placement.changes();
         let me = ctx.address();
         actix::spawn(async move {

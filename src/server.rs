@@ -148,8 +148,11 @@ async fn join_cluster(
     })
     .await
     .map_err(ServerError::Cluster)?;
-    let placement = Placement::start(&membership);
-    Ok((placement, Arc::new(membership)))
+    let membership = Arc::new(membership);
+    let placement = Placement::start(
+        Arc::clone(&membership) as Arc<dyn crate::cluster::membership::Membership>
+    );
+    Ok((placement, membership))
 }
 
 /// Runs the server with the store its configuration names until `shutdown` resolves.

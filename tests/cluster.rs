@@ -228,6 +228,27 @@ async fn nodes_agree_on_owners_route_by_redirect_and_take_over_a_dead_owners_roo
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=30).collect::<Vec<_>>());
 
+    // Every node shows the owner's active rooms (gossiped every 2 s).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, body) = http_get(cluster.node(other), "/cluster").await;
+        let view: Value = serde_json::from_slice(&body).unwrap();
+        let owned = view["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == owner_id.as_str())
+            .and_then(|m| m["rooms_owned"].as_u64());
+        if owned.is_some_and(|n| n >= 1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the owner's rooms never showed: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // SSE through a non-owner (EventSource follows the 307): resumes with Last-Event-ID,
     // then gets live messages.
     let mut sse = common::chat::Sse::open(

@@ -23,6 +23,8 @@ use crate::id::NodeId;
 
 /// The key under which a node publishes its advertised URL.
 const URL_KEY: &str = "url";
+/// The key under which a node publishes how many rooms it has active.
+const ROOMS_KEY: &str = "rooms";
 
 /// Gossip rounds per second: each round a node talks to a few peers. With the failure
 /// detector's initial interval equal to it, a stopped node was declared dead after ~5
@@ -46,6 +48,8 @@ pub struct Member {
 pub struct View {
     pub members: Vec<Member>,
     pub dead: Vec<Member>,
+    /// Rooms active on each live member, as it last published (for operators).
+    pub rooms: std::collections::BTreeMap<NodeId, u64>,
 }
 
 impl View {
@@ -56,6 +60,7 @@ impl View {
         Self {
             members,
             dead: Vec::new(),
+            rooms: Default::default(),
         }
     }
 
@@ -71,6 +76,8 @@ pub trait Membership: Send + Sync + 'static {
     fn this_node(&self) -> &Member;
     /// The current view, and every later one.
     fn watch(&self) -> watch::Receiver<View>;
+    /// Tells the others how many rooms this node has active (shown in `/cluster`).
+    fn publish_rooms(&self, _rooms: usize) {}
 }
 
 /// The in-memory twin: the view is what its owner sets.
@@ -138,6 +145,7 @@ pub struct GossipConfig {
 pub struct GossipMembership {
     me: Member,
     views: watch::Receiver<View>,
+    chitchat: std::sync::Arc<tokio::sync::Mutex<chitchat::Chitchat>>,
     handle: Option<ChitchatHandle>,
 }
 
@@ -179,12 +187,20 @@ impl GossipMembership {
         })?;
         let chitchat = handle.chitchat();
         let mut live = chitchat.lock().await.live_nodes_watcher();
+        let gossip_state = std::sync::Arc::clone(&chitchat);
         let (tx, views) = watch::channel(View::new(vec![config.me.clone()]));
         let me = config.me.clone();
         tokio::spawn(async move {
             loop {
                 let mut view = {
                     let nodes = live.borrow_and_update();
+                    let rooms = nodes
+                        .iter()
+                        .filter_map(|(id, state)| {
+                            let node = NodeId::parse(&id.node_id).ok()?;
+                            Some((node, state.get(ROOMS_KEY)?.parse().ok()?))
+                        })
+                        .collect();
                     let mut members: Vec<Member> = nodes
                         .iter()
                         .filter_map(|(id, state)| {
@@ -195,10 +211,12 @@ impl GossipMembership {
                         .collect();
                     // This node is a member whatever its own detector says of itself.
                     members.push(me.clone());
-                    View::new(members)
+                    let mut view = View::new(members);
+                    view.rooms = rooms;
+                    view
                 };
                 {
-                    let state = chitchat.lock().await;
+                    let state = gossip_state.lock().await;
                     let mut dead: Vec<Member> = state
                         .dead_nodes()
                         .filter_map(|id| {
@@ -228,6 +246,7 @@ impl GossipMembership {
         Ok(Self {
             me: config.me,
             views,
+            chitchat,
             handle: Some(handle),
         })
     }
@@ -247,6 +266,17 @@ impl Membership for GossipMembership {
 
     fn watch(&self) -> watch::Receiver<View> {
         self.views.clone()
+    }
+
+    fn publish_rooms(&self, rooms: usize) {
+        let chitchat = std::sync::Arc::clone(&self.chitchat);
+        tokio::spawn(async move {
+            chitchat
+                .lock()
+                .await
+                .self_node_state()
+                .set(ROOMS_KEY, rooms.to_string());
+        });
     }
 }
 

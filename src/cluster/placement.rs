@@ -33,6 +33,7 @@ pub struct Placement {
     me: Member,
     current: RwLock<Arc<Snapshot>>,
     changes: watch::Sender<u64>,
+    membership: Option<Arc<dyn Membership>>,
 }
 
 /// A member as `/cluster` and `/route` show it.
@@ -45,10 +46,12 @@ pub struct MemberInfo<'a> {
 impl Placement {
     /// Placement over `membership`'s views, kept current by a task (spawned on the
     /// caller's tokio runtime) for as long as the membership sends views.
-    pub fn start(membership: &dyn Membership) -> Arc<Self> {
+    pub fn start(membership: Arc<dyn Membership>) -> Arc<Self> {
         let mut views = membership.watch();
         let first = views.borrow_and_update().clone();
-        let placement = Arc::new(Self::new(membership.this_node().clone(), first));
+        let mut placement = Self::new(membership.this_node().clone(), first);
+        placement.membership = Some(membership);
+        let placement = Arc::new(placement);
         let weak = Arc::downgrade(&placement);
         tokio::spawn(async move {
             while views.changed().await.is_ok() {
@@ -73,11 +76,27 @@ impl Placement {
             me,
             current: RwLock::new(snapshot),
             changes: watch::Sender::new(version),
+            membership: None,
         }
     }
 
-    /// Builds the ring for a new view and swaps it in.
+    /// Tells the other members how many rooms this node has active.
+    pub fn publish_rooms(&self, rooms: usize) {
+        if let Some(membership) = &self.membership {
+            membership.publish_rooms(rooms);
+        }
+    }
+
+    /// Builds the ring for a new view and swaps it in (only the view, when the members are
+    /// the same: room counts and dead members change often and move nothing).
     pub fn install(&self, view: View) {
+        let current = self.snapshot();
+        if current.view.members == view.members {
+            let ring = Ring::new(view.members.iter().map(|m| m.id.clone()));
+            *self.current.write().unwrap_or_else(|e| e.into_inner()) =
+                Arc::new(Snapshot { ring, view });
+            return;
+        }
         let ring = Ring::new(view.members.iter().map(|m| m.id.clone()));
         let version = ring.version();
         info!(

@@ -45,7 +45,14 @@ pub async fn cluster(state: web::Data<AppState>) -> HttpResponse {
         .view
         .members
         .iter()
-        .map(|m| json!({ "id": m.id.as_str(), "url": m.url, "state": "alive" }))
+        .map(|m| {
+            let rooms = if m.id == placement.me().id {
+                Some(rooms_active as u64)
+            } else {
+                snapshot.view.rooms.get(&m.id).copied()
+            };
+            json!({ "id": m.id.as_str(), "url": m.url, "state": "alive", "rooms_owned": rooms })
+        })
         .chain(
             snapshot
                 .view
