@@ -347,27 +347,7 @@ async fn nodes_agree_on_owners_route_by_redirect_and_take_over_a_dead_owners_roo
         seq, 32,
         "the stream continues after every acknowledged message"
     );
-    let (status, body) = http_get(survivor, &format!("/rooms/{room}/messages?limit=100")).await;
-    assert_eq!(status, 200);
-    let page: Value = serde_json::from_slice(&body).unwrap();
-    let stored: HashMap<String, u64> = page["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            (
-                m["id"].as_str().unwrap().to_owned(),
-                m["seq"].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    for (id, seq) in &acked {
-        assert_eq!(
-            stored.get(id),
-            Some(seq),
-            "acknowledged {id} lost in the failover"
-        );
-    }
+    assert_holds(survivor, room, &acked, "the failover").await;
     eprintln!("failover: served again {failover:?} after kill -9");
     let (_, body) = http_get(survivor, "/cluster").await;
     let view: Value = serde_json::from_slice(&body).unwrap();
@@ -398,6 +378,26 @@ async fn observe_until_closed(observer: &mut YClient) -> Option<(u16, String)> {
             Some(_) => {}
             None => return None,
         }
+    }
+}
+
+/// Asserts the room's stream (read through `node`) holds every acknowledged id at its seq.
+async fn assert_holds(node: &Server, room: &str, acked: &HashMap<String, u64>, when: &str) {
+    let (status, body) = http_get(node, &format!("/rooms/{room}/messages?limit=1000")).await;
+    assert_eq!(status, 200, "{when}");
+    let page: Value = serde_json::from_slice(&body).unwrap();
+    let stored: HashMap<&str, u64> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["id"].as_str().unwrap(), m["seq"].as_u64().unwrap()))
+        .collect();
+    for (id, seq) in acked {
+        assert_eq!(
+            stored.get(id.as_str()),
+            Some(seq),
+            "{when}: acknowledged {id} lost"
+        );
     }
 }
 
@@ -706,30 +706,7 @@ async fn failover_under_edits_and_publishes_loses_nothing_over_five_trials() {
         // The killed node comes back as a new incarnation.
         cluster.restart(victim, port);
         cluster.converged().await;
-        let (_, body) = http_get(
-            cluster.node(via),
-            &format!("/rooms/{room}/messages?limit=100"),
-        )
-        .await;
-        let page: Value = serde_json::from_slice(&body).unwrap();
-        let stored: HashMap<String, u64> = page["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| {
-                (
-                    m["id"].as_str().unwrap().to_owned(),
-                    m["seq"].as_u64().unwrap(),
-                )
-            })
-            .collect();
-        for (id, seq) in &acked {
-            assert_eq!(
-                stored.get(id),
-                Some(seq),
-                "trial {trial}: acknowledged {id} lost"
-            );
-        }
+        assert_holds(cluster.node(via), &room, &acked, &format!("trial {trial}")).await;
     }
     assert!(worst < Duration::from_secs(10), "worst failover {worst:?}");
 }

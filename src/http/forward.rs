@@ -12,7 +12,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpResponse};
 use tracing::debug;
 
-use super::{ApiError, AppState, HOPS_PARAM};
+use super::{next_hop_query, ApiError, AppState};
 use crate::cluster::placement::Owner;
 use crate::config::RouteMode;
 use crate::id::RoomName;
@@ -42,28 +42,8 @@ pub fn target(req: &ServiceRequest) -> Result<Option<String>, ApiError> {
     let Owner::Remote(owner) = placement.owner(&room) else {
         return Ok(None);
     };
-    let mut hops = 0u32;
-    let mut query: Vec<&str> = Vec::new();
-    for pair in req.query_string().split('&').filter(|p| !p.is_empty()) {
-        match pair
-            .strip_prefix(HOPS_PARAM)
-            .and_then(|v| v.strip_prefix('='))
-        {
-            Some(n) => hops = n.parse().unwrap_or(u32::MAX),
-            None => query.push(pair),
-        }
-    }
-    if hops >= 2 {
-        return Err(ApiError::Bounced(room.to_string()));
-    }
-    let hop = format!("{HOPS_PARAM}={}", hops + 1);
-    query.push(&hop);
-    Ok(Some(format!(
-        "{}{}?{}",
-        owner.url,
-        req.path(),
-        query.join("&")
-    )))
+    let query = next_hop_query(req.query_string(), &room)?;
+    Ok(Some(format!("{}{}?{}", owner.url, req.path(), query)))
 }
 
 /// Forwards `req` to `url` and streams the owner's answer back.

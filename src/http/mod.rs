@@ -233,7 +233,30 @@ fn room_name(raw: &str) -> Result<RoomName, ApiError> {
 /// The response header carrying the ring version that routed a request.
 pub const RING_VERSION_HEADER: &str = "tandem-ring-version";
 /// The query parameter that counts redirects between nodes.
-pub(crate) const HOPS_PARAM: &str = "tandem_hops";
+const HOPS_PARAM: &str = "tandem_hops";
+
+/// The query to send a request on to a room's owner with: the same, its hop count one
+/// higher. A request that already bounced twice (the nodes' views disagree for a moment)
+/// is refused with 503 rather than sent round in a loop.
+pub(crate) fn next_hop_query(query: &str, room: &RoomName) -> Result<String, ApiError> {
+    let mut hops = 0u32;
+    let mut kept: Vec<&str> = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair
+            .strip_prefix(HOPS_PARAM)
+            .and_then(|v| v.strip_prefix('='))
+        {
+            Some(n) => hops = n.parse().unwrap_or(u32::MAX),
+            None => kept.push(pair),
+        }
+    }
+    if hops >= 2 {
+        return Err(ApiError::Bounced(room.to_string()));
+    }
+    let hop = format!("{HOPS_PARAM}={}", hops + 1);
+    kept.push(&hop);
+    Ok(kept.join("&"))
+}
 
 /// Validates the `{room}` segment and routes the request: a room this node owns is served
 /// here; any other gets a 307 to its owner (the same path and query, with a hop count), and
@@ -246,22 +269,8 @@ fn routed_room(req: &HttpRequest, state: &AppState, raw: &str) -> Result<RoomNam
     let Owner::Remote(owner) = placement.owner(&room) else {
         return Ok(room);
     };
-    let mut hops = 0u32;
-    let mut query: Vec<String> = Vec::new();
-    for pair in req.query_string().split('&').filter(|p| !p.is_empty()) {
-        match pair
-            .strip_prefix(HOPS_PARAM)
-            .and_then(|v| v.strip_prefix('='))
-        {
-            Some(n) => hops = n.parse().unwrap_or(u32::MAX),
-            None => query.push(pair.to_owned()),
-        }
-    }
-    if hops >= 2 {
-        return Err(ApiError::Bounced(room.to_string()));
-    }
-    query.push(format!("{HOPS_PARAM}={}", hops + 1));
-    let location = format!("{}{}?{}", owner.url, req.path(), query.join("&"));
+    let query = next_hop_query(req.query_string(), &room)?;
+    let location = format!("{}{}?{query}", owner.url, req.path());
     metrics::get().redirects.inc();
     Err(ApiError::Redirect {
         room: room.to_string(),
@@ -269,6 +278,26 @@ fn routed_room(req: &HttpRequest, state: &AppState, raw: &str) -> Result<RoomNam
         location,
         ring_version: placement.snapshot().ring.version(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hop_is_counted_and_a_third_is_refused() {
+        let room = RoomName::parse("r").unwrap();
+        assert_eq!(next_hop_query("", &room).unwrap(), "tandem_hops=1");
+        assert_eq!(
+            next_hop_query("since=3&tandem_hops=1&limit=5", &room).unwrap(),
+            "since=3&limit=5&tandem_hops=2"
+        );
+        assert!(matches!(
+            next_hop_query("tandem_hops=2", &room),
+            Err(ApiError::Bounced(_))
+        ));
+        assert!(next_hop_query("tandem_hops=junk", &room).is_err());
+    }
 }
 
 #[derive(Deserialize)]

@@ -21,7 +21,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::{debug, info};
 
-use super::{room_name, ApiError, AppState, HOPS_PARAM};
+use super::{next_hop_query, room_name, ApiError, AppState};
 use crate::cluster::placement::Owner;
 use crate::metrics;
 
@@ -64,24 +64,9 @@ pub(super) fn route_upgrade(
             owner.url
         )));
     };
-    let mut hops = 0u32;
-    let mut query: Vec<&str> = Vec::new();
-    for pair in req.query_string().split('&').filter(|p| !p.is_empty()) {
-        match pair
-            .strip_prefix(HOPS_PARAM)
-            .and_then(|v| v.strip_prefix('='))
-        {
-            Some(n) => hops = n.parse().unwrap_or(u32::MAX),
-            None => query.push(pair),
-        }
-    }
-    if hops >= 2 {
-        return Err(ApiError::Bounced(room.to_string()));
-    }
-    let hop = format!("{HOPS_PARAM}={}", hops + 1);
-    query.push(&hop);
+    let query = next_hop_query(req.query_string(), &room)?;
     let authority = authority.trim_end_matches('/').to_owned();
-    let head = request_head(req, &authority, &query.join("&"));
+    let head = request_head(req, &authority, &query);
     let full = state.connections.load(Ordering::Relaxed) >= state.config.max_connections;
     if full || !state.ready.load(Ordering::Relaxed) {
         return Err(ApiError::Unavailable(

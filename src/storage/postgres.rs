@@ -744,6 +744,42 @@ fn push_row(
     Ok(())
 }
 
+const READ_AFTER: &str = "SELECT seq, record FROM stream_message \
+     WHERE room = $1 AND seq > $2 ORDER BY seq LIMIT $3";
+const READ_BEFORE: &str = "SELECT seq, record FROM stream_message \
+     WHERE room = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3";
+
+impl PostgresStore {
+    /// Messages of `room` by one of the two page queries (`$2` the bound seq, `$3` the limit).
+    fn messages(
+        &self,
+        sql: &'static str,
+        room: &RoomName,
+        bound: u64,
+        limit: usize,
+    ) -> StoreFuture<Messages> {
+        let room = room.clone();
+        let bound = i64::try_from(bound).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(move |inner| async move {
+            let db = &*inner;
+            let room = &room;
+            db.with_retries("reading messages", move || async move {
+                let client = db.connection().await?;
+                let rows = client
+                    .query(sql, &[&room.as_str(), &bound, &limit])
+                    .await
+                    .map_err(read_failure("reading messages"))?;
+                Ok(rows
+                    .into_iter()
+                    .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, Vec<u8>>(1)))
+                    .collect())
+            })
+            .await
+        })
+    }
+}
+
 /// A read failure: connection-level ones are worth another attempt (reads change nothing).
 fn read_failure(context: &'static str) -> impl Fn(tokio_postgres::Error) -> Failure {
     move |e| Failure {
@@ -931,29 +967,7 @@ impl Store for PostgresStore {
     }
 
     fn read_messages(&self, room: &RoomName, after: u64, limit: usize) -> StoreFuture<Messages> {
-        let room = room.clone();
-        let after = i64::try_from(after).unwrap_or(i64::MAX);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.run(move |inner| async move {
-            let db = &*inner;
-            let room = &room;
-            db.with_retries("reading messages", move || async move {
-                let client = db.connection().await?;
-                let rows = client
-                    .query(
-                        "SELECT seq, record FROM stream_message \
-                             WHERE room = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-                        &[&room.as_str(), &after, &limit],
-                    )
-                    .await
-                    .map_err(read_failure("reading messages"))?;
-                Ok(rows
-                    .into_iter()
-                    .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, Vec<u8>>(1)))
-                    .collect())
-            })
-            .await
-        })
+        self.messages(READ_AFTER, room, after, limit)
     }
 
     fn read_messages_before(
@@ -962,30 +976,11 @@ impl Store for PostgresStore {
         before: u64,
         limit: usize,
     ) -> StoreFuture<Messages> {
-        let room = room.clone();
-        let before = i64::try_from(before).unwrap_or(i64::MAX);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.run(move |inner| async move {
-            let db = &*inner;
-            let room = &room;
-            db.with_retries("reading messages", move || async move {
-                let client = db.connection().await?;
-                let rows = client
-                    .query(
-                        "SELECT seq, record FROM stream_message \
-                             WHERE room = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
-                        &[&room.as_str(), &before, &limit],
-                    )
-                    .await
-                    .map_err(read_failure("reading messages"))?;
-                let mut page: Messages = rows
-                    .into_iter()
-                    .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, Vec<u8>>(1)))
-                    .collect();
-                page.reverse();
-                Ok(page)
-            })
-            .await
+        let newest_first = self.messages(READ_BEFORE, room, before, limit);
+        Box::pin(async move {
+            let mut page = newest_first.await?;
+            page.reverse();
+            Ok(page)
         })
     }
 
