@@ -4,43 +4,14 @@ rewrites that section in place (between its two markers; appended if absent).
 
     bench/stores_table.py RESULTS.jsonl BENCHMARKS.md
 """
-import json
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from table import fmt, get, load  # noqa: E402  (the same reading and formatting)
+
 BEGIN = "<!-- stores:begin -->"
 END = "<!-- stores:end -->"
-
-
-def load(path):
-    results = {}
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                row = json.loads(line)
-                results[(row["server"], row["label"])] = row["result"]
-    return results
-
-
-def get(results, store, label, *keys):
-    value = results.get((store, label), {})
-    for key in keys:
-        if not isinstance(value, dict) or key not in value:
-            return None
-        value = value[key]
-    return value
-
-
-def fmt(value, digits=1):
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "**no**"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
 
 
 def ratio(a, b):
