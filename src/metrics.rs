@@ -63,6 +63,9 @@ pub struct Metrics {
     pub rooms_fenced: Counter,
     /// Requests answered with a 307 to the room's owner.
     pub redirects: Counter,
+    /// Updates sent merged with others released by the same flush (one frame per
+    /// recipient for all of them).
+    pub merged_updates: Counter,
     /// Rooms handed off (deactivated here) because the ring gave them to another node.
     pub handoffs: Counter,
     /// Cluster members this node sees.
@@ -117,6 +120,7 @@ impl Metrics {
             chat_not_recovered: Counter::default(),
             rooms_fenced: Counter::default(),
             redirects: Counter::default(),
+            merged_updates: Counter::default(),
             handoffs: Counter::default(),
             cluster_members: Gauge::default(),
             ring_version: Gauge::default(),
@@ -178,6 +182,11 @@ impl Metrics {
             "tandem_rooms_fenced",
             "Room activations that stepped down because a newer claim fenced their writes",
             m.rooms_fenced.clone(),
+        );
+        registry.register(
+            "tandem_merged_updates",
+            "Updates sent merged with others released by the same flush",
+            m.merged_updates.clone(),
         );
         registry.register(
             "tandem_redirects",

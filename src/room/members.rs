@@ -97,16 +97,12 @@ impl Members {
             .collect()
     }
 
-    /// Hands the same frame to every y-websocket session but `except`: how many took it,
-    /// and who could not.
-    pub fn send_frame_to_docs(
-        &self,
-        frame: &Bytes,
-        except: Option<SessionId>,
-    ) -> (u64, Vec<SessionId>) {
+    /// Hands the same frame to every y-websocket session but those in `except`: how many
+    /// took it, and who could not.
+    pub fn send_frame_to_docs(&self, frame: &Bytes, except: &[SessionId]) -> (u64, Vec<SessionId>) {
         let (mut sent, mut slow) = (0, Vec::new());
         for (id, member) in self.map.iter().filter(|(_, m)| m.is_doc()) {
-            if Some(*id) == except {
+            if except.contains(id) {
                 continue;
             }
             if member.outbox.send(Outbound::Frame(frame.clone())) {
@@ -177,8 +173,7 @@ mod tests {
         );
         assert!(members.doc(&SessionId(3)).is_none() && members.chat(&SessionId(3)).is_some());
         assert_eq!(members.chat_count(), 1);
-        let (sent, slow) =
-            members.send_frame_to_docs(&Bytes::from_static(b"x"), Some(SessionId(1)));
+        let (sent, slow) = members.send_frame_to_docs(&Bytes::from_static(b"x"), &[SessionId(1)]);
         assert_eq!(
             (sent, slow.len()),
             (1, 0),

@@ -188,8 +188,10 @@ struct ApplyInbox;
 
 /// What to do once the room's log is durable up to a sequence number.
 enum AfterFlush {
+    /// Send a logged update to every session but its sender. The broadcasts one flush
+    /// releases go out merged: one frame per recipient (see [`Room::broadcast_updates`]).
     Broadcast {
-        frame: Bytes,
+        update: Bytes,
         except: Option<SessionId>,
     },
     Send {
@@ -346,12 +348,12 @@ impl Room {
         for record in applied.records {
             self.last_seq += 1;
             self.stored_bytes += record.len() as u64;
-            let frame = SyncMessage::Update(Bytes::copy_from_slice(&record)).encode();
+            let update = Bytes::copy_from_slice(&record);
             self.unwritten.push(record);
             self.commits.record_write();
             self.after_durable(
                 AfterFlush::Broadcast {
-                    frame,
+                    update,
                     except: from,
                 },
                 ctx,
@@ -503,12 +505,8 @@ impl Room {
         self.in_flight = None;
         match result {
             Ok(()) => {
-                for pending in self.commits.flush_succeeded(generation) {
-                    metrics::get()
-                        .persist_seconds
-                        .observe(pending.since.elapsed().as_secs_f64());
-                    self.perform(pending.action);
-                }
+                let released = self.commits.flush_succeeded(generation);
+                self.perform_released(released);
                 self.request_flush(ctx);
             }
             Err(e) => {
@@ -529,9 +527,79 @@ impl Room {
         }
     }
 
+    /// Performs what a flush released, in order. Each run of consecutive broadcasts goes
+    /// out as one frame per recipient, not one per update: at high rates this divides the
+    /// per-recipient cost, which dominates fan-out.
+    fn perform_released(&mut self, released: Vec<commit::Pending<AfterFlush>>) {
+        let mut run: Vec<(Bytes, Option<SessionId>)> = Vec::new();
+        for pending in released {
+            metrics::get()
+                .persist_seconds
+                .observe(pending.since.elapsed().as_secs_f64());
+            match pending.action {
+                AfterFlush::Broadcast { update, except } => run.push((update, except)),
+                other => {
+                    self.broadcast_updates(std::mem::take(&mut run));
+                    self.perform(other);
+                }
+            }
+        }
+        self.broadcast_updates(run);
+    }
+
+    /// Sends updates to every session as one merged update each: senders get everything
+    /// but their own updates, everyone else all of them.
+    fn broadcast_updates(&mut self, run: Vec<(Bytes, Option<SessionId>)>) {
+        let frame_of = |update: &[u8]| SyncMessage::Update(Bytes::copy_from_slice(update)).encode();
+        match run.len() {
+            0 => return,
+            1 => {
+                let (update, except) = &run[0];
+                let except: Vec<SessionId> = except.iter().copied().collect();
+                self.broadcast(&SyncMessage::Update(update.clone()).encode(), &except);
+                return;
+            }
+            _ => {}
+        }
+        let merge = |updates: &[&Bytes]| yrs::merge_updates_v1(updates.iter().map(|u| u.as_ref()));
+        let all: Vec<&Bytes> = run.iter().map(|(u, _)| u).collect();
+        let Ok(merged) = merge(&all) else {
+            // Our own records always decode; should one not, send them one by one.
+            error!(room = %self.name, "merging released updates failed; sending them singly");
+            for (update, except) in &run {
+                let except: Vec<SessionId> = except.iter().copied().collect();
+                self.broadcast(&SyncMessage::Update(update.clone()).encode(), &except);
+            }
+            return;
+        };
+        metrics::get().merged_updates.inc_by(run.len() as u64);
+        let mut senders: Vec<SessionId> = run.iter().filter_map(|(_, e)| *e).collect();
+        senders.sort_unstable_by_key(|s| s.0);
+        senders.dedup();
+        self.broadcast(&frame_of(&merged), &senders);
+        for sender in senders {
+            let others: Vec<&Bytes> = run
+                .iter()
+                .filter(|(_, e)| *e != Some(sender))
+                .map(|(u, _)| u)
+                .collect();
+            let update = match others.as_slice() {
+                [] => continue,
+                [one] => (*one).clone(),
+                many => match merge(many) {
+                    Ok(merged) => merged.into(),
+                    Err(_) => continue,
+                },
+            };
+            self.send(sender, SyncMessage::Update(update).encode());
+        }
+    }
+
     fn perform(&mut self, action: AfterFlush) {
         match action {
-            AfterFlush::Broadcast { frame, except } => self.broadcast(&frame, except),
+            AfterFlush::Broadcast { update, except } => {
+                self.broadcast_updates(vec![(update, except)])
+            }
             AfterFlush::Send { to, frame } => self.send(to, frame),
             AfterFlush::Reply { tx, body } => {
                 let _ = tx.send(Ok(body));
@@ -540,8 +608,8 @@ impl Room {
         }
     }
 
-    /// Hands the same frame to every session but `except`.
-    fn broadcast(&mut self, frame: &Bytes, except: Option<SessionId>) {
+    /// Hands the same frame to every session but those in `except`.
+    fn broadcast(&mut self, frame: &Bytes, except: &[SessionId]) {
         let started = Instant::now();
         let (sent, slow) = self.members.send_frame_to_docs(frame, except);
         let m = metrics::get();
@@ -643,7 +711,7 @@ impl Room {
         }
         if let Some(removal) = self.document.remove_awareness(&clients) {
             let frame = SyncMessage::Awareness(removal.into()).encode();
-            self.broadcast(&frame, None);
+            self.broadcast(&frame, &[]);
         }
     }
 
@@ -904,7 +972,7 @@ impl Handler<Receive> for Room {
                     }
                     // Relayed to everyone, the sender too, as the reference server does:
                     // the echo is what keeps an idle stock client's connection alive.
-                    self.broadcast(&frame, None);
+                    self.broadcast(&frame, &[]);
                 }
                 Err(e) => {
                     metrics::get().protocol_errors.inc();
@@ -1004,9 +1072,8 @@ impl Handler<Shutdown> for Room {
                 .map(|result, room, ctx| {
                     match result {
                         Ok(()) => {
-                            for pending in room.commits.all_durable() {
-                                room.perform(pending.action);
-                            }
+                            let released = room.commits.all_durable();
+                            room.perform_released(released);
                         }
                         Err(e) => {
                             error!(room = %room.name, error = %e, "final flush failed");
