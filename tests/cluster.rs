@@ -528,6 +528,27 @@ async fn a_paused_owner_is_fenced_when_it_wakes_and_nothing_acknowledged_is_lost
         .status()
         .unwrap();
     let taken = Instant::now();
+    // A WebSocket relayed to it now (the others still route there for a few seconds) is
+    // answered 502 once the paused owner stays silent, not left hanging.
+    let port = cluster.node(other).port;
+    let relayed_to_paused = actix_rt::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let head = format!(
+            "GET /yjs/{room} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n"
+        );
+        socket.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = vec![0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(15), socket.read(&mut answer))
+            .await
+            .expect("the relay to a paused owner hung")
+            .unwrap();
+        String::from_utf8_lossy(&answer[..n]).into_owned()
+    });
     let deadline = taken + Duration::from_secs(30);
     let third = (owner + 2) % 3;
     let mut taker = loop {
@@ -560,6 +581,10 @@ async fn a_paused_owner_is_fenced_when_it_wakes_and_nothing_acknowledged_is_lost
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // Relayed to the paused owner (the others still routed there): refused with 502.
+    let answer = relayed_to_paused.await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
 
     // Wake it: its next write is refused by the store, it steps down with 4011.
     std::process::Command::new("kill")

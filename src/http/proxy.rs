@@ -7,6 +7,9 @@
 //! fixed buffer each way, so a side that stops reading stops the other by TCP
 //! backpressure).
 //!
+//! An owner that does not answer the handshake within 10 s (paused, say: its kernel still
+//! accepts connections) gets the client a 502 with `Retry-After`.
+//!
 //! Not yet (issue 14): re-pointing a proxied session at a room's new owner on handoff
 //! without the client seeing a close; TLS to an `https://` owner.
 
@@ -17,7 +20,7 @@ use std::time::Duration;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse};
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, info};
 
@@ -29,6 +32,9 @@ use crate::metrics;
 const BUFFER: usize = 16 * 1024;
 /// Longest wait to reach the owner.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for the owner's first answer to the handshake (a paused owner accepts the
+/// connection in its kernel but never answers).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where to relay a WebSocket handshake, and the handshake itself (the response extension
 /// that [`super::upgrade`] acts on).
@@ -106,6 +112,17 @@ fn request_head(req: &HttpRequest, authority: &str, query: &str) -> Vec<u8> {
     head.into_bytes()
 }
 
+/// Answers the client with a 502 (the owner did not answer) and logs why.
+async fn unreachable_owner(client: &mut TcpStream, owner: &str, why: &str) {
+    info!(owner, error = why, "cannot reach the room's owner");
+    let body = r#"{"error":"the room's owner cannot be reached; retry shortly"}"#;
+    let answer = format!(
+        "HTTP/1.1 502 Bad Gateway\r\nContent-Type: application/json\r\nRetry-After: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = client.write_all(answer.as_bytes()).await;
+}
+
 /// Relays one connection until either side closes. `early` holds bytes the client sent
 /// after its handshake that were already read.
 pub(super) async fn relay(mut client: TcpStream, early: BytesMut, to: ProxyTo) {
@@ -117,20 +134,25 @@ pub(super) async fn relay(mut client: TcpStream, early: BytesMut, to: ProxyTo) {
                 Ok(Err(e)) => e.to_string(),
                 _ => "timed out".to_owned(),
             };
-            info!(owner = %to.authority, error = %why, "cannot reach the room's owner");
-            let body = r#"{"error":"the room's owner cannot be reached; retry shortly"}"#;
-            let answer = format!(
-                "HTTP/1.1 502 Bad Gateway\r\nContent-Type: application/json\r\nRetry-After: 1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = client.write_all(answer.as_bytes()).await;
-            return;
+            return unreachable_owner(&mut client, &to.authority, &why).await;
         }
     };
     let _ = owner.set_nodelay(true);
     if owner.write_all(&to.head).await.is_err() || owner.write_all(&early).await.is_err() {
         return;
     }
+    // The owner's first bytes (its answer to the handshake) must come in time.
+    let mut first = vec![0u8; BUFFER];
+    let read = match tokio::time::timeout(ANSWER_TIMEOUT, owner.read(&mut first)).await {
+        Ok(Ok(n)) if n > 0 => n,
+        Ok(Ok(_)) => return unreachable_owner(&mut client, &to.authority, "closed").await,
+        Ok(Err(e)) => return unreachable_owner(&mut client, &to.authority, &e.to_string()).await,
+        Err(_) => return unreachable_owner(&mut client, &to.authority, "no answer").await,
+    };
+    if client.write_all(&first[..read]).await.is_err() {
+        return;
+    }
+    drop(first);
     metrics::get().proxied_sessions.inc();
     to.connections.fetch_add(1, Ordering::Relaxed);
     let copied =

@@ -550,7 +550,7 @@ impl Room {
     /// Sends updates to every session as one merged update each: senders get everything
     /// but their own updates, everyone else all of them.
     fn broadcast_updates(&mut self, run: Vec<(Bytes, Option<SessionId>)>) {
-        let frame_of = |update: &[u8]| SyncMessage::Update(Bytes::copy_from_slice(update)).encode();
+        let frame_of = |update: Vec<u8>| SyncMessage::Update(update.into()).encode();
         match run.len() {
             0 => return,
             1 => {
@@ -576,7 +576,7 @@ impl Room {
         let mut senders: Vec<SessionId> = run.iter().filter_map(|(_, e)| *e).collect();
         senders.sort_unstable_by_key(|s| s.0);
         senders.dedup();
-        self.broadcast(&frame_of(&merged), &senders);
+        self.broadcast(&frame_of(merged), &senders);
         for sender in senders {
             let others: Vec<&Bytes> = run
                 .iter()
