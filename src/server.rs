@@ -34,6 +34,9 @@ use crate::storage::{PostgresStore, SledStore, Store, StoreError};
 /// default; the listener is made here to log the address it really bound).
 const BACKLOG: u32 = 1024;
 
+/// Longest wait at shutdown for the rooms to stop, and then for the final flush.
+const SHUTDOWN_ROOMS_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Longest wait at shutdown for sessions to finish their close handshakes.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -293,11 +296,16 @@ pub async fn run_listening(
         info!("shutting down: no new connections; flushing rooms");
         state.ready.store(false, Ordering::Relaxed);
         handle.pause().await;
-        if let Err(e) = registry.send(ShutdownAll).await {
-            warn!(error = %e, "registry gone before shutdown");
+        // Bounded: a stop must end even if a room or the database does not answer.
+        match tokio::time::timeout(SHUTDOWN_ROOMS_TIMEOUT, registry.send(ShutdownAll)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "registry gone before shutdown"),
+            Err(_) => warn!("rooms did not all stop in time; stopping anyway"),
         }
-        if let Err(e) = state.store.flush_all().await {
-            warn!(error = %e, "the final flush failed");
+        match tokio::time::timeout(SHUTDOWN_ROOMS_TIMEOUT, state.store.flush_all()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "the final flush failed"),
+            Err(_) => warn!("the final flush did not end in time"),
         }
         // Sessions in a room were closed by it; this reaches the rest (chat sessions that
         // have not joined yet, sessions still joining).

@@ -333,7 +333,7 @@ async fn a_database_outage_acknowledges_nothing_it_lost_and_service_resumes() {
     let dbname = config.get_dbname().unwrap_or("test");
     let proxied = format!("postgres://{user}@{}/{dbname}", proxy.addr);
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(
+    let mut server = Server::start(
         dir.path(),
         &[
             "--postgres-url",
@@ -393,6 +393,17 @@ async fn a_database_outage_acknowledges_nothing_it_lost_and_service_resumes() {
     eprintln!(
         "outage: {refused} publishes refused, /readyz 503 after {noticed:?}, 200 again {recovered:?} after the database returned"
     );
+
+    // A graceful stop while the database is away again ends (bounded), never hangs.
+    let _ = publish(&server, room, "before-stop").await;
+    proxy.cut();
+    let stopping = Instant::now();
+    let status = server.terminate();
+    eprintln!(
+        "stopped {:?} after SIGTERM with the database away: {status}",
+        stopping.elapsed()
+    );
+    assert!(stopping.elapsed() < Duration::from_secs(15));
 }
 
 #[actix_rt::test]
