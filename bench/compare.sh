@@ -63,18 +63,6 @@ start() {
 }
 stop() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
 
-# run SERVER LABEL ARGS… → one JSON line tagged with server and label
-run() {
-  local server=$1 label=$2; shift 2
-  echo "== $server: $label" >&2
-  local line
-  if line=$("$loadgen" "$@" | tail -n 1); then
-    echo "{\"server\":\"$server\",\"label\":\"$label\",\"result\":$line}" >>"$out"
-  else
-    echo "{\"server\":\"$server\",\"label\":\"$label\",\"result\":{\"failed\":true}}" >>"$out"
-  fi
-}
-
 for server in tandem reference bare; do
   start "$server"
   run "$server" fanout fanout --url "$base" --readers "$readers" --rate 50 --secs "$fanout_secs"

@@ -11,3 +11,16 @@ wait_port() {
   done
   echo "nothing listening on $1" >&2; return 1
 }
+
+# run NAME LABEL ARGS… → runs the load generator ($loadgen) with ARGS and appends its last
+# line to $out as one JSON line tagged with NAME (a server or store) and LABEL.
+run() {
+  local name=$1 label=$2; shift 2
+  echo "== $name: $label" >&2
+  local line
+  if line=$("$loadgen" "$@" | tail -n 1); then
+    echo "{\"server\":\"$name\",\"label\":\"$label\",\"result\":$line}" >>"$out"
+  else
+    echo "{\"server\":\"$name\",\"label\":\"$label\",\"result\":{\"failed\":true}}" >>"$out"
+  fi
+}

@@ -63,18 +63,6 @@ start() {
 }
 stop() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
 
-# run STORE LABEL ARGS… → one JSON line tagged with the store and label
-run() {
-  local store=$1 label=$2; shift 2
-  echo "== $store: $label" >&2
-  local line
-  if line=$("$loadgen" "$@" | tail -n 1); then
-    echo "{\"server\":\"$store\",\"label\":\"$label\",\"result\":$line}" >>"$out"
-  else
-    echo "{\"server\":\"$store\",\"label\":\"$label\",\"result\":{\"failed\":true}}" >>"$out"
-  fi
-}
-
 for store in sled postgres; do
   start "$store"
   run "$store" fanout fanout --url "ws://127.0.0.1:$port/yjs" --readers "$readers" --rate 50 --secs "$fanout_secs"
