@@ -255,6 +255,10 @@ pub async fn run_listening(
     // On stdout whatever the log level: the address to use (the bound one, when the
     // configured port was 0), for people and for scripts that start the server.
     println!("tandem listening on http://{addr}");
+    println!(
+        "open {} in a browser to write and chat together",
+        page_url(addr)
+    );
     listening(addr);
     let handshake_timeout = config.handshake_timeout;
     let builder = actix_server::Server::build();
@@ -320,4 +324,17 @@ pub async fn run_listening(
     }
     info!("stopped");
     result
+}
+
+/// The demo page's URL for a person to open: a wildcard address becomes loopback, which a
+/// browser on the same machine can reach.
+fn page_url(addr: SocketAddr) -> String {
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    format!("http://{addr}/")
 }

@@ -1,66 +1,37 @@
 /**
- * The chat stream client: a WebSocket to `/rooms/{room}/ws` speaking the JSON
- * protocol of `docs/PROTOCOL.md`, that reconnects by itself and resumes from
- * the last message it delivered, so the app sees every message once, in
- * order. Publishes carry an id and are re-sent after a reconnect until
- * acknowledged: the server's idempotency makes that safe.
+ * `TandemChat`: the chat stream of one room (`docs/PROTOCOL.md`), joined and kept joined.
+ * It reconnects with backoff and jitter and resumes from the last message it delivered,
+ * so the app sees every message once and in order; publishes carry an id and are sent
+ * again after a reconnect until acknowledged (the server deduplicates them); a token
+ * function is asked for a fresh token before the current one expires (sent as
+ * `refresh`). Where a WebSocket cannot be opened although the server answers HTTP (some
+ * proxies), it falls back to Server-Sent Events for receiving and HTTP for publishing.
  *
  * @module tandem-client/chat
  */
 
-/** A message of the room's stream. */
-export interface ChatMessage {
-  type: 'message';
-  /** Per-room sequence number: 1, 2, 3… without gaps. */
-  seq: number;
-  /** Server time it was sequenced, ms since the Unix epoch. */
-  ts: number;
-  /** The publisher's token subject, or `anon-…`. */
-  sender: string;
-  /** The client message id, if one was given. */
-  id?: string;
-  /** The message body. */
-  body: unknown;
-}
+import { backoffDelay, type BackoffOptions } from './backoff.js';
+import { Emitter } from './events.js';
+import {
+  assertRoomName,
+  CloseCode,
+  PROTOCOL_VERSION,
+  type Ack,
+  type ChatMember,
+  type ChatMessage,
+  type Joined,
+  type Page,
+  type Typing,
+} from './protocol.js';
+import { readEventStream, SseHttpError } from './sse.js';
+import { TokenKeeper, type TokenSource } from './token.js';
+import { endpointUrl, toHttpUrl } from './url.js';
+import { OPEN, webSocketImpl, type WebSocketConstructor, type WebSocketLike } from './websocket.js';
 
-/** A member of the room's presence list. */
-export interface ChatMember {
-  conn: string;
-  subject: string;
-  info?: unknown;
-  status?: string;
-}
+export type { Ack, ChatMember, ChatMessage, Joined, Page, Typing } from './protocol.js';
 
-/** The server's answer to `join`. */
-export interface Joined {
-  type: 'joined';
-  v: number;
-  room: string;
-  epoch: string;
-  conn: string;
-  recovered: boolean;
-  replayed: number;
-  first_seq: number;
-  last_seq: number;
-  presence: ChatMember[];
-}
-
-/** The answer to a publish. */
-export interface Ack {
-  type: 'ack';
-  id?: string;
-  seq: number;
-  duplicate: boolean;
-}
-
-/** A page of history. */
-export interface Page {
-  epoch: string;
-  first_seq: number;
-  last_seq: number;
-  recovered: boolean;
-  messages: ChatMessage[];
-}
+/** How the client talks to the server. */
+export type ChatTransport = 'websocket' | 'sse';
 
 /** Events a {@link TandemChat} emits. */
 export interface ChatEvents {
@@ -69,39 +40,43 @@ export interface ChatEvents {
   /** Joined (or re-joined) the room. */
   joined: (joined: Joined) => void;
   /**
-   * The server could not recover the messages missed since the last one
-   * delivered (the stream was trimmed or rebuilt): reload your view. The
-   * `message` events that follow are the latest page.
+   * The server could not recover the messages missed since the last one delivered (the
+   * stream was trimmed or rebuilt): reload your view. The `message` events that follow
+   * are the latest page.
    */
   reset: (joined: Joined) => void;
   /** A member joined or left. */
   presence: (event: 'join' | 'leave', member: ChatMember) => void;
   /** A member's typing status changed (`null` once cleared or expired). */
-  typing: (member: { conn: string; subject: string; status: string | null }) => void;
+  typing: (typing: Typing) => void;
   /** Connection state. */
   status: (status: 'connecting' | 'connected' | 'disconnected') => void;
+  /** The client switched transports (to `sse` when WebSockets are refused). */
+  transport: (transport: ChatTransport) => void;
   /** An `error` event not tied to a publish or history request, or a close reason. */
   error: (error: Error) => void;
 }
 
 /** Options for {@link TandemChat}. */
 export interface ChatOptions {
-  /** A JWT, sent as `?token=` (browsers cannot set WebSocket headers). */
-  token?: string;
+  /** A JWT, or a function returning one (called again before each expires). */
+  token?: TokenSource;
   /** Resume from here instead of joining live (e.g. a position saved by the app). */
   resume?: { epoch?: string; since: number };
-  /** WebSocket implementation; defaults to `globalThis.WebSocket`. */
-  WebSocketPolyfill?: new (url: string) => WebSocket;
-  /** First reconnect delay; doubles up to `maxDelayMs`. */
-  minDelayMs?: number;
-  /** Longest reconnect delay. */
-  maxDelayMs?: number;
+  /** `auto` (default): WebSocket, falling back to SSE + HTTP when it is refused. */
+  transport?: 'auto' | ChatTransport;
+  /** In `auto`, WebSocket attempts refused (while HTTP works) before falling back (default 2). */
+  fallbackAfter?: number;
+  /** Reconnect delays. */
+  backoff?: BackoffOptions;
+  /** WebSocket implementation (default: the platform's, else the `ws` package). */
+  WebSocketPolyfill?: WebSocketConstructor;
 }
 
 /** A failed publish, history request or connection. */
 export class ChatError extends Error {
   constructor(
-    /** The protocol's error code (`bad_request`, `read_only`, …). */
+    /** The protocol's error code (`bad_request`, `read_only`, …), or `close_N`, `closed`. */
     readonly code: string,
     message: string,
   ) {
@@ -111,25 +86,38 @@ export class ChatError extends Error {
 }
 
 interface PendingPublish {
+  body: unknown;
   frame: string;
+  posting: boolean;
   resolve: (ack: Ack) => void;
   reject: (error: Error) => void;
 }
 
 interface PendingHistory {
+  query: HistoryQuery;
   frame: string;
   resolve: (page: Page) => void;
   reject: (error: Error) => void;
 }
 
-type Listeners = { [K in keyof ChatEvents]: Set<ChatEvents[K]> };
+/** Which page of history: `before` (newest below it) or `after` (oldest above it) a seq. */
+export interface HistoryQuery {
+  before?: number;
+  after?: number;
+  limit?: number;
+}
+
+/** How long to wait before re-sending a request refused as `rate_limited`. */
+const RATE_LIMIT_RETRY_MS = 100;
 
 let nextId = 0;
-/** A message id unique enough for idempotency: random prefix + counter. */
-function newId(): string {
+/** A message id unique enough for idempotency: time, randomness and a counter. */
+export function newMessageId(): string {
   nextId += 1;
   return `${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 10)}-${nextId}`;
 }
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
  * A chat connection to one room that stays joined across disconnects.
@@ -141,35 +129,32 @@ function newId(): string {
  * const ack = await chat.publish({ text: 'hi' });
  * ```
  */
-/** How long to wait before re-sending a request refused as `rate_limited`. */
-const RATE_LIMIT_RETRY_MS = 100;
-
-export class TandemChat {
+export class TandemChat extends Emitter<ChatEvents> {
   /** The stream's epoch, once joined. */
   epoch: string | undefined;
   /** The highest `seq` delivered to the app. */
   lastSeq = 0;
+  /** The oldest stored `seq`, as of the last join. */
+  firstSeq = 0;
   /** This connection's id (changes on reconnect). */
   conn: string | undefined;
   /** The presence list, by connection id. */
   readonly presence = new Map<string, ChatMember>();
+  /** The transport in use. */
+  transport: ChatTransport;
+  /** Connection state. */
+  status: 'connecting' | 'connected' | 'disconnected' = 'disconnected';
 
-  private url: string;
-  private readonly WebSocketImpl: new (url: string) => WebSocket;
-  private readonly listeners: Listeners = {
-    message: new Set(),
-    joined: new Set(),
-    reset: new Set(),
-    presence: new Set(),
-    typing: new Set(),
-    status: new Set(),
-    error: new Set(),
-  };
-  private socket: WebSocket | undefined;
+  private readonly base: string;
+  private readonly tokens: TokenKeeper;
+  private socket: WebSocketLike | undefined;
+  private stream: AbortController | undefined;
   private joined = false;
-  private closed = false;
+  private closedForGood = false;
+  private everOpened = false;
+  private refusals = 0;
+  private attempt = 0;
   private resumeFrom: { epoch?: string; since: number } | undefined;
-  private delay: number;
   private readonly publishes = new Map<string, PendingPublish>();
   private readonly histories = new Map<string, PendingHistory>();
 
@@ -178,114 +163,280 @@ export class TandemChat {
     readonly room: string,
     private readonly opts: ChatOptions = {},
   ) {
-    const base = new URL(serverUrl);
-    base.protocol = base.protocol === 'https:' || base.protocol === 'wss:' ? 'wss:' : 'ws:';
-    const path = base.pathname.replace(/\/+$/, '');
-    const token = opts.token ? `?token=${encodeURIComponent(opts.token)}` : '';
-    this.url = `${base.protocol}//${base.host}${path}/rooms/${encodeURIComponent(room)}/ws${token}`;
-    const impl = opts.WebSocketPolyfill ?? (globalThis.WebSocket as unknown as ChatOptions['WebSocketPolyfill']);
-    if (!impl) throw new Error('no WebSocket implementation: pass opts.WebSocketPolyfill (e.g. the `ws` package)');
-    this.WebSocketImpl = impl;
+    super();
+    assertRoomName(room);
+    this.base = toHttpUrl(serverUrl);
+    this.transport = opts.transport === 'sse' ? 'sse' : 'websocket';
     this.resumeFrom = opts.resume;
-    this.delay = opts.minDelayMs ?? 100;
-    this.connect();
+    this.tokens = new TokenKeeper(
+      opts.token,
+      (token) => this.tokenRefreshed(token),
+      (error) => this.emit('error', error),
+    );
+    void this.connect();
   }
 
-  /** Subscribes to an event; returns the unsubscribe function. */
-  on<K extends keyof ChatEvents>(event: K, listener: ChatEvents[K]): () => void {
-    this.listeners[event].add(listener);
-    return () => this.listeners[event].delete(listener);
-  }
-
-  private emit<K extends keyof ChatEvents>(event: K, ...args: Parameters<ChatEvents[K]>): void {
-    for (const listener of this.listeners[event]) {
-      (listener as (...a: Parameters<ChatEvents[K]>) => void)(...args);
-    }
+  /** Whether requests can be sent now. */
+  get isJoined(): boolean {
+    return this.joined;
   }
 
   /**
-   * Publishes `body`; resolves with the ack once the message is durable. The
-   * publish survives reconnects (it is re-sent with the same id, which the
-   * server deduplicates).
+   * Publishes `body`; resolves with the ack once the message is durable. The publish
+   * survives reconnects (it is sent again with the same id, which the server
+   * deduplicates), so an app may also retry with the same `id` itself.
    */
-  publish(body: unknown, id: string = newId()): Promise<Ack> {
+  publish(body: unknown, id: string = newMessageId()): Promise<Ack> {
+    if (this.closedForGood) return Promise.reject(new ChatError('closed', 'the chat connection was closed'));
+    const existing = this.publishes.get(id);
+    if (existing) {
+      return new Promise((resolve, reject) => {
+        const { resolve: r0, reject: j0 } = existing;
+        existing.resolve = (ack) => (r0(ack), resolve(ack));
+        existing.reject = (error) => (j0(error), reject(error));
+      });
+    }
     return new Promise((resolve, reject) => {
       const frame = JSON.stringify({ type: 'publish', id, body });
-      this.publishes.set(id, { frame, resolve, reject });
-      if (this.joined) this.socket?.send(frame);
+      this.publishes.set(id, { body, frame, posting: false, resolve, reject });
+      if (this.joined) this.sendPublish(id);
+    });
+  }
+
+  /** Sets (or with `null` clears) this connection's typing status (WebSocket only). */
+  typing(status: string | null): void {
+    if (this.joined && this.transport === 'websocket') this.sendFrame(JSON.stringify({ type: 'typing', status }));
+  }
+
+  /** A page of history, oldest first. */
+  history(query: HistoryQuery = {}): Promise<Page> {
+    return new Promise((resolve, reject) => {
+      const req = newMessageId();
+      const frame = JSON.stringify({ type: 'history', req, ...query });
+      this.histories.set(req, { query, frame, resolve, reject });
+      if (this.joined) this.sendHistory(req);
     });
   }
 
   /**
-   * Replaces the token before it expires: the open connection keeps going under the new
-   * one (the server answers `refreshed`, or an `unauthorized` error event), and
-   * reconnects use it. Without a refresh the server closes the connection (4010) at the
-   * old token's expiry.
+   * Replaces the token now (a token function is refreshed by itself): the connection
+   * keeps going under the new one, and reconnects use it.
    */
   refresh(token: string): void {
-    const url = new URL(this.url);
-    url.searchParams.set('token', token);
-    this.url = url.toString();
-    if (this.socket?.readyState === 1) this.socket.send(JSON.stringify({ type: 'refresh', token }));
+    this.tokenRefreshed(token, true);
   }
 
-  /** Sets (or with `null` clears) this connection's typing status. */
-  typing(status: string | null): void {
-    if (this.joined) this.socket?.send(JSON.stringify({ type: 'typing', status }));
-  }
-
-  /** A page of history: `before` (newest below it) or `after` (oldest above it) a seq. */
-  history(query: { before?: number; after?: number; limit?: number } = {}): Promise<Page> {
-    return new Promise((resolve, reject) => {
-      const req = newId();
-      const frame = JSON.stringify({ type: 'history', req, ...query });
-      this.histories.set(req, { frame, resolve, reject });
-      if (this.joined) this.socket?.send(frame);
-    });
-  }
-
-  /** Closes the connection for good; pending publishes are rejected. */
+  /** Closes the connection for good; pending publishes and history requests are rejected. */
   close(): void {
-    this.closed = true;
-    this.socket?.close(1000);
+    this.closedForGood = true;
+    this.tokens.stop();
+    this.socket?.close(CloseCode.NORMAL);
+    this.stream?.abort();
     const error = new ChatError('closed', 'the chat connection was closed');
     for (const p of this.publishes.values()) p.reject(error);
     for (const h of this.histories.values()) h.reject(error);
     this.publishes.clear();
     this.histories.clear();
+    this.setStatus('disconnected');
   }
 
-  private connect(): void {
-    if (this.closed) return;
-    this.emit('status', 'connecting');
-    const socket = new this.WebSocketImpl(this.url);
+  private manualToken: string | undefined;
+
+  private tokenRefreshed(token: string, manual = false): void {
+    if (manual) this.manualToken = token;
+    if (this.transport === 'websocket') {
+      if (this.socket?.readyState === OPEN) this.sendFrame(JSON.stringify({ type: 'refresh', token }));
+    } else if (this.stream) {
+      // An event stream cannot take a new token: reopen it (resuming, so nothing is missed).
+      this.stream.abort();
+    }
+  }
+
+  private async currentToken(): Promise<string | undefined> {
+    return this.manualToken ?? (await this.tokens.get());
+  }
+
+  private setStatus(status: 'connecting' | 'connected' | 'disconnected'): void {
+    if (this.status === status) return;
+    this.status = status;
+    this.emit('status', status);
+  }
+
+  private async connect(): Promise<void> {
+    if (this.closedForGood) return;
+    this.setStatus('connecting');
+    if (this.transport === 'sse') return this.connectSse();
+    let socket: WebSocketLike;
+    try {
+      const [token, WebSocketImpl] = await Promise.all([this.currentToken(), webSocketImpl(this.opts.WebSocketPolyfill)]);
+      if (this.closedForGood) return;
+      socket = new WebSocketImpl(endpointUrl(this.base, 'ws', 'rooms/{room}/ws', this.room, { token }));
+    } catch (error) {
+      this.emit('error', error instanceof Error ? error : new Error(String(error)));
+      return this.reconnectLater(backoffDelay(this.attempt++, this.opts.backoff));
+    }
     this.socket = socket;
+    let opened = false;
     socket.onopen = () => {
-      const join: Record<string, unknown> = { type: 'join', v: 1 };
-      if (this.resumeFrom) {
-        join.since = this.resumeFrom.since;
-        if (this.resumeFrom.epoch) join.epoch = this.resumeFrom.epoch;
-      }
-      socket.send(JSON.stringify(join));
+      opened = true;
+      this.everOpened = true;
+      socket.send(JSON.stringify({ type: 'join', v: PROTOCOL_VERSION, ...this.resumeFrom }));
     };
-    socket.onmessage = (event: MessageEvent) => this.onEvent(JSON.parse(String(event.data)));
-    socket.onclose = (event: CloseEvent) => {
+    socket.onmessage = (event) => this.onEvent(JSON.parse(String(event.data)) as { type: string } & Record<string, unknown>);
+    socket.onclose = (event) => {
       if (this.socket !== socket) return;
-      this.joined = false;
       this.socket = undefined;
-      this.presence.clear();
-      this.emit('status', 'disconnected');
-      if (event.code !== 1000 && event.code !== 1005 && event.reason) {
-        this.emit('error', new ChatError(`close_${event.code}`, event.reason));
-      }
-      if (this.closed) return;
-      const delay = this.delay;
-      this.delay = Math.min(this.delay * 2, this.opts.maxDelayMs ?? 5_000);
-      setTimeout(() => this.connect(), delay);
+      if (!opened) void this.refusedOrDown();
+      else this.lost(event.code, event.reason);
     };
     socket.onerror = () => {
       // A close event follows; reconnecting is handled there.
     };
+  }
+
+  /**
+   * A WebSocket that never opened: the server is down, or something between refuses
+   * upgrades. If the server answers plain HTTP, count a refusal; enough of them (and no
+   * WebSocket ever opened) switch to SSE.
+   */
+  private async refusedOrDown(): Promise<void> {
+    if (this.opts.transport === undefined || this.opts.transport === 'auto') {
+      const answers = await fetch(`${this.base}/healthz`, { signal: AbortSignal.timeout(3_000) }).then(
+        (r) => (void r.body?.cancel(), true),
+        () => false,
+      );
+      if (answers && !this.everOpened) this.refusals += 1;
+      if (this.refusals >= (this.opts.fallbackAfter ?? 2)) {
+        this.transport = 'sse';
+        this.emit('transport', 'sse');
+        this.attempt = 0;
+      }
+    }
+    this.lost(0, '');
+  }
+
+  private async connectSse(): Promise<void> {
+    const abort = new AbortController();
+    this.stream = abort;
+    let closeEvent: { code: number; reason: string } | undefined;
+    try {
+      const token = await this.currentToken();
+      const url = endpointUrl(this.base, 'http', 'rooms/{room}/events', this.room, {
+        since: this.resumeFrom?.since,
+        epoch: this.resumeFrom?.epoch,
+      });
+      const headers: Record<string, string> = token ? { authorization: `Bearer ${token}` } : {};
+      await readEventStream(
+        url,
+        headers,
+        (event) => {
+          const data = JSON.parse(event.data) as { type: string } & Record<string, unknown>;
+          if (event.event === 'close') closeEvent = { code: Number(data.code), reason: String(data.reason ?? '') };
+          else this.onEvent(data);
+        },
+        abort.signal,
+      );
+    } catch (error) {
+      if (this.stream === abort && !abort.signal.aborted) {
+        if (error instanceof SseHttpError && (error.status === 401 || error.status === 403)) {
+          this.emit('error', new ChatError('unauthorized', error.message));
+        }
+      }
+    }
+    if (this.stream !== abort) return;
+    this.stream = undefined;
+    const refreshing = abort.signal.aborted && !this.closedForGood;
+    this.lost(closeEvent?.code ?? 0, closeEvent?.reason ?? '', refreshing);
+  }
+
+  /** The connection ended: forget what belonged to it, then reconnect. */
+  private lost(code: number, reason: string, immediately = false): void {
+    this.joined = false;
+    this.presence.clear();
+    this.setStatus('disconnected');
+    if (code !== 0 && code !== CloseCode.NORMAL && code !== 1005 && reason) {
+      this.emit('error', new ChatError(`close_${code}`, reason));
+    }
+    if (this.closedForGood) return;
+    if (code === CloseCode.TOKEN_EXPIRED) {
+      this.tokens.invalidate();
+      this.manualToken = undefined;
+      immediately = true;
+    }
+    const delay = immediately ? 0 : backoffDelay(this.attempt++, this.opts.backoff);
+    this.reconnectLater(delay);
+  }
+
+  private reconnectLater(delay: number): void {
+    setTimeout(() => void this.connect(), delay);
+  }
+
+  private sendFrame(frame: string): void {
+    if (this.socket?.readyState === OPEN) this.socket.send(frame);
+  }
+
+  private sendPublish(id: string): void {
+    const pending = this.publishes.get(id);
+    if (!pending) return;
+    if (this.transport === 'websocket') this.sendFrame(pending.frame);
+    else if (!pending.posting) void this.postUntilAcked(id, pending);
+  }
+
+  private sendHistory(req: string): void {
+    const pending = this.histories.get(req);
+    if (!pending) return;
+    if (this.transport === 'websocket') {
+      this.sendFrame(pending.frame);
+      return;
+    }
+    this.histories.delete(req);
+    this.historyOverHttp(pending.query).then(pending.resolve, pending.reject);
+  }
+
+  /** SSE mode: `POST /rooms/{room}/messages` with the id as idempotency key, until acked. */
+  private async postUntilAcked(id: string, pending: PendingPublish): Promise<void> {
+    pending.posting = true;
+    for (let attempt = 0; this.publishes.get(id) === pending; attempt += 1) {
+      try {
+        const token = await this.currentToken();
+        const headers: Record<string, string> = { 'content-type': 'application/json', 'idempotency-key': id };
+        if (token) headers.authorization = `Bearer ${token}`;
+        const url = endpointUrl(this.base, 'http', 'rooms/{room}/messages', this.room);
+        const response = await fetch(url, { method: 'POST', headers, body: JSON.stringify(pending.body) });
+        const text = await response.text();
+        if (response.ok) {
+          this.publishes.delete(id);
+          pending.resolve(JSON.parse(text) as Ack);
+          return;
+        }
+        if (![429, 502, 503, 504].includes(response.status)) {
+          this.publishes.delete(id);
+          pending.reject(new ChatError(httpErrorCode(response.status), errorReason(text)));
+          return;
+        }
+      } catch {
+        // network failure: retry with the same key
+      }
+      await sleep(backoffDelay(attempt, this.opts.backoff));
+    }
+  }
+
+  /** SSE mode: history over `GET /rooms/{room}/messages` (seqs are gap-free, so `before` is a range). */
+  private async historyOverHttp(query: HistoryQuery): Promise<Page> {
+    const limit = query.limit ?? 50;
+    let since: number | undefined = query.after;
+    if (query.before !== undefined) since = Math.max(0, this.firstSeq - 1, query.before - limit - 1);
+    const token = await this.currentToken();
+    const url = endpointUrl(this.base, 'http', 'rooms/{room}/messages', this.room, { since, limit });
+    const response = await fetch(url, { headers: token ? { authorization: `Bearer ${token}` } : {} });
+    const text = await response.text();
+    if (!response.ok) throw new ChatError(httpErrorCode(response.status), errorReason(text));
+    const page = JSON.parse(text) as Page;
+    if (query.before !== undefined) {
+      const before = query.before;
+      page.messages = page.messages.filter((m) => m.seq < before).slice(-limit);
+    }
+    return page;
   }
 
   private onEvent(event: { type: string } & Record<string, unknown>): void {
@@ -294,9 +445,10 @@ export class TandemChat {
         const joined = event as unknown as Joined;
         const hadPosition = this.resumeFrom !== undefined;
         this.joined = true;
-        this.delay = this.opts.minDelayMs ?? 100;
+        this.attempt = 0;
         this.epoch = joined.epoch;
         this.conn = joined.conn;
+        this.firstSeq = joined.first_seq;
         this.presence.clear();
         for (const member of joined.presence) this.presence.set(member.conn, member);
         if (!joined.recovered && hadPosition) {
@@ -304,14 +456,13 @@ export class TandemChat {
           this.lastSeq = 0;
           this.emit('reset', joined);
         }
+        if (!hadPosition) this.lastSeq = joined.last_seq;
         // From now on, every reconnect resumes from what was delivered.
         this.resumeFrom = { epoch: joined.epoch, since: this.lastSeq };
-        if (!hadPosition) this.lastSeq = joined.last_seq;
-        this.resumeFrom.since = this.lastSeq;
-        this.emit('status', 'connected');
+        this.setStatus('connected');
         this.emit('joined', joined);
-        for (const p of this.publishes.values()) this.socket?.send(p.frame);
-        for (const h of this.histories.values()) this.socket?.send(h.frame);
+        for (const id of this.publishes.keys()) this.sendPublish(id);
+        for (const req of [...this.histories.keys()]) this.sendHistory(req);
         break;
       }
       case 'message': {
@@ -348,58 +499,77 @@ export class TandemChat {
         break;
       }
       case 'typing': {
-        const typing = event as unknown as { conn: string; subject: string; status: string | null };
+        const typing = event as unknown as Typing;
         const member = this.presence.get(typing.conn);
         if (member) member.status = typing.status ?? undefined;
         this.emit('typing', typing);
         break;
       }
-      case 'error': {
-        const id = event.id as string | undefined;
-        const error = new ChatError(String(event.code), String(event.message));
-        const publish = id === undefined ? undefined : this.publishes.get(id);
-        const history = id === undefined ? undefined : this.histories.get(id);
-        const pending = publish ?? history;
-        if (pending && event.code === 'rate_limited') {
-          // Over the connection's message rate: the server has paused reading it for one
-          // refill; send the same frame (same id, so never twice) again a little later.
-          setTimeout(() => {
-            const still = id !== undefined && (this.publishes.has(id) || this.histories.has(id));
-            if (still && this.joined) this.socket?.send(pending.frame);
-          }, RATE_LIMIT_RETRY_MS);
-        } else if (publish && id !== undefined) {
-          this.publishes.delete(id);
-          publish.reject(error);
-        } else if (history && id !== undefined) {
-          this.histories.delete(id);
-          history.reject(error);
-        } else {
-          this.emit('error', error);
-        }
+      case 'error':
+        this.onError(event);
         break;
-      }
       default:
-        break;
+        break; // `refreshed`, and fields or events a newer server adds
+    }
+  }
+
+  private onError(event: Record<string, unknown>): void {
+    const id = event.id as string | undefined;
+    const error = new ChatError(String(event.code), String(event.message));
+    const publish = id === undefined ? undefined : this.publishes.get(id);
+    const history = id === undefined ? undefined : this.histories.get(id);
+    const pending = publish ?? history;
+    if (pending && event.code === 'rate_limited') {
+      // Over the connection's message rate: the server paused reading it for one refill;
+      // send the same frame (same id, so never twice) again a little later.
+      setTimeout(() => {
+        const still = id !== undefined && (this.publishes.has(id) || this.histories.has(id));
+        if (still && this.joined) this.sendFrame(pending.frame);
+      }, RATE_LIMIT_RETRY_MS);
+    } else if (publish && id !== undefined) {
+      this.publishes.delete(id);
+      publish.reject(error);
+    } else if (history && id !== undefined) {
+      this.histories.delete(id);
+      history.reject(error);
+    } else {
+      this.emit('error', error);
     }
   }
 }
 
-function messagesUrl(serverUrl: string, room: string, query = ''): string {
-  const base = new URL(serverUrl);
-  base.protocol = base.protocol === 'https:' || base.protocol === 'wss:' ? 'https:' : 'http:';
-  const path = base.pathname.replace(/\/+$/, '');
-  return `${base.protocol}//${base.host}${path}/rooms/${encodeURIComponent(room)}/messages${query}`;
+function httpErrorCode(status: number): string {
+  switch (status) {
+    case 400:
+      return 'bad_request';
+    case 401:
+      return 'unauthorized';
+    case 403:
+      return 'read_only';
+    case 413:
+      return 'body_too_large';
+    default:
+      return `http_${status}`;
+  }
+}
+
+function errorReason(text: string): string {
+  try {
+    return (JSON.parse(text) as { error?: string }).error ?? text;
+  } catch {
+    return text;
+  }
 }
 
 async function jsonOrThrow<T>(response: Response, method: string, url: string): Promise<T> {
   const text = await response.text();
-  if (!response.ok) throw new Error(`${method} ${url} failed: ${response.status}: ${text}`);
+  if (!response.ok) throw new Error(`${method} ${url} failed: ${response.status}: ${errorReason(text)}`);
   return JSON.parse(text) as T;
 }
 
 /**
- * Publishes over HTTP (`POST /rooms/{room}/messages`); resolves with the ack
- * once the message is durable. Retrying with the same `idempotencyKey` is safe.
+ * Publishes over HTTP (`POST /rooms/{room}/messages`); resolves with the ack once the
+ * message is durable. Retrying with the same `idempotencyKey` is safe.
  */
 export async function postMessage(
   serverUrl: string,
@@ -407,7 +577,7 @@ export async function postMessage(
   body: unknown,
   opts: { idempotencyKey?: string; token?: string } = {},
 ): Promise<Ack> {
-  const url = messagesUrl(serverUrl, room);
+  const url = endpointUrl(serverUrl, 'http', 'rooms/{room}/messages', room);
   const headers: Record<string, string> = { 'content-type': 'application/json' };
   if (opts.idempotencyKey) headers['idempotency-key'] = opts.idempotencyKey;
   if (opts.token) headers.authorization = `Bearer ${opts.token}`;
@@ -416,23 +586,20 @@ export async function postMessage(
 }
 
 /**
- * Reads messages over HTTP (`GET /rooms/{room}/messages`): after `since`
- * (the latest page without it); with `waitSecs`, long-polls until a newer
- * message arrives.
+ * Reads messages over HTTP (`GET /rooms/{room}/messages`): after `since` (the latest page
+ * without it); with `waitSecs`, long-polls until a newer message arrives.
  */
 export async function fetchMessages(
   serverUrl: string,
   room: string,
   query: { since?: number; epoch?: string; limit?: number; waitSecs?: number; token?: string } = {},
 ): Promise<Page> {
-  const params = new URLSearchParams();
-  if (query.since !== undefined) params.set('since', String(query.since));
-  if (query.epoch !== undefined) params.set('epoch', query.epoch);
-  if (query.limit !== undefined) params.set('limit', String(query.limit));
-  if (query.waitSecs !== undefined) params.set('wait', String(query.waitSecs));
-  const search = params.toString();
-  const url = messagesUrl(serverUrl, room, search ? `?${search}` : '');
-  const headers: Record<string, string> = {};
-  if (query.token) headers.authorization = `Bearer ${query.token}`;
+  const url = endpointUrl(serverUrl, 'http', 'rooms/{room}/messages', room, {
+    since: query.since,
+    epoch: query.epoch,
+    limit: query.limit,
+    wait: query.waitSecs,
+  });
+  const headers: Record<string, string> = query.token ? { authorization: `Bearer ${query.token}` } : {};
   return jsonOrThrow<Page>(await fetch(url, { headers }), 'GET', url);
 }

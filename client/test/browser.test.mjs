@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
+import * as esbuild from 'esbuild';
 import { clientDir, freePort, removeDir, startServer, uniqueRoom } from './server.mjs';
 
 const CHROMIUM = '/usr/bin/chromium';
@@ -22,7 +23,13 @@ let siteUrl;
 
 /** A tiny static site (the page's own origin, distinct from the server's). */
 function serveSite(port) {
-  const chatJs = fs.readFileSync(path.join(clientDir, 'dist', 'chat.js'));
+  // The chat client as one browser module (it imports its siblings).
+  const chatJs = esbuild.buildSync({
+    entryPoints: [path.join(clientDir, 'src', 'chat.ts')],
+    bundle: true,
+    format: 'esm',
+    write: false,
+  }).outputFiles[0].contents;
   const s = http.createServer((req, res) => {
     if (req.url === '/chat.js') {
       res.writeHead(200, { 'content-type': 'text/javascript' });

@@ -6,7 +6,7 @@ import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import * as Y from 'yjs';
-import { fetchJson, fetchState, postUpdate, tandemProvider, waitForSync } from '../dist/index.js';
+import { TandemProvider, fetchJson, fetchState, postUpdate } from '../dist/index.js';
 import { connectProvider, destroyProvider, removeDir, startServer, uniqueRoom, waitFor, waitSynced } from './server.mjs';
 
 const CLIENTS = 5;
@@ -123,8 +123,12 @@ test('concurrent stock clients converge, persist and survive a restart', { timeo
   const restarted = await startServer({ dataDir });
   servers.push(restarted);
   const freshDoc = new Y.Doc();
-  const fresh = track(tandemProvider(restarted.url, room, freshDoc, { disableBc: true }));
-  await waitForSync(fresh, 10_000);
+  const fresh = new TandemProvider(restarted.url, room, freshDoc);
+  try {
+    await fresh.whenSynced(10_000);
+  } finally {
+    fresh.destroy();
+  }
   assert.equal(freshDoc.getText('text').toString(), afterPost, 'text after restart differs from the text before shutdown');
   assert.equal((await fetchJson(restarted.url, room)).text, afterPost, 'state JSON after restart differs');
 });

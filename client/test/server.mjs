@@ -1,7 +1,9 @@
 // Shared helpers for the end-to-end tests: spawn a real `tandem serve`
 // process, wait for it to be healthy, stop it, and connect stock providers.
 import { spawn } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -192,4 +194,95 @@ export function waitSynced(provider, timeout = 10_000, label = provider.roomname
 /** A room name unique to this run, so tests never share state. */
 export function uniqueRoom(prefix) {
   return `${prefix}-${process.pid}-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
+}
+
+/** An HS256 JWT for `claims`, signed with `secret` (as the server's --jwt-secret checks it). */
+export function signToken(secret, claims) {
+  const encode = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
+  const unsigned = `${encode({ alg: 'HS256', typ: 'JWT' })}.${encode(claims)}`;
+  const signature = crypto.createHmac('sha256', secret).update(unsigned).digest('base64url');
+  return `${unsigned}.${signature}`;
+}
+
+/**
+ * A TCP proxy on a loopback port in front of `targetPort`, for cutting connections
+ * without stopping the server. `cut()` destroys every proxied connection;
+ * `dropDownstream(true)` keeps forwarding what clients send but throws away what the
+ * server answers (an ack that never arrives).
+ */
+export async function tcpProxy(targetPort) {
+  const sockets = new Set();
+  let drop = false;
+  const server = net.createServer((client) => {
+    const upstream = net.connect(targetPort, '127.0.0.1');
+    sockets.add(client);
+    sockets.add(upstream);
+    client.on('data', (chunk) => upstream.write(chunk));
+    upstream.on('data', (chunk) => {
+      if (!drop) client.write(chunk);
+    });
+    const close = () => {
+      client.destroy();
+      upstream.destroy();
+      sockets.delete(client);
+      sockets.delete(upstream);
+    };
+    client.on('close', close);
+    upstream.on('close', close);
+    client.on('error', close);
+    upstream.on('error', close);
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = server.address().port;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    dropDownstream(value) {
+      drop = value;
+    },
+    cut() {
+      for (const s of sockets) s.destroy();
+      sockets.clear();
+    },
+    close() {
+      this.cut();
+      return new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+/**
+ * An HTTP proxy in front of `targetUrl` that refuses every WebSocket upgrade with 403 (as
+ * some corporate proxies do) and forwards everything else, streaming the answers.
+ */
+export async function noWebSocketProxy(targetUrl) {
+  const target = new URL(targetUrl);
+  let refused = 0;
+  const server = http.createServer((req, res) => {
+    const upstream = http.request(
+      { host: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers },
+      (answer) => {
+        res.writeHead(answer.statusCode ?? 502, answer.headers);
+        answer.pipe(res);
+      },
+    );
+    upstream.on('error', () => {
+      if (!res.headersSent) res.writeHead(502);
+      res.end();
+    });
+    req.pipe(upstream);
+    res.on('close', () => upstream.destroy());
+  });
+  server.on('upgrade', (_req, socket) => {
+    refused += 1;
+    socket.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    refused: () => refused,
+    close() {
+      server.closeAllConnections();
+      return new Promise((resolve) => server.close(resolve));
+    },
+  };
 }

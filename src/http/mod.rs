@@ -7,11 +7,13 @@
 //! - `GET /rooms/{room}/ws` (WebSocket), `GET /rooms/{room}/events` (SSE),
 //!   `POST|GET /rooms/{room}/messages` — the chat stream ([`chat`]);
 //! - `GET /route/{room}`, `GET /cluster` — who owns what ([`cluster`]);
-//! - `GET /healthz`, `GET /readyz`, `GET /metrics` — operations ([`ops`]).
+//! - `GET /healthz`, `GET /readyz`, `GET /metrics` — operations ([`ops`]);
+//! - `GET /`, `GET /r/{room}`, `GET /demo/*` — the demo page ([`demo`]).
 
 mod api;
 mod chat;
 mod cluster;
+mod demo;
 pub mod forward;
 mod ops;
 mod proxy;
@@ -88,6 +90,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route("/healthz", web::get().to(ops::healthz))
     .route("/readyz", web::get().to(ops::readyz))
     .route("/metrics", web::get().to(ops::metrics))
+    .route("/", web::get().to(demo::page))
+    .route("/r/{room}", web::get().to(demo::page))
+    .route("/demo/app.js", web::get().to(demo::script))
+    .route("/demo/app.css", web::get().to(demo::stylesheet))
     .default_service(web::to(not_found));
 }
 

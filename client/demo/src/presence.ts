@@ -1,0 +1,71 @@
+// The "Here now" list: everyone with the document open (awareness, with their name and
+// colour) and everyone on the chat stream without it (e.g. an SSE reader), each marked
+// while typing.
+import type { Awareness } from 'y-protocols/awareness';
+import type { TandemChat } from '../../src/index.js';
+import { initials } from './session.js';
+
+export interface Person {
+  key: string;
+  name: string;
+  color: string;
+  me: boolean;
+  typing: boolean;
+}
+
+interface AwarenessState {
+  user?: { name?: string; color?: string };
+  chat?: string;
+}
+
+/** A chat member's display name: the token's `info.name`, else its subject. */
+export function memberName(member: { subject: string; info?: unknown }): string {
+  const name = (member.info as { name?: unknown } | undefined)?.name;
+  return typeof name === 'string' ? name : member.subject;
+}
+
+/** Everyone here, you first, then by name. */
+export function people(awareness: Awareness, chat: TandemChat): Person[] {
+  const list: Person[] = [];
+  const linked = new Set<string>();
+  for (const [client, raw] of awareness.getStates()) {
+    const state = raw as AwarenessState;
+    if (!state.user?.name) continue;
+    if (state.chat) linked.add(state.chat);
+    const member = state.chat ? chat.presence.get(state.chat) : undefined;
+    list.push({
+      key: `doc-${client}`,
+      name: state.user.name,
+      color: state.user.color ?? '#64748b',
+      me: client === awareness.clientID,
+      typing: Boolean(member?.status),
+    });
+  }
+  for (const member of chat.presence.values()) {
+    if (linked.has(member.conn) || member.conn === chat.conn) continue;
+    list.push({ key: `chat-${member.conn}`, name: memberName(member), color: '#64748b', me: false, typing: Boolean(member.status) });
+  }
+  return list.sort((a, b) => Number(b.me) - Number(a.me) || a.name.localeCompare(b.name));
+}
+
+/** Renders the list into `ul` and the count into `count`. */
+export function renderPeople(ul: HTMLElement, count: HTMLElement, list: Person[]): void {
+  ul.replaceChildren(
+    ...list.map((person) => {
+      const li = document.createElement('li');
+      li.dataset.name = person.name;
+      const avatar = document.createElement('span');
+      avatar.className = 'avatar';
+      avatar.style.background = person.color;
+      avatar.textContent = initials(person.name);
+      const name = document.createElement('span');
+      name.className = 'name';
+      name.textContent = person.name;
+      li.append(avatar, name);
+      if (person.me) li.append(Object.assign(document.createElement('span'), { className: 'tag', textContent: 'you' }));
+      if (person.typing) li.append(Object.assign(document.createElement('span'), { className: 'tag typing', textContent: 'typing…' }));
+      return li;
+    }),
+  );
+  count.textContent = String(list.length);
+}
