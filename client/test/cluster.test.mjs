@@ -6,7 +6,9 @@ import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import dgram from 'node:dgram';
+import WebSocket from 'ws';
 import * as Y from 'yjs';
+import { TandemProvider, fetchJson } from '../dist/index.js';
 import { connectProvider, destroyProvider, removeDir, startServer, uniqueRoom, waitFor, waitSynced } from './server.mjs';
 
 const pgUrl = process.env.TANDEM_TEST_POSTGRES_URL;
@@ -92,4 +94,27 @@ test('stock providers on three nodes of a cluster converge', { timeout: 120_000,
   assert.equal(relayed, 2, 'two sessions relayed through non-owners');
   const route = await (await fetch(`${servers[0].url}/route/${room}`)).json();
   assert.match(route.owner.id, /^node-[012]$/);
+});
+
+test('TandemProvider asks the route and connects to the owner, not through a relay', { timeout: 60_000, skip: pgUrl ? false : 'TANDEM_TEST_POSTGRES_URL is not set (no PostgreSQL for a cluster)' }, async () => {
+  assert.equal(servers.length, 3, 'runs after the cluster test above started three nodes');
+  const room = uniqueRoom('routed');
+  const route = await (await fetch(`${servers[0].url}/route/${room}`)).json();
+  const owner = servers.find((s) => route.owner.url.endsWith(`:${s.port}`));
+  const other = servers.find((s) => s !== owner);
+  assert.ok(owner && other, `owner ${route.owner.url} is one of the nodes`);
+  const relayedBefore = await metric(other, 'tandem_proxied_sessions');
+  const doc = new Y.Doc();
+  const provider = new TandemProvider(other.url, room, doc, { WebSocketPolyfill: WebSocket });
+  try {
+    await provider.whenSynced(15_000);
+    assert.equal(provider.url, `ws://127.0.0.1:${owner.port}/yjs/${room}`, 'connected to the owner directly');
+    assert.equal(await metric(other, 'tandem_proxied_sessions'), relayedBefore, 'nothing relayed');
+    doc.getText('t').insert(0, 'routed');
+    await waitFor(async () => (await fetchJson(other.url, room).catch(() => ({}))).t === 'routed', {
+      message: () => 'the edit to be readable through any node',
+    });
+  } finally {
+    provider.destroy();
+  }
 });
