@@ -157,6 +157,11 @@ export class TandemChat extends Emitter<ChatEvents> {
   private resumeFrom: { epoch?: string; since: number } | undefined;
   private readonly publishes = new Map<string, PendingPublish>();
   private readonly histories = new Map<string, PendingHistory>();
+  private reconnectTimer: ReturnType<typeof setTimeout> | undefined;
+  /** How often each request was refused for the rate or an unavailable store. */
+  private readonly retries = new Map<string, number>();
+  /** The client fell back to SSE by itself (so it tries WebSockets again now and then). */
+  private fellBack = false;
 
   constructor(
     serverUrl: string,
@@ -167,7 +172,11 @@ export class TandemChat extends Emitter<ChatEvents> {
     assertRoomName(room);
     this.base = toHttpUrl(serverUrl);
     this.transport = opts.transport === 'sse' ? 'sse' : 'websocket';
-    this.resumeFrom = opts.resume;
+    if (opts.resume) {
+      this.resumeFrom = { epoch: opts.resume.epoch, since: opts.resume.since };
+      this.epoch = opts.resume.epoch;
+      this.lastSeq = opts.resume.since;
+    }
     this.tokens = new TokenKeeper(
       opts.token,
       (token) => this.tokenRefreshed(token),
@@ -210,6 +219,7 @@ export class TandemChat extends Emitter<ChatEvents> {
 
   /** A page of history, oldest first. */
   history(query: HistoryQuery = {}): Promise<Page> {
+    if (this.closedForGood) return Promise.reject(new ChatError('closed', 'the chat connection was closed'));
     return new Promise((resolve, reject) => {
       const req = newMessageId();
       const frame = JSON.stringify({ type: 'history', req, ...query });
@@ -230,6 +240,7 @@ export class TandemChat extends Emitter<ChatEvents> {
   close(): void {
     this.closedForGood = true;
     this.tokens.stop();
+    if (this.reconnectTimer !== undefined) clearTimeout(this.reconnectTimer);
     this.socket?.close(CloseCode.NORMAL);
     this.stream?.abort();
     const error = new ChatError('closed', 'the chat connection was closed');
@@ -243,7 +254,8 @@ export class TandemChat extends Emitter<ChatEvents> {
   private manualToken: string | undefined;
 
   private tokenRefreshed(token: string, manual = false): void {
-    if (manual) this.manualToken = token;
+    // The latest token wins, whether the app or the token function gave it.
+    this.manualToken = manual ? token : undefined;
     if (this.transport === 'websocket') {
       if (this.socket?.readyState === OPEN) this.sendFrame(JSON.stringify({ type: 'refresh', token }));
     } else if (this.stream) {
@@ -280,9 +292,28 @@ export class TandemChat extends Emitter<ChatEvents> {
     socket.onopen = () => {
       opened = true;
       this.everOpened = true;
-      socket.send(JSON.stringify({ type: 'join', v: PROTOCOL_VERSION, ...this.resumeFrom }));
+      if (this.fellBack) {
+        this.fellBack = false;
+        this.emit('transport', 'websocket');
+      }
+      const join: Record<string, unknown> = { type: 'join', v: PROTOCOL_VERSION };
+      if (this.resumeFrom) {
+        join.since = this.resumeFrom.since;
+        if (this.resumeFrom.epoch !== undefined) join.epoch = this.resumeFrom.epoch;
+      }
+      socket.send(JSON.stringify(join));
     };
-    socket.onmessage = (event) => this.onEvent(JSON.parse(String(event.data)) as { type: string } & Record<string, unknown>);
+    socket.onmessage = (event) => {
+      if (this.socket !== socket || this.closedForGood) return;
+      let parsed: { type: string } & Record<string, unknown>;
+      try {
+        parsed = JSON.parse(String(event.data)) as { type: string } & Record<string, unknown>;
+      } catch {
+        this.emit('error', new ChatError('bad_frame', 'the server sent a frame that is not JSON'));
+        return;
+      }
+      this.onEvent(parsed);
+    };
     socket.onclose = (event) => {
       if (this.socket !== socket) return;
       this.socket = undefined;
@@ -300,14 +331,16 @@ export class TandemChat extends Emitter<ChatEvents> {
    * WebSocket ever opened) switch to SSE.
    */
   private async refusedOrDown(): Promise<void> {
+    if (this.closedForGood) return;
     if (this.opts.transport === undefined || this.opts.transport === 'auto') {
       const answers = await fetch(`${this.base}/healthz`, { signal: AbortSignal.timeout(3_000) }).then(
-        (r) => (void r.body?.cancel(), true),
+        (r) => (void r.body?.cancel(), r.ok),
         () => false,
       );
       if (answers && !this.everOpened) this.refusals += 1;
       if (this.refusals >= (this.opts.fallbackAfter ?? 2)) {
         this.transport = 'sse';
+        this.fellBack = true;
         this.emit('transport', 'sse');
         this.attempt = 0;
       }
@@ -346,6 +379,12 @@ export class TandemChat extends Emitter<ChatEvents> {
     if (this.stream !== abort) return;
     this.stream = undefined;
     const refreshing = abort.signal.aborted && !this.closedForGood;
+    if (this.fellBack && !refreshing) {
+      // Whatever refused WebSockets may have stopped: try one once more (one more refusal
+      // comes back to SSE).
+      this.transport = 'websocket';
+      this.refusals = (this.opts.fallbackAfter ?? 2) - 1;
+    }
     this.lost(closeEvent?.code ?? 0, closeEvent?.reason ?? '', refreshing);
   }
 
@@ -368,7 +407,12 @@ export class TandemChat extends Emitter<ChatEvents> {
   }
 
   private reconnectLater(delay: number): void {
-    setTimeout(() => void this.connect(), delay);
+    if (this.closedForGood) return;
+    if (this.reconnectTimer !== undefined) clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = undefined;
+      void this.connect();
+    }, delay);
   }
 
   private sendFrame(frame: string): void {
@@ -402,11 +446,17 @@ export class TandemChat extends Emitter<ChatEvents> {
         const headers: Record<string, string> = { 'content-type': 'application/json', 'idempotency-key': id };
         if (token) headers.authorization = `Bearer ${token}`;
         const url = endpointUrl(this.base, 'http', 'rooms/{room}/messages', this.room);
-        const response = await fetch(url, { method: 'POST', headers, body: JSON.stringify(pending.body) });
+        const response = await fetch(url, {
+          method: 'POST',
+          headers,
+          body: JSON.stringify(pending.body),
+          signal: AbortSignal.timeout(20_000),
+        });
         const text = await response.text();
         if (response.ok) {
+          const ack = JSON.parse(text) as Ack;
           this.publishes.delete(id);
-          pending.resolve(JSON.parse(text) as Ack);
+          pending.resolve(ack);
           return;
         }
         if (![429, 502, 503, 504].includes(response.status)) {
@@ -426,17 +476,30 @@ export class TandemChat extends Emitter<ChatEvents> {
     const limit = query.limit ?? 50;
     let since: number | undefined = query.after;
     if (query.before !== undefined) since = Math.max(0, this.firstSeq - 1, query.before - limit - 1);
-    const token = await this.currentToken();
-    const url = endpointUrl(this.base, 'http', 'rooms/{room}/messages', this.room, { since, limit });
-    const response = await fetch(url, { headers: token ? { authorization: `Bearer ${token}` } : {} });
-    const text = await response.text();
-    if (!response.ok) throw new ChatError(httpErrorCode(response.status), errorReason(text));
-    const page = JSON.parse(text) as Page;
+    let page = await this.readPage(since, limit);
+    if (!page.recovered && since !== undefined && page.first_seq > 0 && since < page.first_seq - 1) {
+      // Below the retained window: the server answered the latest page; like the
+      // WebSocket's history, answer from the oldest stored message instead.
+      page = { ...(await this.readPage(page.first_seq - 1, limit)), recovered: false };
+    }
     if (query.before !== undefined) {
       const before = query.before;
       page.messages = page.messages.filter((m) => m.seq < before).slice(-limit);
     }
     return page;
+  }
+
+  private async readPage(since: number | undefined, limit: number): Promise<Page> {
+    const token = await this.currentToken();
+    const url = endpointUrl(this.base, 'http', 'rooms/{room}/messages', this.room, {
+      since,
+      limit,
+      epoch: since === undefined ? undefined : this.epoch,
+    });
+    const response = await fetch(url, { headers: token ? { authorization: `Bearer ${token}` } : {} });
+    const text = await response.text();
+    if (!response.ok) throw new ChatError(httpErrorCode(response.status), errorReason(text));
+    return JSON.parse(text) as Page;
   }
 
   private onEvent(event: { type: string } & Record<string, unknown>): void {
@@ -478,6 +541,7 @@ export class TandemChat extends Emitter<ChatEvents> {
         const pending = ack.id === undefined ? undefined : this.publishes.get(ack.id);
         if (pending && ack.id !== undefined) {
           this.publishes.delete(ack.id);
+          this.retries.delete(ack.id);
           pending.resolve(ack);
         }
         break;
@@ -519,13 +583,18 @@ export class TandemChat extends Emitter<ChatEvents> {
     const publish = id === undefined ? undefined : this.publishes.get(id);
     const history = id === undefined ? undefined : this.histories.get(id);
     const pending = publish ?? history;
-    if (pending && event.code === 'rate_limited') {
-      // Over the connection's message rate: the server paused reading it for one refill;
-      // send the same frame (same id, so never twice) again a little later.
+    if (pending && id !== undefined && (event.code === 'rate_limited' || event.code === 'unavailable')) {
+      // Over the connection's message rate (the server paused reading it for one refill),
+      // or the store failed for a moment: send the same frame (same id, so never twice)
+      // again a little later, backing off while it keeps failing.
+      const tries = (this.retries.get(id) ?? 0) + 1;
+      this.retries.set(id, tries);
+      const delay = RATE_LIMIT_RETRY_MS + backoffDelay(tries, this.opts.backoff);
       setTimeout(() => {
-        const still = id !== undefined && (this.publishes.has(id) || this.histories.has(id));
+        const still = this.publishes.has(id) || this.histories.has(id);
         if (still && this.joined) this.sendFrame(pending.frame);
-      }, RATE_LIMIT_RETRY_MS);
+        else this.retries.delete(id);
+      }, delay);
     } else if (publish && id !== undefined) {
       this.publishes.delete(id);
       publish.reject(error);

@@ -28,6 +28,8 @@ const MESSAGE_SYNC = 0;
 const MESSAGE_AWARENESS = 1;
 const MESSAGE_AUTH = 2;
 const MESSAGE_QUERY_AWARENESS = 3;
+/** Silence after which a connection counts as dead. */
+const SILENCE_LIMIT_MS = 30_000;
 
 /** Connection state. */
 export type ConnectionStatus = 'connecting' | 'connected' | 'disconnected';
@@ -95,9 +97,14 @@ export class TandemProvider extends Emitter<ProviderEvents> {
   private retryTimer: ReturnType<typeof setTimeout> | undefined;
   /** Where the room lives, when routing found out; `null`: the server is not clustered. */
   private owner: string | undefined | null;
-  private readonly onPageHide = (): void => {
-    awarenessProtocol.removeAwarenessStates(this.awareness, [this.doc.clientID], 'page hidden');
-  };
+  /** The owner's URL could not be connected to: use the given server, which relays. */
+  private ownerUnreachable = false;
+  /** The local awareness state, while it is withdrawn (disconnected, page hidden). */
+  private withdrawn: Record<string, unknown> | null = null;
+  private lastMessageAt = 0;
+  private liveness: ReturnType<typeof setInterval> | undefined;
+  private readonly onPageHide = (): void => this.withdrawAwareness('page hidden');
+  private readonly onPageShow = (): void => this.restoreAwareness();
 
   constructor(
     serverUrl: string,
@@ -116,7 +123,10 @@ export class TandemProvider extends Emitter<ProviderEvents> {
     );
     doc.on('update', this.onDocUpdate);
     this.awareness.on('update', this.onAwarenessUpdate);
-    if (typeof addEventListener === 'function') addEventListener('pagehide', this.onPageHide);
+    if (typeof addEventListener === 'function') {
+      addEventListener('pagehide', this.onPageHide);
+      addEventListener('pageshow', this.onPageShow);
+    }
     if (opts.connect ?? true) this.connect();
   }
 
@@ -125,6 +135,7 @@ export class TandemProvider extends Emitter<ProviderEvents> {
     if (this.wanted) return;
     this.wanted = true;
     this.attempt = 0;
+    this.restoreAwareness();
     void this.open();
   }
 
@@ -136,8 +147,8 @@ export class TandemProvider extends Emitter<ProviderEvents> {
     this.retryTimer = undefined;
     const socket = this.socket;
     if (socket) {
-      // Tell the others we left before the socket goes.
-      awarenessProtocol.removeAwarenessStates(this.awareness, [this.doc.clientID], 'disconnect');
+      // Tell the others we left before the socket goes (restored by `connect()`).
+      this.withdrawAwareness('disconnect');
       socket.close(CloseCode.NORMAL);
       this.closed(socket, { code: CloseCode.NORMAL, reason: '' });
     }
@@ -149,8 +160,24 @@ export class TandemProvider extends Emitter<ProviderEvents> {
     this.tokens.stop();
     this.doc.off('update', this.onDocUpdate);
     this.awareness.off('update', this.onAwarenessUpdate);
-    if (typeof removeEventListener === 'function') removeEventListener('pagehide', this.onPageHide);
+    if (typeof removeEventListener === 'function') {
+      removeEventListener('pagehide', this.onPageHide);
+      removeEventListener('pageshow', this.onPageShow);
+    }
     if (!this.opts.awareness) this.awareness.destroy();
+  }
+
+  /** Others stop seeing us (leaving, or the page hidden); the state is kept to restore. */
+  private withdrawAwareness(origin: string): void {
+    const state = this.awareness.getLocalState();
+    if (state === null) return;
+    this.withdrawn = state;
+    awarenessProtocol.removeAwarenessStates(this.awareness, [this.doc.clientID], origin);
+  }
+
+  private restoreAwareness(): void {
+    if (this.withdrawn !== null && this.awareness.getLocalState() === null) this.awareness.setLocalState(this.withdrawn);
+    this.withdrawn = null;
   }
 
   /** Resolves once in sync (at once if already); rejects after `timeoutMs`. */
@@ -185,7 +212,7 @@ export class TandemProvider extends Emitter<ProviderEvents> {
 
   /** Where to connect: the owner when the cluster names one, else the given server. */
   private async target(): Promise<string> {
-    if (!(this.opts.routing ?? true) || this.owner === null) return this.base;
+    if (!(this.opts.routing ?? true) || this.owner === null || this.ownerUnreachable) return this.base;
     if (this.owner !== undefined) return this.owner;
     try {
       const url = endpointUrl(this.base, 'http', 'route/{room}', this.room);
@@ -227,6 +254,8 @@ export class TandemProvider extends Emitter<ProviderEvents> {
     let opened = false;
     socket.onopen = () => {
       opened = true;
+      this.lastMessageAt = Date.now();
+      this.watchLiveness(socket);
       this.setStatus('connected');
       const encoder = encoding.createEncoder();
       encoding.writeVarUint(encoder, MESSAGE_SYNC);
@@ -236,9 +265,13 @@ export class TandemProvider extends Emitter<ProviderEvents> {
         this.send(socket, awarenessMessage(this.awareness, [this.doc.clientID]));
       }
     };
-    socket.onmessage = (event) => this.receive(socket, new Uint8Array(event.data as ArrayBuffer));
+    socket.onmessage = (event) => {
+      if (this.socket !== socket) return;
+      this.lastMessageAt = Date.now();
+      this.receive(socket, new Uint8Array(event.data as ArrayBuffer));
+    };
     socket.onclose = (event) => {
-      if (!opened && target !== this.base) this.owner = undefined; // ask the route again
+      if (!opened && target !== this.base) this.ownerUnreachable = true; // the base relays
       this.closed(socket, event);
     };
     socket.onerror = () => {
@@ -249,7 +282,12 @@ export class TandemProvider extends Emitter<ProviderEvents> {
   private closed(socket: WebSocketLike, event: { code: number; reason: string }): void {
     if (this.socket !== socket) return;
     this.socket = undefined;
-    socket.onopen = socket.onmessage = socket.onclose = socket.onerror = null;
+    socket.onopen = socket.onmessage = socket.onclose = null;
+    // Not null: `ws` reports an error for a socket closed while connecting, and an
+    // EventEmitter error without a listener would throw.
+    socket.onerror = () => {};
+    if (this.liveness !== undefined) clearInterval(this.liveness);
+    this.liveness = undefined;
     // Remote peers are unknown while disconnected; they will be sent again.
     const others = [...this.awareness.getStates().keys()].filter((id) => id !== this.doc.clientID);
     awarenessProtocol.removeAwarenessStates(this.awareness, others, this);
@@ -259,7 +297,12 @@ export class TandemProvider extends Emitter<ProviderEvents> {
     if (!this.wanted) return;
     if (event.code === CloseCode.ROOM_MOVED) {
       const next = movedTo(event.reason);
-      this.owner = next ? toHttpUrl(next) : undefined;
+      try {
+        this.owner = next ? toHttpUrl(next) : undefined;
+        this.ownerUnreachable = false;
+      } catch {
+        this.owner = undefined; // not a URL: ask the route
+      }
       this.retry(backoffDelay(0, this.opts.backoff));
     } else if (event.code === CloseCode.TOKEN_EXPIRED) {
       this.tokens.invalidate();
@@ -267,6 +310,20 @@ export class TandemProvider extends Emitter<ProviderEvents> {
     } else {
       this.retry(backoffDelay(this.attempt++, this.opts.backoff));
     }
+  }
+
+  /**
+   * The server sends something at least every few seconds (awareness, keepalives); a
+   * connection silent for 30 s is half-open: close it, which reconnects.
+   */
+  private watchLiveness(socket: WebSocketLike): void {
+    if (this.liveness !== undefined) clearInterval(this.liveness);
+    this.liveness = setInterval(() => {
+      if (this.socket === socket && Date.now() - this.lastMessageAt > SILENCE_LIMIT_MS) {
+        socket.close(CloseCode.NORMAL, 'no message in 30 s');
+        this.closed(socket, { code: CloseCode.GOING_AWAY, reason: 'no message from the server in 30 s' });
+      }
+    }, 5_000);
   }
 
   private retry(delayMs: number): void {

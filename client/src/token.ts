@@ -59,7 +59,9 @@ export class TokenKeeper {
   /** The current token (fetching one first if there is none); `undefined` without a source. */
   async get(): Promise<string | undefined> {
     if (this.source === undefined) return undefined;
-    if (this.current !== undefined) return this.current;
+    const expiresAt = this.current === undefined ? undefined : tokenExpiresAt(this.current);
+    const expired = expiresAt !== undefined && expiresAt <= Date.now() + 1_000;
+    if (this.current !== undefined && !(expired && typeof this.source === 'function')) return this.current;
     return this.fetch();
   }
 
@@ -77,20 +79,23 @@ export class TokenKeeper {
   private fetch(): Promise<string> {
     const source = this.source;
     if (typeof source !== 'function') return Promise.resolve(source ?? '');
-    this.pending ??= (async () => {
-      try {
-        const token = await source();
+    if (this.pending) return this.pending;
+    // `then` also turns a function that throws synchronously into a rejection.
+    const pending = Promise.resolve()
+      .then(source)
+      .then((token) => {
         if (typeof token !== 'string' || token.length === 0) {
           throw new TypeError('the token function returned no token');
         }
         this.current = token;
         this.schedule(token);
         return token;
-      } finally {
-        this.pending = undefined;
-      }
-    })();
-    return this.pending;
+      })
+      .finally(() => {
+        if (this.pending === pending) this.pending = undefined;
+      });
+    this.pending = pending;
+    return pending;
   }
 
   private schedule(token: string): void {
@@ -102,7 +107,7 @@ export class TokenKeeper {
       if (this.stopped) return;
       this.fetch().then(
         (next) => {
-          if (!this.stopped) this.onRefresh(next);
+          if (!this.stopped && next !== token) this.onRefresh(next);
         },
         (error: unknown) => {
           this.onError(error instanceof Error ? error : new Error(String(error)));

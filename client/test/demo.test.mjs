@@ -75,19 +75,19 @@ test('two people edit, see cursors, chat, type and leave', { skip, timeout: 120_
       return t.includes(a) && t.includes(b);
     },
     [adaText, bobText],
-    { timeout: 15_000 },
+    { timeout: 20_000 },
   );
-  await bob.waitForFunction((t) => window.tandem.view.state.doc.toString() === t, await editorText(ada), { timeout: 15_000 });
+  await bob.waitForFunction((t) => window.tandem.view.state.doc.toString() === t, await editorText(ada), { timeout: 20_000 });
   assert.equal(await editorText(ada), await editorText(bob), 'both editors end with the same text');
   assert.equal((await fetchJson(server.url, room)).codemirror, await editorText(ada), 'the server holds the same text');
 
   // Each sees the other's cursor, labelled with the other's name.
-  await ada.waitForSelector('.cm-ySelectionInfo:text-is("Bob Kahn")', { state: 'attached', timeout: 10_000 });
-  await bob.waitForSelector('.cm-ySelectionInfo:text-is("Ada Lovelace")', { state: 'attached', timeout: 10_000 });
+  await ada.waitForSelector('.cm-ySelectionInfo:text-is("Bob Kahn")', { state: 'attached', timeout: 20_000 });
+  await bob.waitForSelector('.cm-ySelectionInfo:text-is("Ada Lovelace")', { state: 'attached', timeout: 20_000 });
 
   // Presence: each lists both.
   for (const page of [ada, bob]) {
-    await page.waitForFunction(() => document.querySelectorAll('#presence-list li').length === 2, null, { timeout: 10_000 });
+    await page.waitForFunction(() => document.querySelectorAll('#presence-list li').length === 2, null, { timeout: 20_000 });
   }
   assert.deepEqual(await ada.$$eval('#presence-list li .name', (els) => els.map((e) => e.textContent)), ['Ada Lovelace', 'Bob Kahn']);
 
@@ -95,17 +95,17 @@ test('two people edit, see cursors, chat, type and leave', { skip, timeout: 120_
   await ada.fill('#chat-input', 'Hello Bob, the outline is up.');
   await ada.press('#chat-input', 'Enter');
   const line = bob.locator('#messages .message', { hasText: 'Hello Bob, the outline is up.' });
-  await line.waitFor({ timeout: 10_000 });
+  await line.waitFor({ timeout: 20_000 });
   assert.equal(await line.locator('.sender').textContent(), 'Ada Lovelace');
 
   // Bob typing shows at Ada's.
   await bob.click('#chat-input');
   await bob.keyboard.type('Looks great', { delay: 20 });
-  await ada.waitForFunction(() => document.querySelector('#typing').textContent === 'Bob Kahn is typing…', null, { timeout: 10_000 });
-  await ada.waitForSelector('#presence-list li[data-name="Bob Kahn"] .typing', { timeout: 10_000 });
+  await ada.waitForFunction(() => document.querySelector('#typing').textContent === 'Bob Kahn is typing…', null, { timeout: 20_000 });
+  await ada.waitForSelector('#presence-list li[data-name="Bob Kahn"] .typing', { timeout: 20_000 });
   await bob.press('#chat-input', 'Enter');
-  await ada.locator('#messages .message', { hasText: 'Looks great' }).waitFor({ timeout: 10_000 });
-  await ada.waitForFunction(() => document.querySelector('#typing').textContent === '', null, { timeout: 10_000 });
+  await ada.locator('#messages .message', { hasText: 'Looks great' }).waitFor({ timeout: 20_000 });
+  await ada.waitForFunction(() => document.querySelector('#typing').textContent === '', null, { timeout: 20_000 });
 
   // The picture a person would see: both windows side by side.
   fs.mkdirSync(outputDir, { recursive: true });
@@ -126,7 +126,7 @@ test('two people edit, see cursors, chat, type and leave', { skip, timeout: 120_
 
   // Bob closes his window: he leaves Ada's presence list.
   await bob.context().close();
-  await ada.waitForFunction(() => !document.querySelector('#presence-list li[data-name="Bob Kahn"]'), null, { timeout: 10_000 });
+  await ada.waitForFunction(() => !document.querySelector('#presence-list li[data-name="Bob Kahn"]'), null, { timeout: 20_000 });
   assert.equal(await ada.locator('#presence-list li').count(), 1);
   assert.deepEqual(ada.errors, [], 'no page errors');
   await ada.context().close();
@@ -145,7 +145,7 @@ test('a page whose server restarts reconnects and loses no edit or unsent messag
 
   const { port, dataDir } = first;
   await first.stop();
-  await page.waitForFunction(() => document.querySelector('#status').dataset.state !== 'online', null, { timeout: 10_000 });
+  await page.waitForFunction(() => document.querySelector('#status').dataset.state !== 'online', null, { timeout: 20_000 });
   // While the server is away: edit, and send a chat message (it waits, marked as sending).
   await page.keyboard.type('Written while it was down.');
   await page.fill('#chat-input', 'Sent while offline');
@@ -155,7 +155,7 @@ test('a page whose server restarts reconnects and loses no edit or unsent messag
   const second = await startServer({ port, dataDir });
   servers.push(second);
   await page.waitForFunction(() => document.querySelector('#status').dataset.state === 'online', null, { timeout: 30_000 });
-  await page.waitForFunction(() => !document.querySelector('#messages .message.sending'), null, { timeout: 15_000 });
+  await page.waitForFunction(() => !document.querySelector('#messages .message.sending'), null, { timeout: 20_000 });
   const expected = 'Written before the restart. Written while it was down.';
   const deadline = Date.now() + 10_000;
   while ((await fetchJson(second.url, room)).codemirror !== expected && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));

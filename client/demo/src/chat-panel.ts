@@ -2,8 +2,8 @@
 // messages, typing indicators, and an outbox: a message you send shows at once as
 // "sending", survives reconnects and reloads (it is kept in localStorage until the server
 // acknowledges it), and is sent again with the same id, which the server deduplicates.
-import { newMessageId, type ChatMessage, type TandemChat, type Typing } from '../../src/index.js';
-import { initials, type Identity } from './session.js';
+import { ChatError, newMessageId, type ChatMessage, type TandemChat, type Typing } from '../../src/index.js';
+import { initials, safeColor, safeName, type Identity } from './session.js';
 
 interface Body {
   text: string;
@@ -17,6 +17,8 @@ interface Unsent {
 }
 
 const PAGE = 50;
+/** Refusals that sending again cannot fix: the message leaves the outbox. */
+const PERMANENT = new Set(['read_only', 'body_too_large', 'bad_request', 'unauthorized']);
 const TYPING_REPEAT_MS = 2_000;
 
 export class ChatPanel {
@@ -26,7 +28,7 @@ export class ChatPanel {
   private loadingOlder = false;
   private loaded = false;
   private typingSentAt = 0;
-  private readonly typists = new Map<string, string>();
+  private readonly typists = new Map<string, { name: string; expiry: ReturnType<typeof setTimeout> }>();
   private readonly outboxKey: string;
 
   constructor(
@@ -41,7 +43,15 @@ export class ChatPanel {
     private readonly input: HTMLTextAreaElement,
   ) {
     this.outboxKey = `tandem.outbox.${room}`;
-    chat.on('joined', () => void this.loadLatest());
+    chat.on('joined', () => {
+      // Typing events missed while away never come: start again from the presence list.
+      this.clearTypists();
+      for (const m of chat.presence.values()) {
+        if (m.status) this.onTyping({ conn: m.conn, subject: m.subject, status: m.status });
+      }
+      void this.loadLatest();
+    });
+    chat.on('status', (status) => status === 'disconnected' && this.clearTypists());
     chat.on('reset', () => this.clear());
     chat.on('message', (m) => this.show(m));
     chat.on('typing', (t) => this.onTyping(t));
@@ -105,12 +115,19 @@ export class ChatPanel {
       this.scrollToEnd();
     }
     this.chat.publish(unsent.body, unsent.id).then(
-      () => this.forget(unsent.id),
+      (ack) => {
+        this.forget(unsent.id);
+        // Durable now; the stream's copy replaces this one when it arrives.
+        const el = this.pending.get(unsent.id);
+        el?.classList.remove('sending');
+        if (el) el.dataset.seq = String(ack.seq);
+      },
       (error: Error) => {
         const el = this.pending.get(unsent.id);
         el?.classList.replace('sending', 'failed');
         el?.setAttribute('title', error.message);
-        this.forget(unsent.id);
+        // Kept (and sent again on the next visit) unless the server will never take it.
+        if (error instanceof ChatError && PERMANENT.has(error.code)) this.forget(unsent.id);
       },
     );
   }
@@ -159,10 +176,14 @@ export class ChatPanel {
     const before = this.list.scrollHeight;
     try {
       const page = await this.chat.history({ before: this.oldest, limit: PAGE });
+      if (page.epoch !== this.chat.epoch) return; // the stream was rebuilt meanwhile
+      if (page.messages.length === 0) this.oldest = this.chat.firstSeq; // nothing older is kept
       for (const m of page.messages) this.show(m, false);
       this.updateHistoryStatus(page.first_seq);
       // Keep what the reader was looking at in place.
       this.list.scrollTop += this.list.scrollHeight - before;
+    } catch (error) {
+      this.historyStatus.textContent = `Could not load earlier messages: ${(error as Error).message}`;
     } finally {
       this.loadingOlder = false;
     }
@@ -183,8 +204,13 @@ export class ChatPanel {
   /** Puts a message in its place by seq (replacing its "sending" copy, if it is ours). */
   private show(message: ChatMessage, live = true): void {
     if (this.shown.has(message.seq)) return;
-    const body = (message.body ?? {}) as Partial<Body>;
-    const el = this.render({ text: String(body.text ?? JSON.stringify(message.body)), name: body.name, color: body.color }, message.sender, message.ts);
+    const body = (message.body ?? {}) as Record<string, unknown>;
+    const text = typeof body.text === 'string' ? body.text : JSON.stringify(message.body);
+    const el = this.render(
+      { text, name: safeName(body.name, message.sender), color: safeColor(body.color) },
+      message.sender,
+      message.ts,
+    );
     el.dataset.seq = String(message.seq);
     const mine = message.id !== undefined ? this.pending.get(message.id) : undefined;
     if (mine) {
@@ -228,11 +254,28 @@ export class ChatPanel {
     return el;
   }
 
-  private onTyping(typing: Typing): void {
+  private onTyping(typing: Typing & { ttl_ms?: number }): void {
     if (typing.conn === this.chat.conn) return;
-    if (typing.status) this.typists.set(typing.conn, this.nameOf(typing));
-    else this.typists.delete(typing.conn);
-    const names = [...this.typists.values()];
+    const old = this.typists.get(typing.conn);
+    if (old) clearTimeout(old.expiry);
+    this.typists.delete(typing.conn);
+    if (typing.status) {
+      // The server clears it after its TTL; should that event be missed, expire it here.
+      const ttl = typeof typing.ttl_ms === 'number' ? typing.ttl_ms : 5_000;
+      const expiry = setTimeout(() => this.onTyping({ ...typing, status: null }), ttl + 1_000);
+      this.typists.set(typing.conn, { name: this.nameOf(typing), expiry });
+    }
+    this.renderTypists();
+  }
+
+  private clearTypists(): void {
+    for (const t of this.typists.values()) clearTimeout(t.expiry);
+    this.typists.clear();
+    this.renderTypists();
+  }
+
+  private renderTypists(): void {
+    const names = [...this.typists.values()].map((t) => t.name);
     this.typingLine.textContent =
       names.length === 0 ? '' : names.length === 1 ? `${names[0]} is typing…` : `${names.slice(0, -1).join(', ')} and ${names.at(-1)} are typing…`;
   }

@@ -11,7 +11,7 @@ import { yCollab, yUndoManagerKeymap } from 'y-codemirror.next';
 import { TandemChat, TandemProvider, isValidRoomName, roomNameProblem, type Typing } from '../../src/index.js';
 import { ChatPanel } from './chat-panel.js';
 import { memberName, people, renderPeople } from './presence.js';
-import { currentRoom, currentToken, initials, isReadOnly, loadIdentity, rememberToken, roomLink, saveIdentity } from './session.js';
+import { currentRoom, currentToken, initials, isReadOnly, loadIdentity, rememberToken, roomLink, safeName, saveIdentity } from './session.js';
 
 const $ = <T extends HTMLElement>(id: string): T => document.getElementById(id) as T;
 const server = location.origin;
@@ -32,6 +32,8 @@ async function refusal(room: string, token: string | undefined): Promise<string 
 function askForToken(reason: string): Promise<string> {
   const dialog = $<HTMLDialogElement>('token-dialog');
   $('token-reason').textContent = reason;
+  // Esc would close the dialog and leave the page waiting for nothing.
+  dialog.addEventListener('cancel', (e) => e.preventDefault());
   dialog.showModal();
   return new Promise((resolve) => {
     $('token-form').addEventListener('submit', () => resolve($<HTMLTextAreaElement>('token-input').value.trim()), { once: true });
@@ -118,8 +120,8 @@ async function main(): Promise<void> {
   // Whose typing event is it: the awareness state linked to that chat connection, else the member.
   const nameOf = (typing: Typing): string => {
     for (const state of awareness.getStates().values()) {
-      const s = state as { chat?: string; user?: { name?: string } };
-      if (s.chat === typing.conn && s.user?.name) return s.user.name;
+      const s = state as { chat?: unknown; user?: { name?: unknown } };
+      if (s.chat === typing.conn) return safeName(s.user?.name, typing.subject);
     }
     const member = chat.presence.get(typing.conn);
     return member ? memberName(member) : typing.subject;

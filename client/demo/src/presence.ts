@@ -3,7 +3,7 @@
 // while typing.
 import type { Awareness } from 'y-protocols/awareness';
 import type { TandemChat } from '../../src/index.js';
-import { initials } from './session.js';
+import { initials, safeColor, safeName } from './session.js';
 
 export interface Person {
   key: string;
@@ -14,14 +14,13 @@ export interface Person {
 }
 
 interface AwarenessState {
-  user?: { name?: string; color?: string };
-  chat?: string;
+  user?: { name?: unknown; color?: unknown };
+  chat?: unknown;
 }
 
 /** A chat member's display name: the token's `info.name`, else its subject. */
 export function memberName(member: { subject: string; info?: unknown }): string {
-  const name = (member.info as { name?: unknown } | undefined)?.name;
-  return typeof name === 'string' ? name : member.subject;
+  return safeName((member.info as { name?: unknown } | undefined)?.name, member.subject);
 }
 
 /** Everyone here, you first, then by name. */
@@ -30,13 +29,15 @@ export function people(awareness: Awareness, chat: TandemChat): Person[] {
   const linked = new Set<string>();
   for (const [client, raw] of awareness.getStates()) {
     const state = raw as AwarenessState;
-    if (!state.user?.name) continue;
-    if (state.chat) linked.add(state.chat);
-    const member = state.chat ? chat.presence.get(state.chat) : undefined;
+    const name = safeName(state.user?.name, '');
+    if (!name) continue;
+    const conn = typeof state.chat === 'string' ? state.chat : undefined;
+    if (conn) linked.add(conn);
+    const member = conn ? chat.presence.get(conn) : undefined;
     list.push({
       key: `doc-${client}`,
-      name: state.user.name,
-      color: state.user.color ?? '#64748b',
+      name,
+      color: safeColor(state.user?.color),
       me: client === awareness.clientID,
       typing: Boolean(member?.status),
     });

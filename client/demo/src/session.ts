@@ -65,3 +65,13 @@ export function initials(name: string): string {
   const letters = words.length > 1 ? [words[0]![0], words[1]![0]] : [...(words[0] ?? '?').slice(0, 2)];
   return letters.join('').toUpperCase();
 }
+
+/** A name from someone else's data: a non-empty string of at most 40 characters, else `fallback`. */
+export function safeName(value: unknown, fallback: string): string {
+  return typeof value === 'string' && value.trim() !== '' ? value.trim().slice(0, 40) : fallback;
+}
+
+/** A colour from someone else's data: `#rrggbb` only (never `url(…)`), else grey. */
+export function safeColor(value: unknown): string {
+  return typeof value === 'string' && /^#[0-9a-f]{6}$/i.test(value) ? value : '#64748b';
+}
