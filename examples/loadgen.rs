@@ -25,7 +25,13 @@
 //!   WINDOW unacknowledged each; report acknowledged messages per second. Run it against a
 //!   server with the default durable flush and one with `--flush interval:MS` to compare.
 //!
+//! `--proto hocuspocus` (with `rooms`, `trace`, `fanout`, `saturate`, `conns`) speaks
+//! Hocuspocus's protocol instead of y-websocket's: one WebSocket at ws://HOST:PORT/ that
+//! carries the document name at the head of every frame, joined with an Auth message.
+//!
 //! ```text
+//! cargo run --release --example loadgen -- saturate --url ws://127.0.0.1:1234 \
+//!     --proto hocuspocus --p99-ms 100
 //! cargo run --release --example loadgen -- stream-fanout --url ws://127.0.0.1:4321 \
 //!     --subscribers 1000 --transport sse
 //! cargo run --release --example loadgen -- rooms --url ws://127.0.0.1:4321 --pid PID
@@ -35,6 +41,7 @@
 //!     --file ../shared/data/automerge-paper.json.gz
 //! ```
 
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -52,6 +59,7 @@ mod procfs;
 mod trace;
 use futures_util::{SinkExt, StreamExt};
 use procfs::{cpu_secs, peak_rss_kib, rss_kib};
+use tandem::protocol::lib0::{self, Reader};
 use tandem::protocol::ysync::Message;
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
@@ -60,6 +68,21 @@ use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
 struct Cli {
     #[command(subcommand)]
     mode: Mode,
+    /// The servers' Yjs protocol (`rooms`, `trace`, `fanout`, `saturate`, `conns`; the other
+    /// modes speak y-websocket only).
+    #[arg(long, global = true, value_enum, default_value_t = Proto::YWebsocket)]
+    proto: Proto,
+}
+
+/// How a client reaches a Yjs room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Proto {
+    /// y-websocket: one WebSocket per room at URL/ROOM, one message per frame (Tandem, the
+    /// reference server, the bare relay).
+    YWebsocket,
+    /// Hocuspocus: WebSockets at URL/ (any path); every frame starts with the document
+    /// name, and a document is joined with an Auth message before its sync.
+    Hocuspocus,
 }
 
 #[derive(Subcommand)]
@@ -281,29 +304,126 @@ enum Transport {
 
 type Socket = Framed<BoxedSocket, Codec>;
 
-async fn connect(url: &str, room: &str) -> Socket {
+/// A client in one Yjs room: its WebSocket and, with Hocuspocus, the document name that
+/// leads each frame. Derefs to the WebSocket, for raw frames.
+struct Peer {
+    socket: Socket,
+    /// Hocuspocus: the document name as a lib0 var-string (varuint length, UTF-8 bytes).
+    address: Option<Bytes>,
+}
+
+impl Deref for Peer {
+    type Target = Socket;
+    fn deref(&self) -> &Socket {
+        &self.socket
+    }
+}
+
+impl DerefMut for Peer {
+    fn deref_mut(&mut self) -> &mut Socket {
+        &mut self.socket
+    }
+}
+
+// Hocuspocus's outer message types (`MessageType` in @hocuspocus/server) that a client
+// receives; 0, 1 and 3 are y-websocket's, and sync sub-types are y-protocols' (0, 1, 2).
+/// Sync (`MessageType.Sync`).
+const HP_SYNC: u64 = 0;
+/// Awareness (`MessageType.Awareness`).
+const HP_AWARENESS: u64 = 1;
+/// Auth (`MessageType.Auth`), followed by an `AuthMessageType` (@hocuspocus/common).
+const HP_AUTH: u64 = 2;
+/// The answer to a client's SyncStep1 sent as a reply (`MessageType.SyncReply`).
+const HP_SYNC_REPLY: u64 = 4;
+/// The server closes this document's connection (`MessageType.CLOSE`).
+const HP_CLOSE: u64 = 7;
+/// `AuthMessageType.Token`: client → server, followed by the token as a var-string.
+const HP_AUTH_TOKEN: u64 = 0;
+/// `AuthMessageType.PermissionDenied`: server → client, followed by the reason.
+const HP_AUTH_PERMISSION_DENIED: u64 = 1;
+
+/// The frame that joins `room` on a Hocuspocus connection: the document name, Auth, Token,
+/// and a token (any string is accepted when the server has no `onAuthenticate` hook).
+fn hocuspocus_auth(room: &str) -> Bytes {
+    let mut out = Vec::with_capacity(room.len() + 12);
+    lib0::write_var_bytes(&mut out, room.as_bytes());
+    lib0::write_var_u64(&mut out, HP_AUTH);
+    lib0::write_var_u64(&mut out, HP_AUTH_TOKEN);
+    lib0::write_var_bytes(&mut out, b"loadgen");
+    out.into()
+}
+
+/// A Hocuspocus frame as a y-websocket message: Ok(None) for what a y-websocket client
+/// would not see (Authenticated, SyncStatus, …), Err(()) when the server refuses or closes
+/// the document.
+fn hocuspocus_decode(frame: &Bytes) -> Result<Option<Message>, ()> {
+    let mut reader = Reader::new(frame);
+    reader.read_var_bytes().map_err(drop)?; // the document name
+    let at = frame.len() - reader.remaining();
+    match reader.read_var_u64().map_err(drop)? {
+        // The rest is a y-websocket message, its type included.
+        HP_SYNC | HP_AWARENESS => Message::decode(&frame.slice(at..)).map(Some).map_err(drop),
+        HP_SYNC_REPLY => {
+            let mut message = vec![HP_SYNC as u8];
+            message.extend_from_slice(&frame[frame.len() - reader.remaining()..]);
+            Message::decode(&message.into()).map(Some).map_err(drop)
+        }
+        HP_AUTH => match reader.read_var_u64().map_err(drop)? {
+            HP_AUTH_PERMISSION_DENIED => Err(()),
+            _ => Ok(None),
+        },
+        HP_CLOSE => Err(()),
+        _ => Ok(None),
+    }
+}
+
+async fn connect(url: &str, room: &str, proto: Proto) -> Peer {
+    let target = match proto {
+        Proto::YWebsocket => format!("{url}/{room}"),
+        Proto::Hocuspocus => format!("{}/", url.trim_end_matches('/')),
+    };
     let (_, socket) = awc::Client::builder()
         .timeout(Duration::from_secs(30))
         .finish()
-        .ws(format!("{url}/{room}"))
+        .ws(target.as_str())
         .max_frame_size(64 << 20)
         .connect()
         .await
-        .unwrap_or_else(|e| panic!("connect to {url}/{room}: {e}"));
-    socket
+        .unwrap_or_else(|e| panic!("connect to {target}: {e}"));
+    let mut peer = Peer {
+        socket,
+        address: None,
+    };
+    if proto == Proto::Hocuspocus {
+        let mut address = Vec::with_capacity(room.len() + 2);
+        lib0::write_var_bytes(&mut address, room.as_bytes());
+        peer.address = Some(address.into());
+        // The server queues what follows until the document is authenticated.
+        peer.send(WsMessage::Binary(hocuspocus_auth(room)))
+            .await
+            .expect("send auth");
+    }
+    peer
 }
 
 /// Next y-websocket message, answering pings; None when the socket ends or `limit` passes.
-async fn next_message(socket: &mut Socket, limit: Duration) -> Option<Message> {
+async fn next_message(peer: &mut Peer, limit: Duration) -> Option<Message> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
-        match tokio::time::timeout_at(deadline, socket.next())
+        match tokio::time::timeout_at(deadline, peer.socket.next())
             .await
             .ok()??
         {
-            Ok(Frame::Binary(bytes)) => return Message::decode(&bytes).ok(),
+            Ok(Frame::Binary(bytes)) if peer.address.is_none() => {
+                return Message::decode(&bytes).ok()
+            }
+            Ok(Frame::Binary(bytes)) => match hocuspocus_decode(&bytes) {
+                Ok(Some(message)) => return Some(message),
+                Ok(None) => {}
+                Err(()) => return None,
+            },
             Ok(Frame::Ping(p)) => {
-                let _ = socket.send(WsMessage::Pong(p)).await;
+                let _ = peer.socket.send(WsMessage::Pong(p)).await;
             }
             Ok(Frame::Close(_)) | Err(_) => return None,
             Ok(_) => {}
@@ -311,15 +431,25 @@ async fn next_message(socket: &mut Socket, limit: Duration) -> Option<Message> {
     }
 }
 
-async fn send(socket: &mut Socket, message: &Message) {
-    socket
-        .send(WsMessage::Binary(message.encode()))
+async fn send(peer: &mut Peer, message: &Message) {
+    let frame = match &peer.address {
+        None => message.encode(),
+        Some(address) => {
+            let message = message.encode();
+            let mut frame = Vec::with_capacity(address.len() + message.len());
+            frame.extend_from_slice(address);
+            frame.extend_from_slice(&message);
+            frame.into()
+        }
+    };
+    peer.socket
+        .send(WsMessage::Binary(frame))
         .await
         .expect("send");
 }
 
 /// Completes the handshake of an empty client: answer SyncStep1, send ours, await SyncStep2.
-async fn handshake(socket: &mut Socket, doc: &Doc) {
+async fn handshake(socket: &mut Peer, doc: &Doc) {
     send(socket, &Message::SyncStep1(Bytes::from_static(&[0]))).await;
     let (mut answered, mut synced) = (false, false);
     while !(answered && synced) {
@@ -340,7 +470,7 @@ async fn handshake(socket: &mut Socket, doc: &Doc) {
 
 /// Applies the updates an observer receives until its document holds `target`; returns
 /// how many update messages that took (a server may merge updates that arrive together).
-async fn follow(socket: &mut Socket, doc: &Doc, target: &StateVector, limit: Duration) -> usize {
+async fn follow(socket: &mut Peer, doc: &Doc, target: &StateVector, limit: Duration) -> usize {
     let deadline = Instant::now() + limit;
     let mut messages = 0;
     while doc.transact().state_vector() != *target {
@@ -363,7 +493,7 @@ fn apply(doc: &Doc, update: &[u8]) {
         .expect("update applies");
 }
 
-async fn rooms(url: String, pid: u32, rooms: usize, sessions: usize) {
+async fn rooms(url: String, pid: u32, rooms: usize, sessions: usize, proto: Proto) {
     let before = rss_kib(pid);
     let run = format!("idle{}", std::process::id());
     let mut open = Vec::with_capacity(rooms * sessions);
@@ -371,7 +501,7 @@ async fn rooms(url: String, pid: u32, rooms: usize, sessions: usize) {
     for r in 0..rooms {
         for _ in 0..sessions {
             let doc = Doc::new();
-            let mut socket = connect(&url, &format!("{run}-{r}")).await;
+            let mut socket = connect(&url, &format!("{run}-{r}"), proto).await;
             handshake(&mut socket, &doc).await;
             open.push(socket);
         }
@@ -401,7 +531,7 @@ async fn amplify(url: String, pid: u32, count: usize) {
     let room = format!("amp{}", std::process::id());
     let mut sockets = Vec::with_capacity(count);
     for _ in 0..count {
-        sockets.push(connect(&url, &room).await);
+        sockets.push(connect(&url, &room, Proto::YWebsocket).await);
     }
     let started = Instant::now();
     let sends = sockets
@@ -433,12 +563,12 @@ async fn slow_readers(url: String, pid: u32, readers: usize, mb: usize) {
     let room = format!("slow{}", std::process::id());
     let mut silent = Vec::with_capacity(readers);
     for _ in 0..readers {
-        let mut socket = connect(&url, &room).await;
+        let mut socket = connect(&url, &room, Proto::YWebsocket).await;
         handshake(&mut socket, &Doc::new()).await;
         silent.push(socket); // never read again
     }
     let doc = Doc::new();
-    let mut writer = connect(&url, &room).await;
+    let mut writer = connect(&url, &room, Proto::YWebsocket).await;
     handshake(&mut writer, &doc).await;
     let before = rss_kib(pid);
     let chunk = "z".repeat(4096);
@@ -503,7 +633,7 @@ struct ChurnPlan {
 /// server's).
 async fn churn_cycle(url: &str, room: &str, edit: bool, n: usize) {
     let doc = Doc::new();
-    let mut socket = connect(url, room).await;
+    let mut socket = connect(url, room, Proto::YWebsocket).await;
     handshake(&mut socket, &doc).await;
     if edit {
         let update = {
@@ -643,9 +773,9 @@ async fn activation(url: String, file: PathBuf, updates: usize, idle_wait_secs: 
     let target = final_state(&log);
     // Write the history; the observer's receipt of the last update means it is all durable
     // (Tandem broadcasts only after the flush).
-    let mut observer = connect(&url, &room).await;
+    let mut observer = connect(&url, &room, Proto::YWebsocket).await;
     handshake(&mut observer, &Doc::new()).await;
-    let mut writer = connect(&url, &room).await;
+    let mut writer = connect(&url, &room, Proto::YWebsocket).await;
     handshake(&mut writer, &Doc::new()).await;
     let write_started = Instant::now();
     let sender = actix_rt::spawn(async move {
@@ -668,7 +798,7 @@ async fn activation(url: String, file: PathBuf, updates: usize, idle_wait_secs: 
     // Activation: connect, and time until the SyncStep2 holding the whole document arrives.
     let doc = Doc::new();
     let started = Instant::now();
-    let mut reader = connect(&url, &room).await;
+    let mut reader = connect(&url, &room, Proto::YWebsocket).await;
     handshake(&mut reader, &doc).await;
     let activation_ms = started.elapsed().as_secs_f64() * 1e3;
     let text = doc.get_or_insert_text("text").get_string(&doc.transact());
@@ -682,7 +812,14 @@ async fn activation(url: String, file: PathBuf, updates: usize, idle_wait_secs: 
     assert_eq!(text, end, "the reloaded room differs from what was written");
 }
 
-async fn trace(url: String, pid: u32, file: PathBuf, timeout_secs: u64, limit: usize) {
+async fn trace(
+    url: String,
+    pid: u32,
+    file: PathBuf,
+    timeout_secs: u64,
+    limit: usize,
+    proto: Proto,
+) {
     let (updates, end) = trace_updates(&file, limit);
     let bytes: usize = updates.iter().map(Vec::len).sum();
 
@@ -706,11 +843,11 @@ async fn trace(url: String, pid: u32, file: PathBuf, timeout_secs: u64, limit: u
     let mut observers = Vec::new();
     for _ in 0..2 {
         let doc = Doc::new();
-        let mut socket = connect(&url, &room).await;
+        let mut socket = connect(&url, &room, proto).await;
         handshake(&mut socket, &doc).await;
         observers.push((socket, doc));
     }
-    let mut writer = connect(&url, &room).await;
+    let mut writer = connect(&url, &room, proto).await;
     handshake(&mut writer, &Doc::new()).await;
 
     let cpu_before = cpu_secs(pid);
@@ -803,6 +940,7 @@ async fn run_fanout(
     rate: f64,
     count: usize,
     proxied_url: Option<&str>,
+    proto: Proto,
 ) -> FanoutResult {
     let origin = Instant::now();
     let mut tasks = Vec::with_capacity(readers);
@@ -819,7 +957,7 @@ async fn run_fanout(
         let (url, room, ready) = (url.to_owned(), room.to_owned(), ready_tx.clone());
         tasks.push(actix_rt::spawn(async move {
             let doc = Doc::new();
-            let mut socket = connect(&url, &room).await;
+            let mut socket = connect(&url, &room, proto).await;
             handshake(&mut socket, &doc).await;
             let _ = ready.send(());
             let mut seen = vec![false; count];
@@ -857,7 +995,7 @@ async fn run_fanout(
     }
     let connect_secs = origin.elapsed().as_secs_f64();
     let doc = Doc::new();
-    let mut writer = connect(url, room).await;
+    let mut writer = connect(url, room, proto).await;
     handshake(&mut writer, &doc).await;
     let text = doc.get_or_insert_text("text");
     // Open loop: update n is due at start + n/rate whatever happened before; if the writer
@@ -920,10 +1058,20 @@ async fn fanout(
     secs: f64,
     proxied_url: Option<String>,
     room: Option<String>,
+    proto: Proto,
 ) {
     let room = room.unwrap_or_else(|| format!("fanout{}", std::process::id()));
     let count = (rate * secs).round().max(1.0) as usize;
-    let result = run_fanout(&url, &room, readers, rate, count, proxied_url.as_deref()).await;
+    let result = run_fanout(
+        &url,
+        &room,
+        readers,
+        rate,
+        count,
+        proxied_url.as_deref(),
+        proto,
+    )
+    .await;
     let mut json = fanout_json(&result, readers, rate);
     json["mode"] = "fanout".into();
     if proxied_url.is_some() {
@@ -947,6 +1095,7 @@ async fn saturate(
     step_secs: f64,
     p99_ms: f64,
     max_steps: usize,
+    proto: Proto,
 ) {
     let mut rate = start_rate;
     let mut best: Option<serde_json::Value> = None;
@@ -954,7 +1103,7 @@ async fn saturate(
     for step in 0..max_steps {
         let room = format!("saturate{}-{step}", std::process::id());
         let count = (rate * step_secs).round().max(1.0) as usize;
-        let result = run_fanout(&url, &room, readers, rate, count, None).await;
+        let result = run_fanout(&url, &room, readers, rate, count, None, proto).await;
         let json = fanout_json(&result, readers, rate);
         let p99 = json["p99_ms"].as_f64().unwrap_or(f64::MAX);
         let ok = result.readers_missing == 0 && p99 <= p99_ms;
@@ -981,11 +1130,13 @@ async fn saturate(
 }
 
 /// Opens an idle WebSocket by hand from `source` (so many source addresses can be used),
-/// returning the raw stream once the server has answered 101.
+/// returning the raw stream once the server has answered 101 and `hello` (if any) has
+/// been sent as one binary frame.
 async fn raw_ws(
     host: std::net::SocketAddr,
     source: std::net::IpAddr,
     path: &str,
+    hello: Option<&[u8]>,
 ) -> std::io::Result<tokio::net::TcpStream> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let socket = tokio::net::TcpSocket::new_v4()?;
@@ -1009,10 +1160,26 @@ async fn raw_ws(
             String::from_utf8_lossy(&head).into_owned(),
         ));
     }
+    if let Some(payload) = hello {
+        // FIN + binary; masked (as a client must) with the key 0, which leaves the payload
+        // as it is.
+        let mut frame = vec![0x82];
+        match u16::try_from(payload.len()) {
+            Ok(n) if n < 126 => frame.push(0x80 | n as u8),
+            Ok(n) => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&n.to_be_bytes());
+            }
+            Err(_) => return Err(std::io::Error::other("hello frame too long")),
+        }
+        frame.extend_from_slice(&[0; 4]);
+        frame.extend_from_slice(payload);
+        stream.write_all(&frame).await?;
+    }
     Ok(stream)
 }
 
-async fn conns(url: String, pid: u32, count: usize, per_room: usize) {
+async fn conns(url: String, pid: u32, count: usize, per_room: usize, proto: Proto) {
     let parsed = url
         .strip_prefix("ws://")
         .expect("a ws:// URL")
@@ -1029,8 +1196,14 @@ async fn conns(url: String, pid: u32, count: usize, per_room: usize) {
         // 20,000 connections from one address would come close to the ephemeral-port range.
         let source =
             std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1 + (i / 10_000) as u8));
-        let path = format!("{}/conns{}-{}", parsed.1, std::process::id(), i / per_room);
-        let opened = tokio::time::timeout(Duration::from_secs(5), raw_ws(host, source, &path))
+        let room = format!("conns{}-{}", std::process::id(), i / per_room);
+        // Each connection joins its room: by its path (y-websocket), or by an Auth frame.
+        let (path, hello) = match proto {
+            Proto::YWebsocket => (format!("{}/{room}", parsed.1), None),
+            Proto::Hocuspocus => (format!("{}/", parsed.1), Some(hocuspocus_auth(&room))),
+        };
+        let opened = raw_ws(host, source, &path, hello.as_deref());
+        let opened = tokio::time::timeout(Duration::from_secs(5), opened)
             .await
             .unwrap_or_else(|_| Err(std::io::Error::other("no answer within 5 s")));
         match opened {
@@ -1300,6 +1473,19 @@ async fn stream_throughput(
 
 fn main() {
     let cli = Cli::parse();
+    let proto = cli.proto;
+    let speaks_hocuspocus = matches!(
+        cli.mode,
+        Mode::Rooms { .. }
+            | Mode::Trace { .. }
+            | Mode::Fanout { .. }
+            | Mode::Saturate { .. }
+            | Mode::Conns { .. }
+    );
+    if proto == Proto::Hocuspocus && !speaks_hocuspocus {
+        eprintln!("--proto hocuspocus: only rooms, trace, fanout, saturate and conns speak it");
+        std::process::exit(2);
+    }
     actix_rt::System::new().block_on(async move {
         match cli.mode {
             Mode::Rooms {
@@ -1307,7 +1493,7 @@ fn main() {
                 pid,
                 rooms: n,
                 sessions,
-            } => rooms(url, pid, n, sessions).await,
+            } => rooms(url, pid, n, sessions, proto).await,
             Mode::Amplify { url, pid, count } => amplify(url, pid, count).await,
             Mode::SlowReaders {
                 url,
@@ -1342,7 +1528,7 @@ fn main() {
                 secs,
                 proxied_url,
                 room,
-            } => fanout(url, readers, rate, secs, proxied_url, room).await,
+            } => fanout(url, readers, rate, secs, proxied_url, room, proto).await,
             Mode::Saturate {
                 url,
                 readers,
@@ -1350,13 +1536,18 @@ fn main() {
                 step_secs,
                 p99_ms,
                 max_steps,
-            } => saturate(url, readers, start_rate, step_secs, p99_ms, max_steps).await,
+            } => {
+                saturate(
+                    url, readers, start_rate, step_secs, p99_ms, max_steps, proto,
+                )
+                .await
+            }
             Mode::Conns {
                 url,
                 pid,
                 count,
                 per_room,
-            } => conns(url, pid, count, per_room).await,
+            } => conns(url, pid, count, per_room, proto).await,
             Mode::Activation {
                 url,
                 file,
@@ -1383,7 +1574,7 @@ fn main() {
                 file,
                 timeout_secs,
                 limit,
-            } => trace(url, pid, file, timeout_secs, limit).await,
+            } => trace(url, pid, file, timeout_secs, limit, proto).await,
         }
     });
 }
