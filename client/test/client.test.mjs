@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import WebSocket from 'ws';
 import * as Y from 'yjs';
-import { TandemChat, TandemProvider, backoffDelay, fetchJson, fetchMessages, postMessage } from '../dist/index.js';
+import { TandemChat, TandemProvider, TokenKeeper, backoffDelay, fetchJson, fetchMessages, postMessage, tokenExpiresAt } from '../dist/index.js';
 import { noWebSocketProxy, removeDir, signToken, startServer, tcpProxy, uniqueRoom, waitFor } from './server.mjs';
 
 const cleanups = [];
@@ -39,6 +39,34 @@ test('backoff: full jitter under an exponential ceiling, capped', () => {
   const mean = samples.reduce((a, b) => a + b, 0) / samples.length;
   assert.ok(mean > 4_000 && mean < 6_000, `mean ${mean} is about half the cap`);
   assert.ok(samples.some((d) => d < 1_000) && samples.some((d) => d > 9_000), 'spread across the range');
+});
+
+test('token keeper: asks again after a failure, reads exp, refreshes before it', { timeout: 20_000 }, async () => {
+  let calls = 0;
+  const flaky = new TokenKeeper(() => {
+    calls += 1;
+    if (calls === 1) throw new Error('not logged in yet'); // thrown, not rejected
+    return 'token-2';
+  });
+  await assert.rejects(flaky.get(), /not logged in yet/);
+  assert.equal(await flaky.get(), 'token-2', 'the function is asked again');
+  flaky.stop();
+
+  const secret = 'x'.repeat(16);
+  const exp = Math.floor(Date.now() / 1000) + 2;
+  assert.equal(tokenExpiresAt(signToken(secret, { exp })), exp * 1000);
+  assert.equal(tokenExpiresAt('not a jwt'), undefined);
+  const refreshed = [];
+  let n = 0;
+  const keeper = new TokenKeeper(
+    () => signToken(secret, { n: (n += 1), exp: Math.floor(Date.now() / 1000) + 3 }),
+    (token) => refreshed.push(token),
+  );
+  const first = await keeper.get();
+  await waitFor(() => refreshed.length >= 1, { timeout: 5_000, message: () => 'a refresh before expiry' });
+  assert.ok(Date.now() < tokenExpiresAt(first), 'refreshed before the first token expired');
+  assert.notEqual(refreshed[0], first);
+  keeper.stop();
 });
 
 test('chat: resume across cut connections delivers every message once, in order', { timeout: 60_000 }, async () => {
