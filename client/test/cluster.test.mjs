@@ -68,12 +68,17 @@ test('stock providers on three nodes of a cluster converge', { timeout: 120_000,
       }),
     );
   }
-  for (const server of servers) {
-    await waitFor(
-      async () => (await (await fetch(`${server.url}/cluster`)).json()).members.length === 3,
-      { timeout: 30_000, message: () => `${server.url} to see three members` },
-    );
-  }
+  // Every node sees all three, with the same ring (a node that has heard of a member but
+  // not yet its URL may still place rooms on a smaller ring).
+  let views = [];
+  await waitFor(
+    async () => {
+      views = await Promise.all(servers.map(async (server) => (await fetch(`${server.url}/cluster`)).json()));
+      const versions = new Set(views.map((v) => v.ring_version));
+      return views.every((v) => v.members.length === 3 && v.members.every((m) => m.url)) && versions.size === 1;
+    },
+    { timeout: 30_000, message: () => `three nodes to agree on one ring: ${JSON.stringify(views)}` },
+  );
   const room = uniqueRoom('cluster');
   const docs = servers.map(() => new Y.Doc());
   const clients = docs.map((doc, i) => {
