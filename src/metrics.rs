@@ -66,6 +66,9 @@ pub struct Metrics {
     /// Updates sent merged with others released by the same flush (one frame per
     /// recipient for all of them).
     pub merged_updates: Counter,
+    /// Chat messages handed to members in a batch with others released by the same flush
+    /// (one mailbox message and one write per member for all of them).
+    pub chat_batched: Counter,
     /// Rooms handed off (deactivated here) because the ring gave them to another node.
     pub handoffs: Counter,
     /// Cluster members this node sees.
@@ -121,6 +124,7 @@ impl Metrics {
             rooms_fenced: Counter::default(),
             redirects: Counter::default(),
             merged_updates: Counter::default(),
+            chat_batched: Counter::default(),
             handoffs: Counter::default(),
             cluster_members: Gauge::default(),
             ring_version: Gauge::default(),
@@ -187,6 +191,11 @@ impl Metrics {
             "tandem_merged_updates",
             "Updates sent merged with others released by the same flush",
             m.merged_updates.clone(),
+        );
+        registry.register(
+            "tandem_chat_batched_messages",
+            "Chat messages handed to members in a batch with others released by the same flush",
+            m.chat_batched.clone(),
         );
         registry.register(
             "tandem_redirects",

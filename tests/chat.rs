@@ -603,6 +603,58 @@ async fn protocol_errors_are_answered_and_limits_hold() {
     assert_eq!(response.status().as_u16(), 400);
 }
 
+/// Publishes sent back to back are released by few flushes, so members get them in
+/// batches (one mailbox message and one write each): still every message once, in seq
+/// order, over WebSocket and SSE, each ack after its message.
+#[actix_rt::test]
+async fn pipelined_publishes_reach_members_in_batches_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--max-messages-per-sec", "0"]);
+    let room = "chat-batches";
+    let (mut publisher, _) = Chat::join(&server, room, json!({})).await;
+    let (mut reader, _) = Chat::join(&server, room, json!({})).await;
+    let mut sse = Sse::open(&server, &format!("/rooms/{room}/events"), None).await;
+    sse.next_of("joined").await;
+    const N: u64 = 300;
+    for i in 1..=N {
+        publisher
+            .send(&json!({"type": "publish", "id": format!("p{i}"), "body": {"n": i}}))
+            .await;
+    }
+    // The publisher is a member too: its own messages, each before its ack.
+    let mut seen = 0;
+    let mut acked = 0;
+    while acked < N {
+        let event = publisher.recv().await;
+        match event["type"].as_str() {
+            Some("message") => {
+                seen += 1;
+                assert_eq!(event["seq"], seen, "messages in seq order");
+            }
+            Some("ack") => {
+                acked += 1;
+                assert_eq!(event["id"], format!("p{acked}"), "acks in publish order");
+                assert!(
+                    event["seq"].as_u64().unwrap() <= seen,
+                    "an ack follows its message"
+                );
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(reader.messages(N as usize).await, range(1, N));
+    for seq in 1..=N {
+        let event = sse.next_of("message").await;
+        assert_eq!(event.id, Some(seq), "SSE in seq order");
+        assert_eq!(event.data["body"]["n"], seq);
+    }
+    let batched = metric(&server, "tandem_chat_batched_messages_total").await;
+    assert!(
+        batched > 0.0,
+        "some messages went out in batches ({batched})"
+    );
+}
+
 #[actix_rt::test]
 async fn five_hundred_rooms_of_four_keep_order_and_isolation() {
     let dir = tempfile::tempdir().unwrap();

@@ -403,21 +403,35 @@ impl Room {
     /// Performs a chat action whose writes are now durable.
     pub(super) fn perform_chat(&mut self, action: ChatAction) {
         match action {
-            ChatAction::Deliver { seq, event } => {
-                let Some(chat) = self.chat.as_mut() else {
-                    return;
-                };
-                chat.delivered = chat.delivered.max(seq);
-                for waiter in chat.waiters.drain(..) {
-                    let _ = waiter.send(());
-                }
-                metrics::get()
-                    .chat_delivered
-                    .inc_by(self.members.chat_count() as u64);
-                self.chat_broadcast(&event);
-            }
+            ChatAction::Deliver { seq, event } => self.deliver_messages(vec![(seq, event)]),
             ChatAction::Send { to, event } => self.chat_send(to, event),
         }
+    }
+
+    /// Delivers released messages (in seq order) to every member, as one batch each.
+    pub(super) fn deliver_messages(&mut self, messages: Vec<(u64, Event)>) {
+        let Some(&(last, _)) = messages.last() else {
+            return;
+        };
+        let Some(chat) = self.chat.as_mut() else {
+            return;
+        };
+        chat.delivered = chat.delivered.max(last);
+        for waiter in chat.waiters.drain(..) {
+            let _ = waiter.send(());
+        }
+        metrics::get()
+            .chat_delivered
+            .inc_by((self.members.chat_count() * messages.len()) as u64);
+        if messages.len() == 1 {
+            let (_, event) = &messages[0];
+            self.chat_broadcast(event);
+            return;
+        }
+        metrics::get().chat_batched.inc_by(messages.len() as u64);
+        let events: Arc<[Event]> = messages.into_iter().map(|(_, event)| event).collect();
+        let slow = self.members.send_events_to_chats(&events);
+        self.close_slow_sessions(slow);
     }
 
     /// Adds a member: `joined`, the replay, then (via the mailbox order) live messages.

@@ -5,6 +5,7 @@
 //! what that means (closing a slow client) is the room's decision. No actor, no store.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -120,6 +121,17 @@ impl Members {
             .iter()
             .filter(|(_, m)| m.is_chat())
             .filter(|(_, m)| !m.outbox.send(Outbound::Event(event.clone())))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Hands a batch of events to every chat member (one mailbox message each, the batch
+    /// shared); returns the members whose outbox refused it.
+    pub fn send_events_to_chats(&self, events: &Arc<[Event]>) -> Vec<SessionId> {
+        self.map
+            .iter()
+            .filter(|(_, m)| m.is_chat())
+            .filter(|(_, m)| !m.outbox.send(Outbound::Events(events.clone())))
             .map(|(id, _)| *id)
             .collect()
     }

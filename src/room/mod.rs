@@ -84,6 +84,9 @@ pub enum Outbound {
     Frame(Bytes),
     /// Send this chat event (chat members).
     Event(Event),
+    /// Send these chat events, in order: the messages one flush released, handed over in
+    /// one mailbox message and written together (shared by every member, not copied).
+    Events(Arc<[Event]>),
     /// Close with this code; the string adds detail to the reason.
     Close(Close, String),
 }
@@ -530,21 +533,40 @@ impl Room {
     /// Performs what a flush released, in order. Each run of consecutive broadcasts goes
     /// out as one frame per recipient, not one per update: at high rates this divides the
     /// per-recipient cost, which dominates fan-out.
+    ///
+    /// Chat messages likewise go to each member as one batch, and the acks of the run come
+    /// after it (each ack still follows the delivery of the message it acknowledges).
     fn perform_released(&mut self, released: Vec<commit::Pending<AfterFlush>>) {
         let mut run: Vec<(Bytes, Option<SessionId>)> = Vec::new();
+        let mut messages: Vec<(u64, Event)> = Vec::new();
+        let mut acks: Vec<chat::ChatAction> = Vec::new();
         for pending in released {
             metrics::get()
                 .persist_seconds
                 .observe(pending.since.elapsed().as_secs_f64());
             match pending.action {
                 AfterFlush::Broadcast { update, except } => run.push((update, except)),
+                AfterFlush::Chat(chat::ChatAction::Deliver { seq, event }) => {
+                    messages.push((seq, event));
+                }
+                AfterFlush::Chat(ack @ chat::ChatAction::Send { .. }) => acks.push(ack),
                 other => {
                     self.broadcast_updates(std::mem::take(&mut run));
+                    self.release_chat(std::mem::take(&mut messages), std::mem::take(&mut acks));
                     self.perform(other);
                 }
             }
         }
         self.broadcast_updates(run);
+        self.release_chat(messages, acks);
+    }
+
+    /// Delivers a run of released chat messages, then the acks that came with them.
+    fn release_chat(&mut self, messages: Vec<(u64, Event)>, acks: Vec<chat::ChatAction>) {
+        self.deliver_messages(messages);
+        for ack in acks {
+            self.perform_chat(ack);
+        }
     }
 
     /// Sends updates to every session as one merged update each: senders get everything

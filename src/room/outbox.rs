@@ -91,6 +91,7 @@ impl Outbound {
         match self {
             Outbound::Frame(frame) => frame.len() as u64,
             Outbound::Event(event) => event.json.len() as u64,
+            Outbound::Events(events) => events.iter().map(|e| e.json.len() as u64).sum(),
             Outbound::Close(..) => 0,
         }
     }

@@ -839,12 +839,21 @@ impl Handler<Outbound> for Session {
         if self.closing {
             return; // the close frame was the last thing this client gets
         }
-        if matches!(msg, Outbound::Frame(_) | Outbound::Event(_)) && self.cut_if_too_slow(ctx) {
+        if matches!(
+            msg,
+            Outbound::Frame(_) | Outbound::Event(_) | Outbound::Events(_)
+        ) && self.cut_if_too_slow(ctx)
+        {
             return;
         }
         match msg {
             Outbound::Frame(frame) => self.send_frame(frame, ctx),
             Outbound::Event(event) => self.send_event(event, ctx),
+            Outbound::Events(events) => {
+                for event in events.iter() {
+                    self.send_event(event.clone(), ctx);
+                }
+            }
             Outbound::Close(close, detail) => {
                 self.room = None; // the room has already forgotten this session
                 if close == close::TOO_SLOW {

@@ -22,6 +22,7 @@ use crate::metrics;
 use crate::protocol::close::{self, Close};
 use crate::registry::{send_to_room, Registry};
 use crate::room::{ChatJoin, Leave, Outbound, Outbox, Room, RoomError, RoomName, SessionId};
+use crate::stream::wire::Event;
 use crate::stream::ResumeFrom;
 
 /// A comment line: ignored by `EventSource`, but it keeps proxies from timing out.
@@ -88,6 +89,18 @@ impl SseSession {
             taken.fetch_sub(chunk.len() as u64, Ordering::Relaxed);
             Ok(chunk)
         })
+    }
+
+    /// Queues one event, or closes the subscriber (false) when it reads too slowly.
+    fn push_event(&mut self, event: &Event, ctx: &mut Context<Self>) -> bool {
+        let queued = self.queued.load(Ordering::Relaxed);
+        if queued > self.config.max_outbox_bytes {
+            info!(room = %self.room_name, session = self.id.0, queued, "closing SSE subscriber: client too slow");
+            metrics::get().slow_consumers.inc();
+            self.close(close::TOO_SLOW, &format!("{queued} bytes unread"), ctx);
+            return false;
+        }
+        self.push(event.to_sse(), ctx)
     }
 
     /// Queues bytes for the response; false (and stopping) once the client is gone.
@@ -185,14 +198,14 @@ impl Handler<Outbound> for SseSession {
         }
         match msg {
             Outbound::Event(event) => {
-                let queued = self.queued.load(Ordering::Relaxed);
-                if queued > self.config.max_outbox_bytes {
-                    info!(room = %self.room_name, session = self.id.0, queued, "closing SSE subscriber: client too slow");
-                    metrics::get().slow_consumers.inc();
-                    self.close(close::TOO_SLOW, &format!("{queued} bytes unread"), ctx);
-                    return;
+                self.push_event(&event, ctx);
+            }
+            Outbound::Events(events) => {
+                for event in events.iter() {
+                    if !self.push_event(event, ctx) {
+                        return;
+                    }
                 }
-                self.push(event.to_sse(), ctx);
             }
             // Subscribers take chat events only.
             Outbound::Frame(_) => {}
