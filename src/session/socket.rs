@@ -10,7 +10,8 @@
 //! Why not a framed stream: a framed reader and writer each keep an 8 KiB buffer for the
 //! connection's whole life, and an idle collaboration server holds mostly idle sockets.
 //! Here the read buffer is released whenever every frame in it has been decoded, and the
-//! write buffer whenever the kernel has taken all of it.
+//! write queue whenever the kernel has taken all of it; a queued data frame holds its
+//! payload by reference (a broadcast's one `Bytes`), never a copy.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -21,7 +22,7 @@ use std::task::{ready, Context, Poll, Waker};
 
 use actix_codec::{Decoder, Encoder};
 use actix_http::ws::{Codec, Frame, Message, ProtocolError};
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::Stream;
 use thiserror::Error;
 use tokio::net::TcpStream;
@@ -286,19 +287,83 @@ impl Stream for FrameReader {
 }
 
 /// Frames queued for the client, written as fast as the kernel takes them.
+///
+/// A data frame is queued as its few header bytes plus its payload, the same `Bytes` every
+/// other recipient of a broadcast holds: nothing is copied per recipient. Whatever is
+/// queued when the socket is written goes out in one vectored write (`writev`), up to
+/// [`MAX_SLICES`] pieces at a time.
 pub struct FrameWriter {
     io: Rc<TcpStream>,
     codec: Codec,
-    /// Encoded bytes the kernel has not taken yet; empty (unallocated) when all are written.
-    out: BytesMut,
-    /// Bytes the kernel took since `out` was last empty.
-    taken: usize,
-    /// Where the first frame not yet wholly taken starts, counted like `taken`.
-    front_start: usize,
-    /// Where each frame not yet wholly taken ends, counted like `taken`: lets a session that
-    /// cuts a client drop the frames the kernel has not begun to take.
-    ends: VecDeque<usize>,
+    /// Frames the kernel has not wholly taken; unallocated when all are written.
+    frames: VecDeque<Queued>,
+    /// Bytes of the front frame the kernel took.
+    front_taken: usize,
+    /// Bytes queued and not yet taken.
+    queued: usize,
 }
+
+/// One frame: its header and its payload.
+struct Queued {
+    head: Head,
+    payload: Bytes,
+}
+
+impl Queued {
+    fn len(&self) -> usize {
+        self.head.len as usize + self.payload.len()
+    }
+}
+
+/// A server frame header: at most 10 bytes (no mask).
+struct Head {
+    bytes: [u8; 10],
+    len: u8,
+}
+
+impl Head {
+    const NONE: Head = Head {
+        bytes: [0; 10],
+        len: 0,
+    };
+
+    /// The header of an unfragmented, unmasked frame with `opcode` and `len` payload bytes.
+    fn data(opcode: u8, len: usize) -> Head {
+        let mut bytes = [0u8; 10];
+        bytes[0] = 0x80 | opcode;
+        let len_bytes = match len {
+            0..=125 => {
+                bytes[1] = len as u8;
+                2
+            }
+            126..=0xffff => {
+                bytes[1] = 126;
+                bytes[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+                4
+            }
+            _ => {
+                bytes[1] = 127;
+                bytes[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+                10
+            }
+        };
+        Head {
+            bytes,
+            len: len_bytes,
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+/// Pieces handed to one vectored write (two per frame).
+const MAX_SLICES: usize = 128;
+
+/// WebSocket opcodes of the data frames queued without copying.
+const OPCODE_TEXT: u8 = 0x1;
+const OPCODE_BINARY: u8 = 0x2;
 
 impl FrameWriter {
     /// A writer for `io`.
@@ -306,40 +371,60 @@ impl FrameWriter {
         Self {
             io,
             codec: Codec::new(),
-            out: BytesMut::new(),
-            taken: 0,
-            front_start: 0,
-            ends: VecDeque::new(),
+            frames: VecDeque::new(),
+            front_taken: 0,
+            queued: 0,
         }
     }
 
-    /// Encodes `message` at the end of the queue.
+    /// Queues `message` after what is queued: a data frame by reference to its payload,
+    /// a control frame encoded (they are small).
     pub fn queue(&mut self, message: Message) {
-        // Encoding a server frame into memory cannot fail: no mask, no continuation state.
-        if let Err(e) = self.codec.encode(message, &mut self.out) {
-            tracing::error!(error = %e, "could not encode a WebSocket frame");
-        }
-        let end = self.taken + self.out.len();
-        if self.ends.back() != Some(&end) {
-            self.ends.push_back(end);
-        }
+        let frame = match message {
+            Message::Binary(payload) => Queued {
+                head: Head::data(OPCODE_BINARY, payload.len()),
+                payload,
+            },
+            Message::Text(text) => {
+                let payload = text.into_bytes();
+                Queued {
+                    head: Head::data(OPCODE_TEXT, payload.len()),
+                    payload,
+                }
+            }
+            other => {
+                let mut encoded = BytesMut::new();
+                // Encoding a server frame into memory cannot fail: no mask, no
+                // continuation state.
+                if let Err(e) = self.codec.encode(other, &mut encoded) {
+                    tracing::error!(error = %e, "could not encode a WebSocket frame");
+                    return;
+                }
+                Queued {
+                    head: Head::NONE,
+                    payload: encoded.freeze(),
+                }
+            }
+        };
+        self.queued += frame.len();
+        self.frames.push_back(frame);
     }
 
     /// Queued bytes the kernel has not taken yet.
     pub fn queued(&self) -> usize {
-        self.out.len()
+        self.queued
     }
 
     /// Drops every queued frame the kernel has not begun to take (the one it is part way
     /// through stays, so the stream of frames stays whole).
     pub fn discard_unsent(&mut self) {
-        let keep = match self.ends.front() {
-            Some(&end) if self.taken > self.front_start => end - self.taken,
-            _ => 0, // the kernel has not begun the first frame: it goes too
-        };
-        self.out.truncate(keep);
-        self.ends.truncate(usize::from(keep > 0));
-        if self.out.is_empty() {
+        let keep = usize::from(self.front_taken > 0);
+        while self.frames.len() > keep {
+            if let Some(frame) = self.frames.pop_back() {
+                self.queued -= frame.len();
+            }
+        }
+        if self.frames.is_empty() {
             self.release();
         }
     }
@@ -347,10 +432,28 @@ impl FrameWriter {
     /// Writes what the kernel takes now: `Ok(true)` when the queue is empty, `Ok(false)`
     /// when the socket is full (wait for [`Self::writable`] and call again).
     pub fn write_now(&mut self) -> io::Result<bool> {
-        while !self.out.is_empty() {
-            match self.io.try_write(&self.out) {
+        while !self.frames.is_empty() {
+            let mut slices: Vec<io::IoSlice<'_>> = Vec::with_capacity(MAX_SLICES);
+            let mut skip = self.front_taken;
+            for frame in &self.frames {
+                for piece in [frame.head.as_slice(), &frame.payload[..]] {
+                    if skip >= piece.len() {
+                        skip -= piece.len();
+                        continue;
+                    }
+                    slices.push(io::IoSlice::new(&piece[skip..]));
+                    skip = 0;
+                }
+                if slices.len() + 2 > MAX_SLICES {
+                    break;
+                }
+            }
+            match self.io.try_write_vectored(&slices) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.advance(n),
+                Ok(n) => {
+                    drop(slices);
+                    self.advance(n);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) => return Err(e),
             }
@@ -360,21 +463,25 @@ impl FrameWriter {
     }
 
     /// Forgets the first `n` queued bytes (the kernel took them).
-    fn advance(&mut self, n: usize) {
-        self.out.advance(n);
-        self.taken += n;
-        while let Some(&end) = self.ends.front().filter(|&&end| end <= self.taken) {
-            self.front_start = end;
-            self.ends.pop_front();
+    fn advance(&mut self, mut n: usize) {
+        self.queued -= n;
+        while let Some(front) = self.frames.front() {
+            let left = front.len() - self.front_taken;
+            if n < left {
+                self.front_taken += n;
+                return;
+            }
+            n -= left;
+            self.front_taken = 0;
+            self.frames.pop_front();
         }
     }
 
-    /// Frees the buffers once everything is written.
+    /// Frees the queue's memory once everything is written.
     fn release(&mut self) {
-        self.out = BytesMut::new();
-        self.taken = 0;
-        self.front_start = 0;
-        self.ends = VecDeque::new();
+        self.frames = VecDeque::new();
+        self.front_taken = 0;
+        self.queued = 0;
     }
 
     /// Resolves when the socket can take more bytes.
@@ -387,7 +494,6 @@ impl FrameWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     /// Frames a client would decode from `bytes`, in order, and how many bytes are left.
     fn frames(mut bytes: BytesMut) -> (Vec<Frame>, usize) {
@@ -423,7 +529,7 @@ mod tests {
         for _ in 0..3 {
             writer.queue(Message::Binary(frame.clone()));
         }
-        let begun = writer.taken > writer.front_start;
+        let begun = writer.front_taken > 0;
         writer.discard_unsent();
         if begun {
             assert!(
@@ -466,6 +572,77 @@ mod tests {
         assert!(frames[..frames.len() - 1]
             .iter()
             .all(|f| matches!(f, Frame::Binary(b) if b.len() == stalled_by)));
+    }
+
+    /// Every length form of the header (7-bit, 16-bit, 64-bit), text and binary, empty
+    /// and control frames, written vectored through partial writes: the client decodes
+    /// exactly what was queued, in order, and the payloads were shared, not copied.
+    #[actix_rt::test]
+    async fn frames_of_every_size_arrive_as_queued() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let (client, (server, _)) = (client.unwrap(), accepted.unwrap());
+        let mut writer = FrameWriter::new(Rc::new(server));
+        let sizes = [0usize, 1, 125, 126, 127, 65_535, 65_536, 300_000];
+        let shared: Vec<Bytes> = sizes
+            .iter()
+            .map(|&n| Bytes::from((0..n).map(|i| (i % 251) as u8).collect::<Vec<u8>>()))
+            .collect();
+        for (i, payload) in shared.iter().enumerate() {
+            writer.queue(Message::Binary(payload.clone()));
+            writer.queue(Message::Text(format!("text {i}").into()));
+            if i == 3 {
+                writer.queue(Message::Ping(Bytes::from_static(b"probe")));
+            }
+        }
+        // The writer holds the broadcast's payloads themselves.
+        assert!(writer
+            .frames
+            .iter()
+            .any(|f| f.payload.as_ptr() == shared[7].as_ptr()));
+        writer.queue(Message::Close(None));
+        let expected = writer.queued();
+        let reader = async {
+            let mut got = BytesMut::new();
+            let mut chunk = vec![0u8; 4096]; // small reads: the writer meets a full socket
+            while got.len() < expected {
+                client.readable().await.unwrap();
+                match client.try_read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => got.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            got
+        };
+        let drain = async {
+            while !writer.write_now().unwrap() {
+                writer.writable().await.unwrap();
+            }
+        };
+        let (got, ()) = tokio::join!(reader, drain);
+        assert_eq!(writer.queued(), 0);
+        let (frames, left) = frames(got);
+        assert_eq!(left, 0);
+        let mut frames = frames.into_iter();
+        for (i, payload) in shared.iter().enumerate() {
+            assert!(
+                matches!(frames.next(), Some(Frame::Binary(b)) if b == *payload),
+                "binary {i}"
+            );
+            let text = format!("text {i}");
+            assert!(
+                matches!(frames.next(), Some(Frame::Text(t)) if t == text.as_bytes()),
+                "text {i}"
+            );
+            if i == 3 {
+                assert!(matches!(frames.next(), Some(Frame::Ping(p)) if p == b"probe"[..]));
+            }
+        }
+        assert!(matches!(frames.next(), Some(Frame::Close(None))));
+        assert!(frames.next().is_none());
     }
 
     #[actix_rt::test]
