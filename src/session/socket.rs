@@ -505,13 +505,18 @@ mod tests {
         (out, bytes.len())
     }
 
+    /// Both ends of a loopback TCP connection: (client, server).
+    async fn connected_pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        (client.unwrap(), accepted.unwrap().0)
+    }
+
     /// Queues frames until the kernel takes no more, drops the unsent ones, queues a
     /// close: the client must read whole frames, the close last.
     async fn discard_after(stalled_by: usize) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
-        let (client, accepted) = tokio::join!(client, listener.accept());
-        let (client, (server, _)) = (client.unwrap(), accepted.unwrap());
+        let (client, server) = connected_pair().await;
         let mut writer = FrameWriter::new(Rc::new(server));
         let frame = Bytes::from(vec![7u8; stalled_by]);
         // Nothing taken yet: every queued frame is unsent, so none is kept.
@@ -579,10 +584,7 @@ mod tests {
     /// exactly what was queued, in order, and the payloads were shared, not copied.
     #[actix_rt::test]
     async fn frames_of_every_size_arrive_as_queued() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
-        let (client, accepted) = tokio::join!(client, listener.accept());
-        let (client, (server, _)) = (client.unwrap(), accepted.unwrap());
+        let (client, server) = connected_pair().await;
         let mut writer = FrameWriter::new(Rc::new(server));
         let sizes = [0usize, 1, 125, 126, 127, 65_535, 65_536, 300_000];
         let shared: Vec<Bytes> = sizes
