@@ -117,21 +117,21 @@ impl Members {
 
     /// Hands one event to every chat member: who could not take it.
     pub fn send_event_to_chats(&self, event: &Event) -> Vec<SessionId> {
-        self.map
-            .iter()
-            .filter(|(_, m)| m.is_chat())
-            .filter(|(_, m)| !m.outbox.send(Outbound::Event(event.clone())))
-            .map(|(id, _)| *id)
-            .collect()
+        self.send_to_chats(|| Outbound::Event(event.clone()))
     }
 
     /// Hands a batch of events to every chat member (one mailbox message each, the batch
     /// shared); returns the members whose outbox refused it.
     pub fn send_events_to_chats(&self, events: &Arc<[Event]>) -> Vec<SessionId> {
+        self.send_to_chats(|| Outbound::Events(Arc::clone(events)))
+    }
+
+    /// Sends each chat member its own `message()`; returns those whose outbox refused it.
+    fn send_to_chats(&self, message: impl Fn() -> Outbound) -> Vec<SessionId> {
         self.map
             .iter()
             .filter(|(_, m)| m.is_chat())
-            .filter(|(_, m)| !m.outbox.send(Outbound::Events(events.clone())))
+            .filter(|(_, m)| !m.outbox.send(message()))
             .map(|(id, _)| *id)
             .collect()
     }

@@ -505,6 +505,26 @@ mod tests {
         (out, bytes.len())
     }
 
+    /// Reads from `client`, `chunk` bytes at a time, until `done` says so or the stream ends.
+    async fn read_until(
+        client: &TcpStream,
+        chunk: usize,
+        done: impl Fn(&BytesMut) -> bool,
+    ) -> BytesMut {
+        let mut got = BytesMut::new();
+        let mut buf = vec![0u8; chunk];
+        while !done(&got) {
+            client.readable().await.unwrap();
+            match client.try_read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        got
+    }
+
     /// Both ends of a loopback TCP connection: (client, server).
     async fn connected_pair() -> (TcpStream, TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -547,24 +567,9 @@ mod tests {
         }
         writer.queue(Message::Close(None));
         // Read everything the client gets while the writer finishes.
-        let reader = async {
-            let mut got = BytesMut::new();
-            let mut chunk = vec![0u8; 64 * 1024];
-            loop {
-                client.readable().await.unwrap();
-                match client.try_read(&mut chunk) {
-                    Ok(0) => break,
-                    Ok(n) => got.extend_from_slice(&chunk[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => panic!("{e}"),
-                }
-                let got_close = matches!(frames(got.clone()).0.last(), Some(Frame::Close(_)));
-                if got_close {
-                    break;
-                }
-            }
-            got
-        };
+        let reader = read_until(&client, 64 * 1024, |got| {
+            matches!(frames(got.clone()).0.last(), Some(Frame::Close(_)))
+        });
         let drain = async {
             while !writer.write_now().unwrap() {
                 writer.writable().await.unwrap();
@@ -605,20 +610,8 @@ mod tests {
             .any(|f| f.payload.as_ptr() == shared[7].as_ptr()));
         writer.queue(Message::Close(None));
         let expected = writer.queued();
-        let reader = async {
-            let mut got = BytesMut::new();
-            let mut chunk = vec![0u8; 4096]; // small reads: the writer meets a full socket
-            while got.len() < expected {
-                client.readable().await.unwrap();
-                match client.try_read(&mut chunk) {
-                    Ok(0) => break,
-                    Ok(n) => got.extend_from_slice(&chunk[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => panic!("{e}"),
-                }
-            }
-            got
-        };
+        // Small reads: the writer meets a full socket.
+        let reader = read_until(&client, 4096, |got| got.len() >= expected);
         let drain = async {
             while !writer.write_now().unwrap() {
                 writer.writable().await.unwrap();
