@@ -25,6 +25,7 @@ export class ChatPanel {
   private readonly shown = new Map<number, HTMLElement>();
   private readonly pending = new Map<string, HTMLElement>();
   private oldest = Infinity;
+  private newest = 0;
   private loadingOlder = false;
   private loaded = false;
   private typingSentAt = 0;
@@ -198,6 +199,7 @@ export class ChatPanel {
     for (const el of this.shown.values()) el.remove();
     this.shown.clear();
     this.oldest = Infinity;
+    this.newest = 0;
     this.loaded = false;
   }
 
@@ -218,13 +220,22 @@ export class ChatPanel {
       mine.remove();
     }
     const atEnd = this.list.scrollHeight - this.list.scrollTop - this.list.clientHeight < 40;
-    const next = [...this.shown.entries()].filter(([seq]) => seq > message.seq).sort(([a], [b]) => a - b)[0]?.[1];
+    // Live messages come last (the common case: no search); history pages go in their place.
+    const next = message.seq > this.newest ? undefined : this.firstShownAfter(message.seq);
     const firstPending = this.pending.values().next().value as HTMLElement | undefined;
     this.list.insertBefore(el, next ?? firstPending ?? null);
     this.shown.set(message.seq, el);
+    this.newest = Math.max(this.newest, message.seq);
     this.oldest = Math.min(this.oldest, message.seq);
     if (live && (atEnd || mine)) this.scrollToEnd();
     if (live) this.updateHistoryStatus(this.chat.firstSeq);
+  }
+
+  /** The shown message with the smallest seq above `seq`, if any. */
+  private firstShownAfter(seq: number): HTMLElement | undefined {
+    let best: [number, HTMLElement] | undefined;
+    for (const entry of this.shown) if (entry[0] > seq && (!best || entry[0] < best[0])) best = entry;
+    return best?.[1];
   }
 
   private render(body: Body, sender: string | undefined, ts: number | undefined): HTMLElement {
