@@ -102,6 +102,10 @@ enum Mode {
         /// Sessions per room.
         #[arg(long, default_value_t = 2)]
         sessions: usize,
+        /// Characters of text the room's first session writes (one insert, which every
+        /// other session receives before the next room opens), as real rooms hold content.
+        #[arg(long, default_value_t = 0)]
+        text_chars: usize,
     },
     /// Concurrent decode-amplification frames; RSS before/after/peak.
     Amplify {
@@ -493,18 +497,46 @@ fn apply(doc: &Doc, update: &[u8]) {
         .expect("update applies");
 }
 
-async fn rooms(url: String, pid: u32, rooms: usize, sessions: usize, proto: Proto) {
+async fn rooms(
+    url: String,
+    pid: u32,
+    rooms: usize,
+    sessions: usize,
+    text_chars: usize,
+    proto: Proto,
+) {
     let before = rss_kib(pid);
     let run = format!("idle{}", std::process::id());
+    let text: String = "The quick brown fox jumps over the lazy dog. "
+        .chars()
+        .cycle()
+        .take(text_chars)
+        .collect();
     let mut open = Vec::with_capacity(rooms * sessions);
     let started = Instant::now();
     for r in 0..rooms {
+        let mut room = Vec::with_capacity(sessions);
         for _ in 0..sessions {
             let doc = Doc::new();
             let mut socket = connect(&url, &format!("{run}-{r}"), proto).await;
             handshake(&mut socket, &doc).await;
-            open.push(socket);
+            room.push((socket, doc));
         }
+        if !text.is_empty() {
+            let update = {
+                let doc = &room[0].1;
+                let shared = doc.get_or_insert_text("text");
+                let mut txn = doc.transact_mut();
+                shared.insert(&mut txn, 0, &text);
+                txn.encode_update_v1()
+            };
+            let target = room[0].1.transact().state_vector();
+            send(&mut room[0].0, &Message::Update(update.into())).await;
+            for (socket, doc) in room.iter_mut().skip(1) {
+                follow(socket, doc, &target, Duration::from_secs(30)).await;
+            }
+        }
+        open.extend(room.into_iter().map(|(socket, _)| socket));
     }
     let connect_secs = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -514,6 +546,7 @@ async fn rooms(url: String, pid: u32, rooms: usize, sessions: usize, proto: Prot
         "{}",
         serde_json::json!({
             "mode": "rooms", "rooms": rooms, "sessions_per_room": sessions,
+            "text_chars": text_chars,
             "rss_before_kib": before, "rss_after_kib": after,
             "kib_per_room": per_room,
             "kib_per_connection": per_room / sessions as f64,
@@ -1493,7 +1526,8 @@ fn main() {
                 pid,
                 rooms: n,
                 sessions,
-            } => rooms(url, pid, n, sessions, proto).await,
+                text_chars,
+            } => rooms(url, pid, n, sessions, text_chars, proto).await,
             Mode::Amplify { url, pid, count } => amplify(url, pid, count).await,
             Mode::SlowReaders {
                 url,

@@ -12,6 +12,7 @@
 //! timeout writes a final snapshot and tells the registry. Which writes must be durable
 //! before which action is the [`commit`] queue's business.
 
+mod awareness;
 mod chat;
 pub mod commit;
 pub mod document;
