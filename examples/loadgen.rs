@@ -106,6 +106,11 @@ enum Mode {
         /// other session receives before the next room opens), as real rooms hold content.
         #[arg(long, default_value_t = 0)]
         text_chars: usize,
+        /// Seconds to wait after the last room opened before reading RSS (a server may
+        /// compact what rooms hold once they are idle: Tandem freezes unused documents
+        /// after `--doc-freeze-secs`).
+        #[arg(long, default_value_t = 2.0)]
+        settle_secs: f64,
     },
     /// Concurrent decode-amplification frames; RSS before/after/peak.
     Amplify {
@@ -491,20 +496,27 @@ async fn follow(socket: &mut Peer, doc: &Doc, target: &StateVector, limit: Durat
     messages
 }
 
+/// What `rooms` opens and how long it waits before reading RSS.
+struct RoomsPlan {
+    rooms: usize,
+    sessions: usize,
+    text_chars: usize,
+    settle: Duration,
+}
+
 fn apply(doc: &Doc, update: &[u8]) {
     doc.transact_mut()
         .apply_update(Update::decode_v1(update).expect("update decodes"))
         .expect("update applies");
 }
 
-async fn rooms(
-    url: String,
-    pid: u32,
-    rooms: usize,
-    sessions: usize,
-    text_chars: usize,
-    proto: Proto,
-) {
+async fn rooms(url: String, pid: u32, plan: RoomsPlan, proto: Proto) {
+    let RoomsPlan {
+        rooms,
+        sessions,
+        text_chars,
+        settle,
+    } = plan;
     let before = rss_kib(pid);
     let run = format!("idle{}", std::process::id());
     let text: String = "The quick brown fox jumps over the lazy dog. "
@@ -539,14 +551,14 @@ async fn rooms(
         open.extend(room.into_iter().map(|(socket, _)| socket));
     }
     let connect_secs = started.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(settle).await;
     let after = rss_kib(pid);
     let per_room = (after.saturating_sub(before)) as f64 / rooms as f64;
     println!(
         "{}",
         serde_json::json!({
             "mode": "rooms", "rooms": rooms, "sessions_per_room": sessions,
-            "text_chars": text_chars,
+            "text_chars": text_chars, "settle_secs": settle.as_secs_f64(),
             "rss_before_kib": before, "rss_after_kib": after,
             "kib_per_room": per_room,
             "kib_per_connection": per_room / sessions as f64,
@@ -1527,7 +1539,16 @@ fn main() {
                 rooms: n,
                 sessions,
                 text_chars,
-            } => rooms(url, pid, n, sessions, text_chars, proto).await,
+                settle_secs,
+            } => {
+                let plan = RoomsPlan {
+                    rooms: n,
+                    sessions,
+                    text_chars,
+                    settle: Duration::from_secs_f64(settle_secs),
+                };
+                rooms(url, pid, plan, proto).await
+            }
             Mode::Amplify { url, pid, count } => amplify(url, pid, count).await,
             Mode::SlowReaders {
                 url,

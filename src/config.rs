@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
@@ -25,6 +26,8 @@ pub const DEFAULT_DATA_DIR: &str = "./tandem-data";
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// Default idle time before a room without sessions is deactivated.
 pub const DEFAULT_ROOM_IDLE_SECS: f64 = 30.0;
+/// Default seconds an unused document stays live before it is frozen.
+pub const DEFAULT_DOC_FREEZE_SECS: f64 = 30.0;
 /// Default number of logged updates that triggers a snapshot.
 pub const DEFAULT_SNAPSHOT_EVERY_UPDATES: u64 = 10_000;
 /// Default longest time between snapshots of a changing room.
@@ -123,6 +126,10 @@ pub struct Settings {
     /// Seconds a room without sessions stays active before it is deactivated [default: 30]
     #[arg(long, env = "TANDEM_ROOM_IDLE_SECS")]
     pub room_idle_secs: Option<f64>,
+    /// Seconds a room's document may go unused (no edit, no sync) before it is held
+    /// encoded, a fraction of its live size, until next needed; 0: never [default: 30]
+    #[arg(long, env = "TANDEM_DOC_FREEZE_SECS")]
+    pub doc_freeze_secs: Option<f64>,
     /// Logged updates that trigger a snapshot (which compacts the log) [default: 10000]
     #[arg(long, env = "TANDEM_SNAPSHOT_EVERY_UPDATES")]
     pub snapshot_every_updates: Option<u64>,
@@ -229,6 +236,7 @@ impl Settings {
             route_mode: self.route_mode.or(fallback.route_mode),
             max_message_bytes: self.max_message_bytes.or(fallback.max_message_bytes),
             room_idle_secs: self.room_idle_secs.or(fallback.room_idle_secs),
+            doc_freeze_secs: self.doc_freeze_secs.or(fallback.doc_freeze_secs),
             snapshot_every_updates: self
                 .snapshot_every_updates
                 .or(fallback.snapshot_every_updates),
@@ -311,7 +319,7 @@ pub struct Config {
     /// Room behaviour.
     pub room: RoomConfig,
     /// Session behaviour.
-    pub session: SessionConfig,
+    pub session: Arc<SessionConfig>,
     /// Threads for room actors.
     pub room_threads: usize,
     /// Threads for HTTP and sessions.
@@ -704,8 +712,12 @@ impl Config {
                 )?,
                 stream,
                 log_claims,
+                freeze_after: match settings.doc_freeze_secs.unwrap_or(DEFAULT_DOC_FREEZE_SECS) {
+                    0.0 => None,
+                    secs => Some(seconds("doc-freeze-secs", secs, 0.01, 86_400.0)?),
+                },
             },
-            session: SessionConfig {
+            session: Arc::new(SessionConfig {
                 max_message_bytes,
                 heartbeat_interval,
                 heartbeat_timeout,
@@ -713,7 +725,7 @@ impl Config {
                 max_messages_per_sec: settings
                     .max_messages_per_sec
                     .unwrap_or(DEFAULT_MAX_MESSAGES_PER_SEC),
-            },
+            }),
             auth: {
                 let leeway_secs = settings.jwt_leeway_secs.unwrap_or(DEFAULT_JWT_LEEWAY_SECS);
                 match (settings.jwt_secret, settings.jwt_public_key) {

@@ -47,6 +47,8 @@ pub struct Metrics {
     pub activations: Counter,
     /// Room deactivations after the idle timeout.
     pub evictions: Counter,
+    /// Documents frozen (held encoded) after going unused (`--doc-freeze-secs`).
+    pub document_freezes: Counter,
     /// Chat messages published (made durable), not counting idempotent retries.
     pub chat_published: Counter,
     /// Chat message events delivered to members (one per recipient).
@@ -115,6 +117,7 @@ impl Metrics {
             snapshots: Counter::default(),
             activations: Counter::default(),
             evictions: Counter::default(),
+            document_freezes: Counter::default(),
             chat_published: Counter::default(),
             chat_delivered: Counter::default(),
             chat_duplicates: Counter::default(),
@@ -282,6 +285,11 @@ impl Metrics {
             "tandem_room_evictions",
             "Idle room deactivations",
             m.evictions.clone(),
+        );
+        registry.register(
+            "tandem_document_freezes",
+            "Documents held encoded after going unused",
+            m.document_freezes.clone(),
         );
         for (name, help, counter) in [
             (

@@ -297,6 +297,45 @@ async fn idle_room_deactivates_and_reactivates_intact() {
 }
 
 #[actix_rt::test]
+async fn a_frozen_document_keeps_serving_its_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--doc-freeze-secs", "0.2"]);
+    let mut writer = YClient::synced(&server, "cold").await;
+    let mut reader = YClient::synced(&server, "cold").await;
+    writer.append("before").await;
+    while reader.text() != "before" {
+        reader.next_update().await;
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while metric(&server, "tandem_document_freezes_total").await < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "document never froze");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Frozen with both sessions connected: an edit thaws it and reaches the other
+    // session, a new session syncs everything, and so does the HTTP state.
+    writer.append(" after").await;
+    while reader.text() != "before after" {
+        reader.next_update().await;
+    }
+    let late = YClient::synced(&server, "cold").await;
+    assert_eq!(late.text(), "before after");
+    wait_for_text(&server, "cold", "before after").await;
+    // It froze again, and a joiner is answered from the frozen state.
+    let frozen = metric(&server, "tandem_document_freezes_total").await;
+    while metric(&server, "tandem_document_freezes_total").await <= frozen {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "document never froze again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, state) = http_get(&server, "/rooms/cold/state").await;
+    assert_eq!(text_of_state(&state), "before after");
+    let last = YClient::synced(&server, "cold").await;
+    assert_eq!(last.text(), "before after");
+}
+
+#[actix_rt::test]
 async fn sigterm_closes_sessions_with_going_away_and_keeps_the_data() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(dir.path(), &[]);

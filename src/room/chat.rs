@@ -208,7 +208,7 @@ impl Room {
                 }
                 room.commits.record_write();
             }
-            room.chat = Some(Chat {
+            room.chat = Some(Box::new(Chat {
                 delivered: loaded.meta.last_seq,
                 meta: loaded.meta,
                 oldest_ts: loaded.oldest_ts,
@@ -218,7 +218,7 @@ impl Room {
                 waiters: Vec::new(),
                 oldest_unknown: false,
                 scanning: false,
-            });
+            }));
             // Messages may have aged out while the room was inactive.
             if let Some(upto) = loaded.expired_upto {
                 room.trim_to(upto, ctx);
@@ -230,7 +230,7 @@ impl Room {
     /// The loaded chat stream (see [`Room::chat_loaded`]).
     fn chat(&mut self) -> Result<&mut Chat, RoomError> {
         self.chat
-            .as_mut()
+            .as_deref_mut()
             .ok_or(RoomError::Unavailable(Unavailable::Failed))
     }
 

@@ -143,6 +143,10 @@ impl<A> CommitQueue<A> {
             .iter()
             .take_while(|p| p.writes <= self.durable)
             .count();
+        if covered == self.pending.len() {
+            // Everything: the queue's memory goes with it (an idle room keeps none).
+            return std::mem::take(&mut self.pending).into();
+        }
         self.pending.drain(..covered).collect()
     }
 }

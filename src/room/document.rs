@@ -10,6 +10,7 @@
 
 use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use yrs::branch::BranchPtr;
@@ -65,9 +66,23 @@ pub struct Applied {
     pub records: Vec<Vec<u8>>,
 }
 
+/// The CRDT state: a live yrs document, or the same held encoded while it is unused.
+enum Crdt {
+    Live(Doc),
+    /// The whole document as one v1 update, as a snapshot stores it. A document holding
+    /// updates it cannot integrate yet (their dependencies are missing) is never frozen.
+    Frozen(Box<[u8]>),
+}
+
 /// A Yjs document plus its awareness states.
+///
+/// An unused document can be frozen ([`Document::freeze`]): held as its encoded state,
+/// typically a tenth of the memory of yrs's live structures, and thawed by the next
+/// operation that needs it. Freezing changes no observable behaviour.
 pub struct Document {
-    doc: Doc,
+    crdt: Crdt,
+    /// When an operation last needed the live document.
+    last_used: Instant,
     awareness: Awareness,
 }
 
@@ -82,7 +97,8 @@ impl Document {
     pub fn new() -> Self {
         // The server never edits, so its own client id only has to be valid.
         Self {
-            doc: Doc::new(),
+            crdt: Crdt::Live(Doc::new()),
+            last_used: Instant::now(),
             awareness: Awareness::default(),
         }
     }
@@ -99,8 +115,47 @@ impl Document {
         Ok(document)
     }
 
-    fn doc(&self) -> &Doc {
-        &self.doc
+    /// The live document, thawed first if it was frozen. A state that does not decode
+    /// (it was encoded by yrs itself, so only a yrs bug can make it so) is
+    /// [`DocError::Panicked`]: the room rebuilds the document from the store.
+    fn live(&mut self) -> Result<&Doc, DocError> {
+        self.last_used = Instant::now();
+        if let Crdt::Frozen(state) = &self.crdt {
+            let doc = thaw(state)?;
+            self.crdt = Crdt::Live(doc);
+        }
+        match &self.crdt {
+            Crdt::Live(doc) => Ok(doc),
+            Crdt::Frozen(_) => Err(DocError::Panicked),
+        }
+    }
+
+    /// Holds the document as its encoded state until it is next needed, unless it holds
+    /// pending updates or was needed within `unused_for`. Returns whether it is frozen now
+    /// (true too when it already was).
+    pub fn freeze_if_unused(&mut self, unused_for: Duration) -> bool {
+        let Crdt::Live(doc) = &self.crdt else {
+            return true;
+        };
+        if self.last_used.elapsed() < unused_for || doc.transact().has_missing_updates() {
+            return false;
+        }
+        match guard(|| {
+            Ok(doc
+                .transact()
+                .encode_state_as_update_v1(&StateVector::default()))
+        }) {
+            Ok(state) => {
+                self.crdt = Crdt::Frozen(state.into_boxed_slice());
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Whether the document is held frozen.
+    pub fn is_frozen(&self) -> bool {
+        matches!(self.crdt, Crdt::Frozen(_))
     }
 
     /// Applies a v1 update. Returns the delta it made (a v1 update holding only what was new),
@@ -124,7 +179,7 @@ impl Document {
     /// applied updates themselves, so that they survive a restart like any other update.
     /// `Err` only for [`DocError::Panicked`]: the document may then be half-changed.
     pub fn apply_updates(&mut self, updates: &[&[u8]]) -> Result<Applied, DocError> {
-        let doc = self.doc();
+        let doc = self.live()?;
         guard(|| {
             let mut txn = doc.transact_mut();
             let mut applied = Applied::default();
@@ -162,33 +217,27 @@ impl Document {
     }
 
     /// This document's state vector, v1-encoded (the payload of a SyncStep1).
-    pub fn state_vector(&self) -> Vec<u8> {
-        self.doc().transact().state_vector().encode_v1()
+    pub fn state_vector(&mut self) -> Result<Vec<u8>, DocError> {
+        Ok(self.live()?.transact().state_vector().encode_v1())
     }
 
     /// What a peer with state vector `sv` lacks, as a v1 update (the payload of a SyncStep2).
-    pub fn diff(&self, sv: &[u8]) -> Result<Vec<u8>, DocError> {
+    /// A peer with nothing gets a frozen document's state as it is, without thawing it.
+    pub fn diff(&mut self, sv: &[u8]) -> Result<Vec<u8>, DocError> {
         let sv =
             guard(|| StateVector::decode_v1(sv).map_err(|e| DocError::StateVector(e.to_string())))?;
-        Ok(self.encode_state(&sv))
+        if let (Crdt::Frozen(state), true) = (&self.crdt, sv.is_empty()) {
+            return Ok(state.to_vec());
+        }
+        let doc = self.live()?;
+        Ok(encode_state(doc, &sv))
     }
 
     /// The whole document as one v1 update (what a snapshot stores).
     pub fn snapshot(&self) -> Vec<u8> {
-        self.encode_state(&StateVector::default())
-    }
-
-    /// What a peer at `sv` lacks, pending updates included. yrs 0.28 panics while merging
-    /// some malformed pending updates into it (found by fuzzing); then the pending part is
-    /// left out rather than the room's thread taken down.
-    fn encode_state(&self, sv: &StateVector) -> Vec<u8> {
-        let doc = self.doc();
-        match guard(|| Ok(doc.transact().encode_state_as_update_v1(sv))) {
-            Ok(state) => state,
-            Err(_) => {
-                tracing::warn!("pending updates could not be encoded; leaving them out");
-                doc.transact().encode_diff_v1(sv)
-            }
+        match &self.crdt {
+            Crdt::Live(doc) => encode_state(doc, &StateVector::default()),
+            Crdt::Frozen(state) => state.to_vec(),
         }
     }
 
@@ -197,8 +246,8 @@ impl Document {
     /// The server never declares root types, so it infers each one: entries with keys make
     /// a map; a sequence of only characters is text; any other sequence is an array (XML
     /// elements render as XML strings).
-    pub fn to_json(&self) -> serde_json::Value {
-        let txn = self.doc().transact();
+    pub fn to_json(&mut self) -> Result<serde_json::Value, DocError> {
+        let txn = self.live()?.transact();
         let mut roots = serde_json::Map::new();
         for (name, value) in txn.root_refs() {
             let any = match value {
@@ -207,7 +256,7 @@ impl Document {
             };
             roots.insert(name.to_owned(), any_to_json(&any));
         }
-        serde_json::Value::Object(roots)
+        Ok(serde_json::Value::Object(roots))
     }
 
     /// Applies an awareness update payload. Returns which clients it set and removed.
@@ -242,6 +291,31 @@ impl Document {
     pub fn remove_awareness(&mut self, clients: &HashSet<u64>) -> Option<Vec<u8>> {
         self.awareness.remove(clients.iter().copied())
     }
+}
+
+/// What a peer at `sv` lacks, pending updates included. yrs 0.28 panics while merging
+/// some malformed pending updates into it (found by fuzzing); then the pending part is
+/// left out rather than the room's thread taken down.
+fn encode_state(doc: &Doc, sv: &StateVector) -> Vec<u8> {
+    match guard(|| Ok(doc.transact().encode_state_as_update_v1(sv))) {
+        Ok(state) => state,
+        Err(_) => {
+            tracing::warn!("pending updates could not be encoded; leaving them out");
+            doc.transact().encode_diff_v1(sv)
+        }
+    }
+}
+
+/// A live document from a frozen state.
+fn thaw(state: &[u8]) -> Result<Doc, DocError> {
+    let doc = Doc::new();
+    guard(|| {
+        let update = Update::decode_v1(state).map_err(|_| DocError::Panicked)?;
+        doc.transact_mut()
+            .apply_update(update)
+            .map_err(|_| DocError::Panicked)
+    })?;
+    Ok(doc)
 }
 
 /// Renders an untyped root as a map, text or array; see [`Document::to_json`].
@@ -307,8 +381,8 @@ mod tests {
         update
     }
 
-    fn text_of(document: &Document) -> String {
-        document.to_json()["text"]
+    fn text_of(document: &mut Document) -> String {
+        document.to_json().unwrap()["text"]
             .as_str()
             .unwrap_or_default()
             .to_owned()
@@ -320,7 +394,7 @@ mod tests {
         let mut document = Document::new();
         assert!(document.apply_update(&update).unwrap().is_some());
         assert_eq!(document.apply_update(&update).unwrap(), None);
-        assert_eq!(text_of(&document), "hello");
+        assert_eq!(text_of(&mut document), "hello");
     }
 
     #[test]
@@ -334,7 +408,7 @@ mod tests {
             .unwrap()
             .expect("delete is a change");
         assert!(!delta.is_empty());
-        assert_eq!(text_of(&document), "llo");
+        assert_eq!(text_of(&mut document), "llo");
     }
 
     #[test]
@@ -350,9 +424,9 @@ mod tests {
         assert!(matches!(applied.error, Some(DocError::Decode(_))));
         // One record: the delta of what was applied, which rebuilds the same document.
         assert_eq!(applied.records.len(), 1);
-        let reloaded = Document::load(None, [applied.records[0].as_slice()]).unwrap();
-        assert_eq!(text_of(&reloaded), "abcdef");
-        assert_eq!(text_of(&document), "abcdef");
+        let mut reloaded = Document::load(None, [applied.records[0].as_slice()]).unwrap();
+        assert_eq!(text_of(&mut reloaded), "abcdef");
+        assert_eq!(text_of(&mut document), "abcdef");
         // Already known: nothing to log.
         assert!(document
             .apply_updates(&[&a, &b])
@@ -370,7 +444,7 @@ mod tests {
         let mixed = fresh.apply_updates(&[&x, &c]).unwrap();
         assert_eq!(mixed.records.len(), 3, "the delta, then both updates");
         assert_eq!(mixed.records[2], c);
-        let reloaded = Document::load(
+        let mut reloaded = Document::load(
             None,
             mixed
                 .records
@@ -379,7 +453,7 @@ mod tests {
                 .chain([a.as_slice()]),
         )
         .unwrap();
-        assert_eq!(text_of(&reloaded), "bcxyz");
+        assert_eq!(text_of(&mut reloaded), "bcxyz");
     }
 
     #[test]
@@ -390,8 +464,8 @@ mod tests {
         document.apply_update(&a).unwrap();
         let snapshot = document.snapshot();
         let delta = document.apply_update(&b).unwrap().unwrap();
-        let reloaded = Document::load(Some(&snapshot), [delta.as_slice()]).unwrap();
-        assert_eq!(text_of(&reloaded), "abcdef");
+        let mut reloaded = Document::load(Some(&snapshot), [delta.as_slice()]).unwrap();
+        assert_eq!(text_of(&mut reloaded), "abcdef");
     }
 
     #[test]
@@ -414,7 +488,7 @@ mod tests {
         let mut document = Document::new();
         document.apply_update(&update).unwrap();
         assert_eq!(
-            document.to_json(),
+            document.to_json().unwrap(),
             serde_json::json!({"t": "hi", "m": {"k": 1}, "a": [7]})
         );
     }
@@ -482,6 +556,48 @@ mod tests {
         assert!(document.awareness_states().is_none());
     }
 
+    #[test]
+    fn a_frozen_document_answers_as_the_live_one_and_thaws_on_use() {
+        let a = edit(1, &[], |t, txn| t.insert(txn, 0, "hello"));
+        let mut document = Document::new();
+        document.apply_update(&a).unwrap();
+        let (snapshot, sv) = (document.snapshot(), document.state_vector().unwrap());
+        assert!(
+            !document.freeze_if_unused(Duration::from_secs(60)),
+            "just used"
+        );
+        assert!(document.freeze_if_unused(Duration::ZERO));
+        assert!(document.is_frozen());
+        assert_eq!(document.snapshot(), snapshot);
+        // A peer with nothing is answered from the frozen state as it is.
+        assert_eq!(document.diff(&[0]).unwrap(), snapshot);
+        assert!(document.is_frozen());
+        // Anything else thaws it, and it holds what it held.
+        assert_eq!(document.state_vector().unwrap(), sv);
+        assert!(!document.is_frozen());
+        assert!(document.freeze_if_unused(Duration::ZERO));
+        let b = edit(2, &a, |t, txn| t.insert(txn, 5, " world"));
+        assert!(document.apply_update(&b).unwrap().is_some());
+        assert_eq!(text_of(&mut document), "hello world");
+        assert!(
+            document.freeze_if_unused(Duration::ZERO)
+                && document.apply_update(&b).unwrap().is_none(),
+            "what a frozen document held is still known once thawed"
+        );
+    }
+
+    #[test]
+    fn a_document_with_pending_updates_is_not_frozen() {
+        let a = edit(1, &[], |t, txn| t.insert(txn, 0, "abc"));
+        let b = edit(1, &a, |t, txn| t.insert(txn, 3, "def"));
+        let mut document = Document::new();
+        document.apply_update(&b).unwrap(); // depends on `a`: pending
+        assert!(!document.freeze_if_unused(Duration::ZERO));
+        document.apply_update(&a).unwrap();
+        assert!(document.freeze_if_unused(Duration::ZERO));
+        assert_eq!(text_of(&mut document), "abcdef");
+    }
+
     proptest! {
         /// Concurrent edits from many clients merge to the same text in any order.
         #[test]
@@ -504,7 +620,34 @@ mod tests {
             for &i in &order {
                 shuffled.apply_update(&updates[i]).unwrap();
             }
-            prop_assert_eq!(text_of(&forward), text_of(&shuffled));
+            prop_assert_eq!(text_of(&mut forward), text_of(&mut shuffled));
+        }
+
+        /// Freezing between any two updates changes nothing a client or the store sees.
+        #[test]
+        fn freezing_anywhere_changes_nothing(
+            inserts in proptest::collection::vec("[a-z]{1,4}", 1..10),
+            freezes in proptest::collection::vec(any::<bool>(), 10),
+        ) {
+            let mut live = Document::new();
+            let mut frozen = Document::new();
+            let mut base = Vec::new();
+            for (i, s) in inserts.iter().enumerate() {
+                let update = edit(i as u64 % 3 + 1, &base, |t, txn| t.insert(txn, 0, s));
+                base = {
+                    live.apply_update(&update).unwrap();
+                    live.snapshot()
+                };
+                if freezes[i] {
+                    prop_assert!(frozen.freeze_if_unused(Duration::ZERO));
+                }
+                let delta = frozen.apply_update(&update).unwrap();
+                prop_assert!(delta.is_some());
+            }
+            prop_assert!(frozen.freeze_if_unused(Duration::ZERO));
+            prop_assert_eq!(frozen.snapshot(), live.snapshot());
+            prop_assert_eq!(frozen.diff(&[0]).unwrap(), live.diff(&[0]).unwrap());
+            prop_assert_eq!(text_of(&mut frozen), text_of(&mut live));
         }
     }
 }

@@ -75,6 +75,9 @@ pub struct RoomConfig {
     pub stream: StreamConfig,
     /// Log every claim (activation) with its epoch at info level (cluster nodes).
     pub log_claims: bool,
+    /// Hold a room's document encoded (compact) once nothing has needed it for this long;
+    /// `None`: never.
+    pub freeze_after: Option<Duration>,
 }
 
 /// Something for a session to do: send a frame or close.
@@ -225,8 +228,8 @@ pub struct Room {
     document: Document,
     /// Everyone connected: y-websocket sessions and chat members.
     members: Members,
-    /// The chat stream, loaded on first use.
-    chat: Option<chat::Chat>,
+    /// The chat stream, loaded on first use (boxed: most rooms have none).
+    chat: Option<Box<chat::Chat>>,
     /// Stored size of the document: the last snapshot plus the log after it.
     stored_bytes: u64,
     /// Highest sequence number appended to the log.
@@ -317,7 +320,8 @@ impl Room {
             .config
             .idle_timeout
             .min(self.config.snapshot_interval)
-            .min(self.config.stream.typing_ttl);
+            .min(self.config.stream.typing_ttl)
+            .min(self.config.freeze_after.unwrap_or(Duration::MAX));
         (shortest / 4).clamp(Duration::from_millis(20), Duration::from_secs(1))
     }
 
@@ -798,8 +802,15 @@ impl Room {
         let slow = self.members.too_slow();
         self.close_slow_sessions(slow);
         self.chat_tick(ctx);
+        if let Some(after) = self.config.freeze_after {
+            let was_frozen = self.document.is_frozen();
+            let quiet = !self.reloading && self.inbox.is_empty();
+            if quiet && self.document.freeze_if_unused(after) && !was_frozen {
+                metrics::get().document_freezes.inc();
+            }
+        }
         let idle = self.members.is_empty()
-            && self.chat.as_ref().is_none_or(chat::Chat::is_idle)
+            && self.chat.as_deref().is_none_or(chat::Chat::is_idle)
             && self.commits.is_idle()
             && !self.reloading
             && self.empty_since.elapsed() >= self.config.idle_timeout;
@@ -887,7 +898,11 @@ impl Handler<Join> for Room {
         if self.reloading {
             return Err(RoomError::Unavailable(Unavailable::Reloading));
         }
-        let greeting = SyncMessage::SyncStep1(self.document.state_vector().into()).encode();
+        let Ok(state_vector) = self.document.state_vector() else {
+            self.reload_after_panic(ctx);
+            return Err(RoomError::Unavailable(Unavailable::Reloading));
+        };
+        let greeting = SyncMessage::SyncStep1(state_vector.into()).encode();
         msg.outbox.send(Outbound::Frame(greeting));
         if let Some(states) = self.document.awareness_states() {
             msg.outbox.send(Outbound::Frame(
@@ -955,6 +970,13 @@ impl Handler<Receive> for Room {
                     let frame = SyncMessage::SyncStep2(diff.into()).encode();
                     // Reply with state that is durable: after the flush covering it.
                     self.after_durable(AfterFlush::Send { to: session, frame }, ctx);
+                }
+                // The document could not be thawed: rebuilt from the store; the client
+                // asks again when it reconnects.
+                Err(DocError::Panicked) => {
+                    self.reload_after_panic(ctx);
+                    let reloading = RoomError::Unavailable(Unavailable::Reloading);
+                    self.close_session(session, reloading.close(), reloading.public_message());
                 }
                 Err(e) => self.close_session(session, close::MALFORMED_MESSAGE, e.to_string()),
             },
@@ -1054,7 +1076,13 @@ impl Handler<ReadState> for Room {
             return Err(RoomError::Unavailable(Unavailable::Reloading));
         }
         let body: Bytes = if msg.json {
-            self.document.to_json().to_string().into()
+            match self.document.to_json() {
+                Ok(json) => json.to_string().into(),
+                Err(_) => {
+                    self.reload_after_panic(ctx);
+                    return Err(RoomError::Unavailable(Unavailable::Reloading));
+                }
+            }
         } else {
             self.document.snapshot().into()
         };

@@ -83,15 +83,19 @@ static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 enum Protocol {
     /// y-websocket: binary frames, joined on start.
     Yjs,
-    /// The chat stream: JSON text frames, joined on the client's `join`.
-    Chat {
-        /// The token's subject.
-        subject: Option<String>,
-        /// The token's public presence info.
-        info: Option<Value>,
-        /// Whether a `join` was accepted (or is under way).
-        joined: bool,
-    },
+    /// The chat stream: JSON text frames, joined on the client's `join` (boxed: it is
+    /// the larger side, and most sessions are y-websocket ones).
+    Chat(Box<ChatSide>),
+}
+
+/// What a chat session knows of its member.
+struct ChatSide {
+    /// The token's subject.
+    subject: Option<String>,
+    /// The token's public presence info.
+    info: Option<Value>,
+    /// Whether a `join` was accepted (or is under way).
+    joined: bool,
 }
 
 /// Everything a session needs but its socket: made by the HTTP edge while it checks the
@@ -104,7 +108,7 @@ pub struct SessionPlan {
     /// How long the session may live on its token (None: the server is open).
     expires_in: Option<Duration>,
     registry: Addr<Registry>,
-    config: SessionConfig,
+    config: Arc<SessionConfig>,
     connections: Arc<AtomicUsize>,
     shutdown: watch::Receiver<bool>,
     refuse: Option<Close>,
@@ -120,7 +124,7 @@ impl SessionPlan {
         grant: &Grant,
         auth: Arc<Authenticator>,
         registry: Addr<Registry>,
-        config: SessionConfig,
+        config: Arc<SessionConfig>,
         connections: Arc<AtomicUsize>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
@@ -146,11 +150,11 @@ impl SessionPlan {
 
     /// Makes this a chat-stream session (JSON text frames, joined on `join`).
     pub fn chat(mut self, subject: Option<String>, info: Option<Value>) -> Self {
-        self.protocol = Protocol::Chat {
+        self.protocol = Protocol::Chat(Box::new(ChatSide {
             subject,
             info,
             joined: false,
-        };
+        }));
         self
     }
 
@@ -227,7 +231,7 @@ pub struct Session {
     expiry: Option<SpawnHandle>,
     registry: Addr<Registry>,
     room: Option<Addr<Room>>,
-    config: SessionConfig,
+    config: Arc<SessionConfig>,
     last_heard: Instant,
     last_sent: Instant,
     /// A fragmented message being reassembled.
@@ -263,7 +267,7 @@ pub struct Session {
 
 impl Session {
     fn is_chat(&self) -> bool {
-        matches!(self.protocol, Protocol::Chat { .. })
+        matches!(self.protocol, Protocol::Chat(_))
     }
 
     /// Sends one frame, counting it, and probes the client's progress when due.
@@ -571,14 +575,14 @@ impl Session {
                 return;
             }
         };
-        let Protocol::Chat {
+        let Protocol::Chat(chat) = &mut self.protocol else {
+            return;
+        };
+        let ChatSide {
             subject,
             info,
             joined,
-        } = &mut self.protocol
-        else {
-            return;
-        };
+        } = &mut **chat;
         match request {
             Request::Refresh { token } => self.refresh(&token, ctx),
             Request::Join { v, epoch, since } if !*joined => {
@@ -627,12 +631,12 @@ impl Session {
     /// this room moves the session's expiry to the new token's; anything else is refused
     /// with an error and leaves the old expiry in place.
     fn refresh(&mut self, token: &str, ctx: &mut Context<Self>) {
-        let Protocol::Chat { subject, .. } = &self.protocol else {
+        let Protocol::Chat(chat) = &self.protocol else {
             return;
         };
         let refused = match self.auth.authorize(Some(token), &self.room_name) {
             Err(e) => Some(e.to_string()),
-            Ok(grant) if grant.subject != *subject => {
+            Ok(grant) if grant.subject != chat.subject => {
                 Some("the new token is for another subject".to_owned())
             }
             Ok(grant) if grant.access != self.access => {

@@ -50,7 +50,7 @@ pub struct SseSession {
     room_name: RoomName,
     registry: Addr<Registry>,
     room: Option<Addr<Room>>,
-    config: SessionConfig,
+    config: Arc<SessionConfig>,
     subscriber: Option<Subscriber>,
     out: mpsc::UnboundedSender<Bytes>,
     /// Bytes handed to the response and not yet taken by it.
@@ -66,7 +66,7 @@ impl SseSession {
         room_name: RoomName,
         subscriber: Subscriber,
         registry: Addr<Registry>,
-        config: SessionConfig,
+        config: Arc<SessionConfig>,
         connections: Arc<AtomicUsize>,
     ) -> impl Stream<Item = Result<Bytes, Infallible>> {
         let (out, rx) = mpsc::unbounded();
