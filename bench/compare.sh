@@ -97,7 +97,7 @@ for server in $servers; do
     for bound in 500 100; do
       label=saturate; [ "$bound" != 500 ] && label="saturate-$bound"
       start "$server"
-      run "$server" "$label" saturate --url "$base" --readers "$readers" --step-secs "$step_secs" --p99-ms "$bound" "${proto[@]}"
+      run "$server" "$label" saturate --url "$base" --readers "$readers" --step-secs "$step_secs" --p99-ms "$bound" --max-steps 10 --pid "$pid" "${proto[@]}"
       stop
     done
   fi

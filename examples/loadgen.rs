@@ -212,6 +212,9 @@ enum Mode {
         /// At most this many steps.
         #[arg(long, default_value_t = 8)]
         max_steps: usize,
+        /// The server's process id: each step also reports the cores it used.
+        #[arg(long)]
+        pid: Option<u32>,
     },
     /// As many idle WebSocket connections as asked; server RSS per connection.
     Conns {
@@ -970,6 +973,8 @@ struct FanoutResult {
     direct: hdrhistogram::Histogram<u64>,
     proxied: hdrhistogram::Histogram<u64>,
     delivered: u64,
+    /// Data frames the readers received (a server may merge updates into one frame).
+    frames: u64,
     expected: u64,
     readers_missing: usize,
     secs: f64,
@@ -1008,7 +1013,7 @@ async fn run_fanout(
             let mut seen = vec![false; count];
             let mut latency = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
                 .expect("histogram");
-            let mut got = 0;
+            let (mut got, mut frames) = (0, 0u64);
             while got < count {
                 let left = deadline.saturating_duration_since(Instant::now());
                 let frame = match tokio::time::timeout(left, socket.next()).await {
@@ -1020,7 +1025,9 @@ async fn run_fanout(
                     Ok(Some(Ok(_))) => continue,
                     _ => break,
                 };
-                for (n, t) in find_markers(&frame) {
+                let markers = find_markers(&frame);
+                frames += u64::from(!markers.is_empty());
+                for (n, t) in markers {
                     if n < count && !seen[n] {
                         seen[n] = true;
                         got += 1;
@@ -1029,14 +1036,20 @@ async fn run_fanout(
                     }
                 }
             }
-            (latency, got, origin.elapsed(), proxied)
+            (latency, got, frames, origin.elapsed(), proxied)
         }));
         if i % 50 == 49 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+    drop(ready_tx);
     for _ in 0..readers {
-        ready.recv().await.expect("a reader failed to connect");
+        // A reader that failed to connect (its panic says why) never reports: stop then
+        // instead of waiting for it forever.
+        match tokio::time::timeout(Duration::from_secs(60), ready.recv()).await {
+            Ok(Some(())) => {}
+            _ => panic!("a reader did not connect and sync within 60 s ({url}/{room})"),
+        }
     }
     let connect_secs = origin.elapsed().as_secs_f64();
     let doc = Doc::new();
@@ -1062,9 +1075,11 @@ async fn run_fanout(
     let histogram =
         || hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram");
     let (mut latency, mut direct, mut relayed) = (histogram(), histogram(), histogram());
-    let (mut delivered, mut readers_missing, mut last) = (0u64, 0usize, Duration::ZERO);
+    let (mut delivered, mut frames, mut readers_missing, mut last) =
+        (0u64, 0u64, 0usize, Duration::ZERO);
     for task in tasks {
-        let (h, got, done, proxied) = task.await.expect("reader task");
+        let (h, got, reader_frames, done, proxied) = task.await.expect("reader task");
+        frames += reader_frames;
         latency.add(&h).expect("merge histograms");
         if proxied { &mut relayed } else { &mut direct }
             .add(&h)
@@ -1078,6 +1093,7 @@ async fn run_fanout(
         direct,
         proxied: relayed,
         delivered,
+        frames,
         expected: (readers * count) as u64,
         readers_missing,
         secs: (last.saturating_sub(start.duration_since(origin))).as_secs_f64(),
@@ -1091,6 +1107,8 @@ fn fanout_json(r: &FanoutResult, readers: usize, rate: f64) -> serde_json::Value
         "readers": readers, "rate": rate, "delivered": r.delivered, "expected": r.expected,
         "readers_missing": r.readers_missing,
         "delivered_per_sec": r.delivered as f64 / r.secs.max(1e-9),
+        "frames_per_sec": r.frames as f64 / r.secs.max(1e-9),
+        "updates_per_frame": r.delivered as f64 / r.frames.max(1) as f64,
         "p50_ms": ms(0.50), "p95_ms": ms(0.95), "p99_ms": ms(0.99),
         "max_ms": r.latency.max() as f64 / 1000.0, "connect_secs": r.connect_secs,
     })
@@ -1133,23 +1151,38 @@ async fn fanout(
     println!("{json}");
 }
 
-async fn saturate(
-    url: String,
+/// What `saturate` runs: steps doubling from `start_rate` until one fails.
+struct SaturatePlan {
     readers: usize,
     start_rate: f64,
     step_secs: f64,
     p99_ms: f64,
     max_steps: usize,
-    proto: Proto,
-) {
+    pid: Option<u32>,
+}
+
+async fn saturate(url: String, plan: SaturatePlan, proto: Proto) {
+    let SaturatePlan {
+        readers,
+        start_rate,
+        step_secs,
+        p99_ms,
+        max_steps,
+        pid,
+    } = plan;
     let mut rate = start_rate;
     let mut best: Option<serde_json::Value> = None;
     let mut steps = Vec::new();
     for step in 0..max_steps {
         let room = format!("saturate{}-{step}", std::process::id());
         let count = (rate * step_secs).round().max(1.0) as usize;
+        let cpu_before = pid.map(cpu_secs);
         let result = run_fanout(&url, &room, readers, rate, count, None, proto).await;
-        let json = fanout_json(&result, readers, rate);
+        let mut json = fanout_json(&result, readers, rate);
+        if let (Some(pid), Some(before)) = (pid, cpu_before) {
+            // Over the whole step (readers connecting too), per second of sending.
+            json["server_cores"] = ((cpu_secs(pid) - before) / result.secs.max(1e-9)).into();
+        }
         let p99 = json["p99_ms"].as_f64().unwrap_or(f64::MAX);
         let ok = result.readers_missing == 0 && p99 <= p99_ms;
         eprintln!(
@@ -1591,11 +1624,17 @@ fn main() {
                 step_secs,
                 p99_ms,
                 max_steps,
+                pid,
             } => {
-                saturate(
-                    url, readers, start_rate, step_secs, p99_ms, max_steps, proto,
-                )
-                .await
+                let plan = SaturatePlan {
+                    readers,
+                    start_rate,
+                    step_secs,
+                    p99_ms,
+                    max_steps,
+                    pid,
+                };
+                saturate(url, plan, proto).await
             }
             Mode::Conns {
                 url,
