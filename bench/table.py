@@ -227,13 +227,13 @@ def main(path):
                    f"{fmt(get(r, 'tandem', label, 'publish_to_ack', 'p50_ms'), 2)} | "
                    f"{fmt(get(r, 'tandem', label, 'publish_to_ack', 'p99_ms'), 2)} |")
     out.append("")
-    # The sled vs PostgreSQL section comes from bench/stores.sh: carried over as it is.
+    # The sled vs PostgreSQL section (from bench/stores.sh) and the sections after it
+    # (written by hand: A/B runs, the cluster, the page) are carried over as they are.
     try:
         with open("BENCHMARKS.md") as f:
             current = f.read()
-        if "<!-- stores:begin -->" in current and "<!-- stores:end -->" in current:
-            block = current.split("<!-- stores:begin -->", 1)[1].split("<!-- stores:end -->", 1)[0]
-            out.append("<!-- stores:begin -->" + block + "<!-- stores:end -->")
+        if "<!-- stores:begin -->" in current:
+            out.append("<!-- stores:begin -->" + current.split("<!-- stores:begin -->", 1)[1].rstrip("\n"))
     except FileNotFoundError:
         pass
     print("\n".join(out))
