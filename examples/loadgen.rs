@@ -96,21 +96,8 @@ enum Mode {
         /// The server's process id (for RSS).
         #[arg(long)]
         pid: u32,
-        /// Rooms to open.
-        #[arg(long, default_value_t = 1000)]
-        rooms: usize,
-        /// Sessions per room.
-        #[arg(long, default_value_t = 2)]
-        sessions: usize,
-        /// Characters of text the room's first session writes (one insert, which every
-        /// other session receives before the next room opens), as real rooms hold content.
-        #[arg(long, default_value_t = 0)]
-        text_chars: usize,
-        /// Seconds to wait after the last room opened before reading RSS (a server may
-        /// compact what rooms hold once they are idle: Tandem freezes unused documents
-        /// after `--doc-freeze-secs`).
-        #[arg(long, default_value_t = 2.0)]
-        settle_secs: f64,
+        #[command(flatten)]
+        plan: RoomsPlan,
     },
     /// Concurrent decode-amplification frames; RSS before/after/peak.
     Amplify {
@@ -197,24 +184,8 @@ enum Mode {
         /// WebSocket base of the rooms (see `rooms`).
         #[arg(long, default_value = "ws://127.0.0.1:4321/yjs")]
         url: String,
-        /// Readers in the room.
-        #[arg(long, default_value_t = 1000)]
-        readers: usize,
-        /// First rate (updates/s); each step doubles it.
-        #[arg(long, default_value_t = 25.0)]
-        start_rate: f64,
-        /// Seconds per step.
-        #[arg(long, default_value_t = 5.0)]
-        step_secs: f64,
-        /// A step fails when its p99 exceeds this.
-        #[arg(long, default_value_t = 500.0)]
-        p99_ms: f64,
-        /// At most this many steps.
-        #[arg(long, default_value_t = 8)]
-        max_steps: usize,
-        /// The server's process id: each step also reports the cores it used.
-        #[arg(long)]
-        pid: Option<u32>,
+        #[command(flatten)]
+        plan: SaturatePlan,
     },
     /// As many idle WebSocket connections as asked; server RSS per connection.
     Conns {
@@ -500,11 +471,23 @@ async fn follow(socket: &mut Peer, doc: &Doc, target: &StateVector, limit: Durat
 }
 
 /// What `rooms` opens and how long it waits before reading RSS.
+#[derive(clap::Args)]
 struct RoomsPlan {
+    /// Rooms to open.
+    #[arg(long, default_value_t = 1000)]
     rooms: usize,
+    /// Sessions per room.
+    #[arg(long, default_value_t = 2)]
     sessions: usize,
+    /// Characters of text the room's first session writes (one insert, which every
+    /// other session receives before the next room opens), as real rooms hold content.
+    #[arg(long, default_value_t = 0)]
     text_chars: usize,
-    settle: Duration,
+    /// Seconds to wait after the last room opened before reading RSS (a server may
+    /// compact what rooms hold once they are idle: Tandem freezes unused documents
+    /// after `--doc-freeze-secs`).
+    #[arg(long, default_value_t = 2.0)]
+    settle_secs: f64,
 }
 
 fn apply(doc: &Doc, update: &[u8]) {
@@ -518,8 +501,9 @@ async fn rooms(url: String, pid: u32, plan: RoomsPlan, proto: Proto) {
         rooms,
         sessions,
         text_chars,
-        settle,
+        settle_secs,
     } = plan;
+    let settle = Duration::from_secs_f64(settle_secs);
     let before = rss_kib(pid);
     let run = format!("idle{}", std::process::id());
     let text: String = "The quick brown fox jumps over the lazy dog. "
@@ -1152,12 +1136,25 @@ async fn fanout(
 }
 
 /// What `saturate` runs: steps doubling from `start_rate` until one fails.
+#[derive(clap::Args)]
 struct SaturatePlan {
+    /// Readers in the room.
+    #[arg(long, default_value_t = 1000)]
     readers: usize,
+    /// First rate (updates/s); each step doubles it.
+    #[arg(long, default_value_t = 25.0)]
     start_rate: f64,
+    /// Seconds per step.
+    #[arg(long, default_value_t = 5.0)]
     step_secs: f64,
+    /// A step fails when its p99 exceeds this.
+    #[arg(long, default_value_t = 500.0)]
     p99_ms: f64,
+    /// At most this many steps.
+    #[arg(long, default_value_t = 8)]
     max_steps: usize,
+    /// The server's process id: each step also reports the cores it used.
+    #[arg(long)]
     pid: Option<u32>,
 }
 
@@ -1566,22 +1563,7 @@ fn main() {
     }
     actix_rt::System::new().block_on(async move {
         match cli.mode {
-            Mode::Rooms {
-                url,
-                pid,
-                rooms: n,
-                sessions,
-                text_chars,
-                settle_secs,
-            } => {
-                let plan = RoomsPlan {
-                    rooms: n,
-                    sessions,
-                    text_chars,
-                    settle: Duration::from_secs_f64(settle_secs),
-                };
-                rooms(url, pid, plan, proto).await
-            }
+            Mode::Rooms { url, pid, plan } => rooms(url, pid, plan, proto).await,
             Mode::Amplify { url, pid, count } => amplify(url, pid, count).await,
             Mode::SlowReaders {
                 url,
@@ -1617,25 +1599,7 @@ fn main() {
                 proxied_url,
                 room,
             } => fanout(url, readers, rate, secs, proxied_url, room, proto).await,
-            Mode::Saturate {
-                url,
-                readers,
-                start_rate,
-                step_secs,
-                p99_ms,
-                max_steps,
-                pid,
-            } => {
-                let plan = SaturatePlan {
-                    readers,
-                    start_rate,
-                    step_secs,
-                    p99_ms,
-                    max_steps,
-                    pid,
-                };
-                saturate(url, plan, proto).await
-            }
+            Mode::Saturate { url, plan } => saturate(url, plan, proto).await,
             Mode::Conns {
                 url,
                 pid,
