@@ -49,11 +49,13 @@ pub struct Registry {
     rooms: HashMap<RoomName, (u64, Addr<Room>)>,
     arbiters: Vec<ArbiterHandle>,
     store: Arc<dyn Store>,
-    config: RoomConfig,
+    config: Arc<RoomConfig>,
     next_activation: u64,
     shutting_down: bool,
     max_rooms: usize,
     placement: Option<Arc<Placement>>,
+    /// Where rooms report that they stopped: made once, shared by every room.
+    recipient: Option<Arc<Recipient<Deactivated>>>,
 }
 
 /// The ring changed: hand off the rooms this node no longer owns.
@@ -66,7 +68,7 @@ impl Registry {
     pub fn new(
         store: Arc<dyn Store>,
         arbiters: Vec<ArbiterHandle>,
-        config: RoomConfig,
+        config: Arc<RoomConfig>,
         max_rooms: usize,
     ) -> Self {
         assert!(
@@ -82,6 +84,7 @@ impl Registry {
             shutting_down: false,
             max_rooms,
             placement: None,
+            recipient: None,
         }
     }
 
@@ -183,7 +186,10 @@ impl Handler<GetRoom> for Registry {
             Arc::clone(&self.store),
             self.config.clone(),
         );
-        let registry = ctx.address().recipient();
+        let registry = Arc::clone(
+            self.recipient
+                .get_or_insert_with(|| Arc::new(ctx.address().recipient())),
+        );
         let addr = Room::start_in_arbiter(self.arbiter_for(&msg.name), move |_| {
             Room::new(name, activation, store, registry, config)
         });

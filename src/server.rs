@@ -202,7 +202,7 @@ pub async fn run_listening(
     let mut registry = Registry::new(
         Arc::clone(&store),
         arbiters.iter().map(Arbiter::handle).collect(),
-        config.room.clone(),
+        Arc::new(config.room.clone()),
         config.max_rooms,
     );
     if let Some((placement, _)) = &placement {
@@ -210,7 +210,7 @@ pub async fn run_listening(
     }
     let registry = registry.start();
     let state = web::Data::new(AppState {
-        registry: registry.clone(),
+        registry: Arc::new(registry.clone()),
         store,
         config: config.clone(),
         auth: Arc::new(auth),

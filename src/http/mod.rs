@@ -41,8 +41,9 @@ use crate::storage::Store;
 
 /// What every handler can reach.
 pub struct AppState {
-    /// The room registry.
-    pub registry: Addr<Registry>,
+    /// The room registry (one handle shared by every session: cloning an `Addr`
+    /// allocates).
+    pub registry: Arc<Addr<Registry>>,
     /// The store (for readiness).
     pub store: Arc<dyn Store>,
     /// The running configuration.

@@ -25,7 +25,9 @@ use tracing::{debug, info, warn};
 
 use super::history::{self, PageRequest, StreamView};
 use super::members::{Connection, Role};
-use super::{AfterFlush, DurableReply, Outbound, Outbox, Room, RoomError, SessionId, Unavailable};
+use super::{
+    AfterFlush, DurableReply, Outbound, Outbox, Room, RoomAddr, RoomError, SessionId, Unavailable,
+};
 use crate::auth::{Access, ANONYMOUS_PREFIX};
 use crate::metrics;
 use crate::protocol::close;
@@ -60,7 +62,7 @@ pub struct StreamConfig {
 
 /// A WebSocket or SSE connection joins the room's stream.
 #[derive(Message)]
-#[rtype(result = "Result<Addr<Room>, RoomError>")]
+#[rtype(result = "Result<RoomAddr, RoomError>")]
 pub struct ChatJoin {
     /// The connection.
     pub session: SessionId,
@@ -622,7 +624,7 @@ impl Room {
 }
 
 impl Handler<ChatJoin> for Room {
-    type Result = AtomicResponse<Self, Result<Addr<Room>, RoomError>>;
+    type Result = AtomicResponse<Self, Result<RoomAddr, RoomError>>;
 
     fn handle(&mut self, msg: ChatJoin, _ctx: &mut Self::Context) -> Self::Result {
         if self.stopping {
@@ -630,7 +632,7 @@ impl Handler<ChatJoin> for Room {
         }
         let max_bytes = self.config.stream.max_replay_bytes;
         AtomicResponse::new(Box::pin(self.chat_loaded().then(
-            move |loaded, room, _ctx| -> RoomFuture<Result<Addr<Room>, RoomError>> {
+            move |loaded, room, _ctx| -> RoomFuture<Result<RoomAddr, RoomError>> {
                 if let Err(e) = loaded {
                     return done(Err(e));
                 }
@@ -651,7 +653,7 @@ impl Handler<ChatJoin> for Room {
                         return Err(RoomError::Unavailable(Unavailable::Stopping));
                     }
                     room.chat_join(msg, recovered, messages)?;
-                    Ok(ctx.address())
+                    Ok(room.shared_address(ctx))
                 }))
             },
         )))

@@ -80,6 +80,9 @@ pub struct RoomConfig {
     pub freeze_after: Option<Duration>,
 }
 
+/// A room's address as sessions hold it: one per room, shared.
+pub type RoomAddr = Arc<Addr<Room>>;
+
 /// Something for a session to do: send a frame or close.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
@@ -98,7 +101,7 @@ pub enum Outbound {
 /// A session joins the room; the room greets it with SyncStep1 and the awareness states,
 /// and answers with its own address for the session's later messages.
 #[derive(Message)]
-#[rtype(result = "Result<Addr<Room>, RoomError>")]
+#[rtype(result = "Result<RoomAddr, RoomError>")]
 pub struct Join {
     /// The joining session.
     pub session: SessionId,
@@ -223,8 +226,11 @@ pub struct Room {
     name: RoomName,
     activation: u64,
     store: Arc<dyn Store>,
-    registry: Recipient<Deactivated>,
-    config: RoomConfig,
+    registry: Arc<Recipient<Deactivated>>,
+    /// Shared by every room of the node.
+    config: Arc<RoomConfig>,
+    /// The address handed to joining sessions, made once: each `Addr` clone allocates.
+    address: Option<RoomAddr>,
     document: Document,
     /// Everyone connected: y-websocket sessions and chat members.
     members: Members,
@@ -265,8 +271,8 @@ impl Room {
         name: RoomName,
         activation: u64,
         store: Arc<dyn Store>,
-        registry: Recipient<Deactivated>,
-        config: RoomConfig,
+        registry: Arc<Recipient<Deactivated>>,
+        config: Arc<RoomConfig>,
     ) -> Self {
         Self {
             name,
@@ -274,6 +280,7 @@ impl Room {
             store,
             registry,
             config,
+            address: None,
             document: Document::new(),
             members: Members::default(),
             chat: None,
@@ -313,6 +320,11 @@ impl Room {
             "room activated"
         );
         Ok(())
+    }
+
+    /// This room's address for a joining session (the same one for all of them).
+    fn shared_address(&mut self, ctx: &Context<Self>) -> RoomAddr {
+        Arc::clone(self.address.get_or_insert_with(|| Arc::new(ctx.address())))
     }
 
     fn tick_interval(&self) -> Duration {
@@ -888,7 +900,7 @@ impl Actor for Room {
 }
 
 impl Handler<Join> for Room {
-    type Result = Result<Addr<Room>, RoomError>;
+    type Result = Result<RoomAddr, RoomError>;
 
     fn handle(&mut self, msg: Join, ctx: &mut Self::Context) -> Self::Result {
         if self.stopping {
@@ -919,7 +931,7 @@ impl Handler<Join> for Room {
                 },
             },
         );
-        Ok(ctx.address())
+        Ok(self.shared_address(ctx))
     }
 }
 

@@ -36,8 +36,8 @@ use crate::protocol::close::{self, Close};
 use crate::protocol::ysync::{DecodeError, Message as SyncMessage};
 use crate::registry::{send_to_room, Registry};
 use crate::room::{
-    ChatJoin, ChatRequest, Join, Leave, Outbound, Outbox, Receive, Room, RoomError, RoomName,
-    SessionId, HARD_FACTOR, SLOW_GRACE,
+    ChatJoin, ChatRequest, Join, Leave, Outbound, Outbox, Receive, Room, RoomAddr, RoomError,
+    RoomName, SessionId, HARD_FACTOR, SLOW_GRACE,
 };
 use crate::stream::wire::{self, ErrorCode, Request};
 use crate::stream::ResumeFrom;
@@ -107,7 +107,7 @@ pub struct SessionPlan {
     auth: Arc<Authenticator>,
     /// How long the session may live on its token (None: the server is open).
     expires_in: Option<Duration>,
-    registry: Addr<Registry>,
+    registry: Arc<Addr<Registry>>,
     config: Arc<SessionConfig>,
     connections: Arc<AtomicUsize>,
     shutdown: watch::Receiver<bool>,
@@ -123,7 +123,7 @@ impl SessionPlan {
         room_name: RoomName,
         grant: &Grant,
         auth: Arc<Authenticator>,
-        registry: Addr<Registry>,
+        registry: Arc<Addr<Registry>>,
         config: Arc<SessionConfig>,
         connections: Arc<AtomicUsize>,
         shutdown: watch::Receiver<bool>,
@@ -229,8 +229,8 @@ pub struct Session {
     expires_in: Option<Duration>,
     /// The timer that closes the session when its token expires.
     expiry: Option<SpawnHandle>,
-    registry: Addr<Registry>,
-    room: Option<Addr<Room>>,
+    registry: Arc<Addr<Registry>>,
+    room: Option<RoomAddr>,
     config: Arc<SessionConfig>,
     last_heard: Instant,
     last_sent: Instant,
@@ -680,7 +680,7 @@ impl Session {
     /// back the socket's frames until the room has answered.
     fn join<M>(&mut self, make: impl Fn(Outbox) -> M + 'static, ctx: &mut Context<Self>)
     where
-        M: Message<Result = Result<Addr<Room>, RoomError>> + Send + 'static,
+        M: Message<Result = Result<RoomAddr, RoomError>> + Send + 'static,
         Room: Handler<M>,
         <Room as Actor>::Context: ToEnvelope<Room, M>,
     {
@@ -695,7 +695,7 @@ impl Session {
     }
 
     /// The room's answer to a join (y-websocket or chat).
-    fn joined(&mut self, result: Result<Addr<Room>, RoomError>, ctx: &mut Context<Self>) {
+    fn joined(&mut self, result: Result<RoomAddr, RoomError>, ctx: &mut Context<Self>) {
         match result {
             Ok(room) => self.room = Some(room),
             Err(e) => {

@@ -21,7 +21,7 @@ use crate::auth::Access;
 use crate::metrics;
 use crate::protocol::close::{self, Close};
 use crate::registry::{send_to_room, Registry};
-use crate::room::{ChatJoin, Leave, Outbound, Outbox, Room, RoomError, RoomName, SessionId};
+use crate::room::{ChatJoin, Leave, Outbound, Outbox, RoomAddr, RoomError, RoomName, SessionId};
 use crate::stream::wire::Event;
 use crate::stream::ResumeFrom;
 
@@ -48,8 +48,8 @@ pub struct Subscriber {
 pub struct SseSession {
     id: SessionId,
     room_name: RoomName,
-    registry: Addr<Registry>,
-    room: Option<Addr<Room>>,
+    registry: Arc<Addr<Registry>>,
+    room: Option<RoomAddr>,
     config: Arc<SessionConfig>,
     subscriber: Option<Subscriber>,
     out: mpsc::UnboundedSender<Bytes>,
@@ -65,7 +65,7 @@ impl SseSession {
     pub fn start(
         room_name: RoomName,
         subscriber: Subscriber,
-        registry: Addr<Registry>,
+        registry: Arc<Addr<Registry>>,
         config: Arc<SessionConfig>,
         connections: Arc<AtomicUsize>,
     ) -> impl Stream<Item = Result<Bytes, Infallible>> {
@@ -163,17 +163,20 @@ impl Actor for SseSession {
             })
             .await?
         };
-        ctx.wait(join.into_actor(self).map(
-            |result: Result<Addr<Room>, RoomError>, session, ctx| match result {
-                Ok(room) => session.room = Some(room),
-                Err(e) => {
-                    if !matches!(e, RoomError::Full { .. }) {
-                        warn!(room = %session.room_name, error = %e, "could not join room");
-                    }
-                    session.close(e.close(), &e.public_message(), ctx);
-                }
-            },
-        ));
+        ctx.wait(
+            join.into_actor(self)
+                .map(
+                    |result: Result<RoomAddr, RoomError>, session, ctx| match result {
+                        Ok(room) => session.room = Some(room),
+                        Err(e) => {
+                            if !matches!(e, RoomError::Full { .. }) {
+                                warn!(room = %session.room_name, error = %e, "could not join room");
+                            }
+                            session.close(e.close(), &e.public_message(), ctx);
+                        }
+                    },
+                ),
+        );
     }
 
     fn stopping(&mut self, _ctx: &mut Self::Context) -> Running {
