@@ -7,6 +7,10 @@
 //! `protocol::update_check` has walked (every declared count and length checked against the
 //! bytes that remain), and every call into yrs that reads client bytes runs under
 //! `catch_unwind`, so a yrs bug on hostile input becomes an error, not a dead thread.
+//!
+//! It also owns freezing: an unused document held as its encoded state and thawed on use.
+//! When to freeze is the room's decision (its tick); the awareness table is
+//! `room::awareness`.
 
 use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -76,9 +80,10 @@ enum Crdt {
 
 /// A Yjs document plus its awareness states.
 ///
-/// An unused document can be frozen ([`Document::freeze`]): held as its encoded state,
-/// typically a tenth of the memory of yrs's live structures, and thawed by the next
-/// operation that needs it. Freezing changes no observable behaviour.
+/// An unused document can be frozen ([`Document::freeze_if_unused`]): held as its encoded
+/// state, a fraction of yrs's live structures (0.15 KiB against 1.5 KiB for a 100-character
+/// text), and thawed by the next operation that needs it. Freezing changes nothing a
+/// client or the store sees.
 pub struct Document {
     crdt: Crdt,
     /// When an operation last needed the live document.
