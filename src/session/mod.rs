@@ -10,6 +10,7 @@
 //! Leave is sent when the session begins to close or stops, so a session can never be
 //! forgotten by its room. Flow control (message rate, unread outbox bytes) is in [`limits`].
 
+mod clock;
 mod framing;
 mod limits;
 mod socket;
@@ -169,25 +170,23 @@ impl SessionPlan {
             pending,
             self.config.max_message_bytes,
         );
-        let mut shutdown = self.shutdown;
         let now = Instant::now();
         let rate = (self.config.max_messages_per_sec > 0).then(|| {
             let per_sec = f64::from(self.config.max_messages_per_sec);
             TokenBucket::new(per_sec, (2.0 * per_sec).max(10.0), now)
         });
+        let id = SessionId(NEXT_SESSION.fetch_add(1, Ordering::Relaxed));
+        let mut refuse = self.refuse;
         Session::create(move |ctx| {
             ctx.add_stream(reader);
-            // Shutdown reaches every session, joined to a room or not.
-            let going_away = async move { shutdown.wait_for(|&down| down).await.is_ok() };
-            ctx.spawn(
-                fut::wrap_future::<_, Session>(going_away).map(|down, session, ctx| {
-                    if down {
-                        session.close(ctx, close::GOING_AWAY, "");
-                    }
-                }),
-            );
+            // The thread's clock ticks the heartbeat and brings the shutdown to every
+            // session, joined to a room or not.
+            let every = self.config.heartbeat_interval;
+            if !clock::join(id, ctx.address().downgrade(), every, &self.shutdown) {
+                refuse = Some(close::GOING_AWAY);
+            }
             Session {
-                id: SessionId(NEXT_SESSION.fetch_add(1, Ordering::Relaxed)),
+                id,
                 room_name: self.room_name,
                 access: self.access,
                 auth: self.auth,
@@ -205,7 +204,7 @@ impl SessionPlan {
                 slow_check_scheduled: false,
                 last_throttled: None,
                 connections: self.connections,
-                refuse: self.refuse,
+                refuse,
                 protocol: self.protocol,
                 writer: FrameWriter::new(io),
                 gate,
@@ -804,7 +803,6 @@ impl Actor for Session {
         if let Some(left) = self.expires_in.take() {
             self.arm_expiry(left, ctx);
         }
-        ctx.run_interval(self.config.heartbeat_interval, Self::heartbeat);
         if self.is_chat() {
             return; // joins on the client's `join` request
         }
@@ -828,8 +826,20 @@ impl Actor for Session {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        clock::leave(self.id);
         metrics::get().connections.dec();
         self.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Handler<clock::Beat> for Session {
+    type Result = ();
+
+    fn handle(&mut self, beat: clock::Beat, ctx: &mut Self::Context) {
+        match beat {
+            clock::Beat::Tick => self.heartbeat(ctx),
+            clock::Beat::GoingAway => self.close(ctx, close::GOING_AWAY, ""),
+        }
     }
 }
 
