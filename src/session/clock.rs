@@ -6,7 +6,9 @@
 //! Why not a timer and a shutdown watcher in each session: both come to every session at
 //! once, and per session they cost a timer entry and two spawned futures (about 300 bytes
 //! of every idle connection). Here a session costs one map entry and a weak address.
-//! A session's first tick comes within one interval of its start, as its own timer's did.
+//! A session's first tick comes within one interval of its start. The sessions are ticked
+//! in [`SLICES`] groups spread over the interval, not all at once: a thread with thousands
+//! of sessions would otherwise queue thousands of pings in one go, every interval.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -18,6 +20,9 @@ use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
 use super::Session;
 use crate::room::SessionId;
+
+/// Groups of sessions ticked one after the other within an interval.
+const SLICES: u32 = 8;
 
 /// What the clock tells a session.
 #[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,17 +82,23 @@ pub(super) fn leave(id: SessionId) {
     });
 }
 
-/// The thread's clock task: a tick every `every`, and the shutdown once.
+/// The thread's clock task: every session ticked once per `every` (a slice of them at a
+/// time), and the shutdown once.
 fn start(every: Duration, mut shutdown: watch::Receiver<bool>) {
     actix::spawn(async move {
-        let mut ticks = interval_at(Instant::now() + every, every);
+        let step = every / SLICES;
+        let mut ticks = interval_at(Instant::now() + step, step);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut slice = 0;
         loop {
             tokio::select! {
-                _ = ticks.tick() => tell_all(Beat::Tick),
+                _ = ticks.tick() => {
+                    tell(Beat::Tick, Some(slice));
+                    slice = (slice + 1) % SLICES;
+                }
                 // An error means the server is gone: its sessions go too.
                 _ = shutdown.wait_for(|&down| down) => {
-                    tell_all(Beat::GoingAway);
+                    tell(Beat::GoingAway, None);
                     return;
                 }
             }
@@ -95,8 +106,14 @@ fn start(every: Duration, mut shutdown: watch::Receiver<bool>) {
     });
 }
 
-/// Sends `beat` to every live session of this thread (after shutdown, no one joins).
-fn tell_all(beat: Beat) {
+/// The slice of the interval in which `id` is ticked.
+fn slice_of(id: SessionId) -> u32 {
+    (id.0 % u64::from(SLICES)) as u32
+}
+
+/// Sends `beat` to the live sessions of this thread in `slice`, or to all of them (after
+/// shutdown, no one joins).
+fn tell(beat: Beat, slice: Option<u32>) {
     let sessions: Vec<_> = CLOCK.with(|clock| {
         let mut clock = clock.borrow_mut();
         let Some(clock) = clock.as_mut() else {
@@ -105,16 +122,42 @@ fn tell_all(beat: Beat) {
         clock.shut_down |= beat == Beat::GoingAway;
         let mut live = Vec::with_capacity(clock.sessions.len());
         // A session leaves when it stops; one that could not is dropped here.
-        clock.sessions.retain(|_, session| match session.upgrade() {
-            Some(addr) => {
-                live.push(addr);
-                true
+        clock.sessions.retain(|&id, session| {
+            if slice.is_some_and(|slice| slice != slice_of(id)) {
+                return true;
             }
-            None => false,
+            match session.upgrade() {
+                Some(addr) => {
+                    live.push(addr);
+                    true
+                }
+                None => false,
+            }
         });
         live
     });
     for session in sessions {
         session.do_send(beat);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_round_of_slices_ticks_every_session_once_and_spreads_them() {
+        let mut ticked = vec![0; 1000];
+        let mut per_slice = [0; SLICES as usize];
+        for slice in 0..SLICES {
+            for (id, count) in ticked.iter_mut().enumerate() {
+                if slice_of(SessionId(id as u64)) == slice {
+                    *count += 1;
+                    per_slice[slice as usize] += 1;
+                }
+            }
+        }
+        assert!(ticked.iter().all(|&n| n == 1));
+        assert!(per_slice.iter().all(|&n| n == 1000 / SLICES as usize));
     }
 }
