@@ -136,11 +136,11 @@ impl Document {
     }
 
     /// Holds the document as its encoded state until it is next needed, unless it holds
-    /// pending updates or was needed within `unused_for`. Returns whether it is frozen now
-    /// (true too when it already was).
+    /// pending updates, was needed within `unused_for`, or is frozen already. Returns
+    /// whether this call froze it.
     pub fn freeze_if_unused(&mut self, unused_for: Duration) -> bool {
         let Crdt::Live(doc) = &self.crdt else {
-            return true;
+            return false;
         };
         if self.last_used.elapsed() < unused_for || doc.transact().has_missing_updates() {
             return false;

@@ -815,9 +815,8 @@ impl Room {
         self.close_slow_sessions(slow);
         self.chat_tick(ctx);
         if let Some(after) = self.config.freeze_after {
-            let was_frozen = self.document.is_frozen();
             let quiet = !self.reloading && self.inbox.is_empty();
-            if quiet && self.document.freeze_if_unused(after) && !was_frozen {
+            if quiet && self.document.freeze_if_unused(after) {
                 metrics::get().document_freezes.inc();
             }
         }
