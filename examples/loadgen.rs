@@ -2,8 +2,8 @@
 //! count and time; results are one JSON line on stdout.
 //!
 //! Modes:
-//! - `rooms`: open ROOMS × SESSIONS idle, synced y-websocket sessions and report the
-//!   server's RSS growth per room (needs the server's PID, read from /proc);
+//! - `rooms`: open ROOMS × SESSIONS idle, synced y-websocket sessions (which answer pings,
+//!   as browsers do) and report the server's RSS growth per room (needs the server's PID, read from /proc);
 //! - `trace`: replay a real editing trace (automerge-paper.json.gz) through the server from
 //!   a writer while an observer receives it; report the time until the observer holds the
 //!   trace's final text, the server's CPU time for it, and — measured in the same run — the
@@ -87,7 +87,7 @@ enum Proto {
 
 #[derive(Subcommand)]
 enum Mode {
-    /// Idle rooms with synced sessions; RSS per room.
+    /// Idle rooms with synced sessions (answering pings); RSS per room.
     Rooms {
         /// WebSocket base of the rooms: ws://HOST:PORT/yjs for Tandem, ws://HOST:PORT for
         /// the reference y-websocket server.
@@ -535,7 +535,15 @@ async fn rooms(url: String, pid: u32, plan: RoomsPlan, proto: Proto) {
                 follow(socket, doc, &target, Duration::from_secs(30)).await;
             }
         }
-        open.extend(room.into_iter().map(|(socket, _)| socket));
+        // Idle clients stay live as a browser's do: they answer the server's pings.
+        open.extend(room.into_iter().map(|(mut peer, _)| {
+            actix_rt::spawn(async move {
+                while next_message(&mut peer, Duration::from_secs(3600))
+                    .await
+                    .is_some()
+                {}
+            })
+        }));
     }
     let connect_secs = started.elapsed().as_secs_f64();
     tokio::time::sleep(settle).await;
@@ -552,7 +560,9 @@ async fn rooms(url: String, pid: u32, plan: RoomsPlan, proto: Proto) {
             "connect_secs": connect_secs,
         })
     );
-    drop(open);
+    for client in open {
+        client.abort();
+    }
 }
 
 async fn amplify(url: String, pid: u32, count: usize) {

@@ -137,6 +137,10 @@ impl InFlight {
                 while self.probes.front().is_some_and(|&(_, c)| c <= self.read) {
                     self.probes.pop_front();
                 }
+                if self.probes.is_empty() {
+                    // A live client answers every probe: its idle session holds no queue.
+                    self.probes = VecDeque::new();
+                }
             }
         }
     }
