@@ -20,15 +20,20 @@ use futures_util::future::join_all;
 
 use crate::cluster::placement::{Owner, Placement};
 use crate::metrics;
-use crate::room::{Deactivated, Room, RoomConfig, RoomError, RoomName, Shutdown, Unavailable};
+use crate::room::{
+    Deactivated, Room, RoomAddr, RoomConfig, RoomError, RoomName, Shutdown, Unavailable,
+};
 use crate::storage::Store;
 
 /// How many times [`send_to_room`] asks again after finding a room stopped.
 const ROOM_RETRIES: u32 = 6;
 
+/// Messages a room's mailbox holds before senders wait (actix's default).
+const ROOM_MAILBOX: usize = 16;
+
 /// Returns the address of a room's actor, activating it if needed.
 #[derive(Message)]
-#[rtype(result = "Result<Addr<Room>, RoomError>")]
+#[rtype(result = "Result<RoomAddr, RoomError>")]
 pub struct GetRoom {
     /// The room.
     pub name: RoomName,
@@ -46,7 +51,7 @@ pub struct ActiveRooms;
 
 /// The registry actor.
 pub struct Registry {
-    rooms: HashMap<RoomName, (u64, Addr<Room>)>,
+    rooms: HashMap<RoomName, (u64, RoomAddr)>,
     arbiters: Vec<ArbiterHandle>,
     store: Arc<dyn Store>,
     config: Arc<RoomConfig>,
@@ -101,6 +106,22 @@ impl Registry {
     }
 }
 
+/// Starts the room `make` builds on `arbiter`, handing it its own address: the one address
+/// the registry, the room and every session of it share (each `Addr` clone allocates).
+fn start_room(
+    arbiter: &ArbiterHandle,
+    make: impl FnOnce(RoomAddr) -> Room + Send + 'static,
+) -> RoomAddr {
+    let (sender, receiver) = actix::dev::channel::channel(ROOM_MAILBOX);
+    let address: RoomAddr = Arc::new(Addr::new(sender));
+    let own = Arc::clone(&address);
+    arbiter.spawn_fn(move || {
+        let context = Context::with_receiver(receiver);
+        actix::spawn(context.into_future(make(own)));
+    });
+    address
+}
+
 impl Actor for Registry {
     type Context = Context<Self>;
 
@@ -152,12 +173,12 @@ impl Handler<RingChanged> for Registry {
 }
 
 impl Handler<GetRoom> for Registry {
-    type Result = Result<Addr<Room>, RoomError>;
+    type Result = Result<RoomAddr, RoomError>;
 
     fn handle(&mut self, msg: GetRoom, ctx: &mut Self::Context) -> Self::Result {
         if let Some((_, addr)) = self.rooms.get(&msg.name) {
             if addr.connected() {
-                return Ok(addr.clone());
+                return Ok(Arc::clone(addr));
             }
         }
         if self.shutting_down {
@@ -190,10 +211,10 @@ impl Handler<GetRoom> for Registry {
             self.recipient
                 .get_or_insert_with(|| Arc::new(ctx.address().recipient())),
         );
-        let addr = Room::start_in_arbiter(self.arbiter_for(&msg.name), move |_| {
-            Room::new(name, activation, store, registry, config)
+        let addr = start_room(self.arbiter_for(&msg.name), move |own| {
+            Room::new(own, name, activation, store, registry, config)
         });
-        self.rooms.insert(msg.name, (activation, addr.clone()));
+        self.rooms.insert(msg.name, (activation, Arc::clone(&addr)));
         Ok(addr)
     }
 }
@@ -225,7 +246,7 @@ impl Handler<ShutdownAll> for Registry {
 
     fn handle(&mut self, _msg: ShutdownAll, _ctx: &mut Self::Context) -> Self::Result {
         self.shutting_down = true;
-        let rooms: Vec<Addr<Room>> = self.rooms.values().map(|(_, a)| a.clone()).collect();
+        let rooms: Vec<RoomAddr> = self.rooms.values().map(|(_, a)| Arc::clone(a)).collect();
         Box::pin(async move {
             join_all(
                 rooms

@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use super::history::{self, PageRequest, StreamView};
-use super::members::{Connection, Role};
+use super::members::{ChatRole, Connection, Role};
 use super::{
     AfterFlush, DurableReply, Outbound, Outbox, Room, RoomAddr, RoomError, SessionId, Unavailable,
 };
@@ -487,10 +487,10 @@ impl Room {
             Connection {
                 outbox: msg.outbox,
                 access: msg.access,
-                role: Role::Chat {
+                role: Role::Chat(Box::new(ChatRole {
                     key_subject: msg.subject.unwrap_or_default(),
                     sender,
-                },
+                })),
             },
         );
         metrics::get().chat_members.inc();
@@ -532,16 +532,14 @@ impl Room {
     fn on_chat_request(&mut self, session: SessionId, request: Request, ctx: &mut Context<Self>) {
         let Some(Connection {
             access,
-            role: Role::Chat {
-                sender,
-                key_subject,
-            },
+            role: Role::Chat(member),
             ..
         }) = self.members.chat(&session)
         else {
             return; // closed by the room already; late requests are dropped
         };
-        let (access, sender, key_subject) = (*access, sender.clone(), key_subject.clone());
+        let (access, sender, key_subject) =
+            (*access, member.sender.clone(), member.key_subject.clone());
         match request {
             // The session answers refreshes itself; one never reaches the room.
             Request::Refresh { .. } => {}
@@ -647,13 +645,13 @@ impl Handler<ChatJoin> for Room {
                     msg.resume.clone(),
                     max_bytes,
                 );
-                Box::pin(replay.into_actor(room).map(move |replayed, room, ctx| {
+                Box::pin(replay.into_actor(room).map(move |replayed, room, _| {
                     let (recovered, messages) = replayed?;
                     if room.stopping {
                         return Err(RoomError::Unavailable(Unavailable::Stopping));
                     }
                     room.chat_join(msg, recovered, messages)?;
-                    Ok(room.shared_address(ctx))
+                    Ok(room.shared_address())
                 }))
             },
         )))

@@ -12,7 +12,6 @@
 //! When to freeze is the room's decision (its tick); the awareness table is
 //! `room::awareness`.
 
-use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
@@ -293,7 +292,7 @@ impl Document {
 
     /// Marks `clients` as gone and returns the awareness payload announcing it, or `None`
     /// when none of them had a state.
-    pub fn remove_awareness(&mut self, clients: &HashSet<u64>) -> Option<Vec<u8>> {
+    pub fn remove_awareness(&mut self, clients: &[u64]) -> Option<Vec<u8>> {
         self.awareness.remove(clients.iter().copied())
     }
 }
@@ -551,7 +550,7 @@ mod tests {
         let change = document.apply_awareness(&payload).unwrap();
         assert_eq!(change.present, vec![9]);
         assert!(document.awareness_states().is_some());
-        let removal = document.remove_awareness(&HashSet::from([9, 10])).unwrap();
+        let removal = document.remove_awareness(&[9, 10]).unwrap();
         let entries = ysync::parse_awareness(&removal).unwrap();
         assert_eq!(entries.len(), 1);
         assert_eq!((entries[0].client_id, entries[0].json), (9, "null"));

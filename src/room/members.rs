@@ -4,7 +4,7 @@
 //! subject). It hands frames and events to outboxes and reports who could not take them;
 //! what that means (closing a slow client) is the room's decision. No actor, no store.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -13,17 +13,35 @@ use super::{Outbound, Outbox, SessionId};
 use crate::id::Access;
 use crate::stream::wire::Event;
 
-/// What a connection is in the room.
+/// What a connection is in the room. (Kept small: every connection of every room holds
+/// one, and the larger chat side is boxed.)
 pub(super) enum Role {
-    /// A y-websocket session, with the awareness client ids it has announced.
-    Doc { clients: HashSet<u64> },
+    /// A y-websocket session, with the awareness client ids it has announced: sorted, no
+    /// duplicates (a session usually carries one, for which a list is smaller than a set).
+    Doc { clients: Vec<u64> },
     /// A chat member.
-    Chat {
-        /// The `sender` of its messages: the subject, or `anon-` and the connection id.
-        sender: String,
-        /// The idempotency key's first half: the subject, or "" when anonymous.
-        key_subject: String,
-    },
+    Chat(Box<ChatRole>),
+}
+
+/// Who a chat member speaks as.
+pub(super) struct ChatRole {
+    /// The `sender` of its messages: the subject, or `anon-` and the connection id.
+    pub sender: String,
+    /// The idempotency key's first half: the subject, or "" when anonymous.
+    pub key_subject: String,
+}
+
+/// Notes the awareness client ids an update set (`present`) and `removed` in a session's
+/// sorted list, in O(n log n) whatever a client sends.
+pub(super) fn note_clients(clients: &mut Vec<u64>, present: &[u64], removed: &[u64]) {
+    clients.extend_from_slice(present);
+    clients.sort_unstable();
+    clients.dedup();
+    if !removed.is_empty() {
+        let mut removed = removed.to_vec();
+        removed.sort_unstable();
+        clients.retain(|id| removed.binary_search(id).is_err());
+    }
 }
 
 /// One connection in the room: a y-websocket session or a chat member.
@@ -149,6 +167,29 @@ impl Members {
 mod tests {
     use super::*;
     use actix::prelude::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    proptest! {
+        /// The list is what a set would hold, sorted, whatever the updates carry.
+        #[test]
+        fn noted_clients_are_the_set_of_present_minus_removed(
+            updates in prop::collection::vec(
+                (prop::collection::vec(0u64..20, 0..6), prop::collection::vec(0u64..20, 0..4)),
+                0..12,
+            )
+        ) {
+            let (mut list, mut set) = (Vec::new(), BTreeSet::new());
+            for (present, removed) in &updates {
+                note_clients(&mut list, present, removed);
+                set.extend(present.iter().copied());
+                for id in removed {
+                    set.remove(id);
+                }
+            }
+            prop_assert_eq!(list, set.into_iter().collect::<Vec<_>>());
+        }
+    }
 
     struct Sink;
     impl Actor for Sink {
@@ -167,7 +208,7 @@ mod tests {
             outbox: outbox(),
             access: Access::Write,
             role: Role::Doc {
-                clients: clients.iter().copied().collect(),
+                clients: clients.to_vec(),
             },
         };
         members.insert(SessionId(1), doc(&[7]));
@@ -177,10 +218,10 @@ mod tests {
             Connection {
                 outbox: outbox(),
                 access: Access::Read,
-                role: Role::Chat {
+                role: Role::Chat(Box::new(ChatRole {
                     sender: "ada".into(),
                     key_subject: "ada".into(),
-                },
+                })),
             },
         );
         assert!(members.doc(&SessionId(3)).is_none() && members.chat(&SessionId(3)).is_some());

@@ -21,7 +21,6 @@ mod history;
 mod members;
 mod outbox;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,7 +37,7 @@ pub use chat::{
 };
 pub use document::{DocError, Document};
 pub use error::{RoomError, Unavailable, STORAGE_FAILED};
-pub use outbox::{Outbox, HARD_FACTOR, SLOW_GRACE};
+pub use outbox::{Outbox, Receipts, HARD_FACTOR, SLOW_GRACE};
 
 use crate::auth::Access;
 use crate::id::Epoch;
@@ -229,8 +228,9 @@ pub struct Room {
     registry: Arc<Recipient<Deactivated>>,
     /// Shared by every room of the node.
     config: Arc<RoomConfig>,
-    /// The address handed to joining sessions, made once: each `Addr` clone allocates.
-    address: Option<RoomAddr>,
+    /// This room's address, the one the registry holds and hands to joining sessions
+    /// (made once: each `Addr` clone allocates).
+    address: RoomAddr,
     document: Document,
     /// Everyone connected: y-websocket sessions and chat members.
     members: Members,
@@ -266,8 +266,9 @@ pub struct Room {
 }
 
 impl Room {
-    /// A room that loads its document from `store` when started.
+    /// A room that loads its document from `store` when started; `address` is its own.
     pub fn new(
+        address: RoomAddr,
         name: RoomName,
         activation: u64,
         store: Arc<dyn Store>,
@@ -280,7 +281,7 @@ impl Room {
             store,
             registry,
             config,
-            address: None,
+            address,
             document: Document::new(),
             members: Members::default(),
             chat: None,
@@ -323,8 +324,8 @@ impl Room {
     }
 
     /// This room's address for a joining session (the same one for all of them).
-    fn shared_address(&mut self, ctx: &Context<Self>) -> RoomAddr {
-        Arc::clone(self.address.get_or_insert_with(|| Arc::new(ctx.address())))
+    fn shared_address(&self) -> RoomAddr {
+        Arc::clone(&self.address)
     }
 
     fn tick_interval(&self) -> Duration {
@@ -926,11 +927,11 @@ impl Handler<Join> for Room {
                 outbox: msg.outbox,
                 access: msg.access,
                 role: Role::Doc {
-                    clients: HashSet::new(),
+                    clients: Vec::new(),
                 },
             },
         );
-        Ok(self.shared_address(ctx))
+        Ok(self.shared_address())
     }
 }
 
@@ -1021,10 +1022,7 @@ impl Handler<Receive> for Room {
                         ..
                     }) = self.members.get_mut(&session)
                     {
-                        clients.extend(change.present);
-                        for id in change.removed {
-                            clients.remove(&id);
-                        }
+                        members::note_clients(clients, &change.present, &change.removed);
                     }
                     // Relayed to everyone, the sender too, as the reference server does:
                     // the echo is what keeps an idle stock client's connection alive.

@@ -37,8 +37,8 @@ use crate::protocol::close::{self, Close};
 use crate::protocol::ysync::{DecodeError, Message as SyncMessage};
 use crate::registry::{send_to_room, Registry};
 use crate::room::{
-    ChatJoin, ChatRequest, Join, Leave, Outbound, Outbox, Receive, Room, RoomAddr, RoomError,
-    RoomName, SessionId, HARD_FACTOR, SLOW_GRACE,
+    ChatJoin, ChatRequest, Join, Leave, Outbound, Outbox, Receipts, Receive, Room, RoomAddr,
+    RoomError, RoomName, SessionId, HARD_FACTOR, SLOW_GRACE,
 };
 use crate::stream::wire::{self, ErrorCode, Request};
 use crate::stream::ResumeFrom;
@@ -91,6 +91,8 @@ enum Protocol {
 
 /// What a chat session knows of its member.
 struct ChatSide {
+    /// Verifies the client's `refresh` tokens.
+    auth: Arc<Authenticator>,
     /// The token's subject.
     subject: Option<String>,
     /// The token's public presence info.
@@ -152,6 +154,7 @@ impl SessionPlan {
     /// Makes this a chat-stream session (JSON text frames, joined on `join`).
     pub fn chat(mut self, subject: Option<String>, info: Option<Value>) -> Self {
         self.protocol = Protocol::Chat(Box::new(ChatSide {
+            auth: Arc::clone(&self.auth),
             subject,
             info,
             joined: false,
@@ -185,13 +188,12 @@ impl SessionPlan {
             if !clock::join(id, ctx.address().downgrade(), every, &self.shutdown) {
                 refuse = Some(close::GOING_AWAY);
             }
+            let expiry = self.expires_in.map(|left| Session::expire_in(left, ctx));
             Session {
                 id,
                 room_name: self.room_name,
                 access: self.access,
-                auth: self.auth,
-                expires_in: self.expires_in,
-                expiry: None,
+                expiry,
                 registry: self.registry,
                 room: None,
                 config: self.config,
@@ -222,10 +224,6 @@ pub struct Session {
     id: SessionId,
     room_name: RoomName,
     access: Access,
-    /// Verifies a chat client's `refresh` token.
-    auth: Arc<Authenticator>,
-    /// How long the session may live on its token, until `started` arms [`Self::expiry`].
-    expires_in: Option<Duration>,
     /// The timer that closes the session when its token expires.
     expiry: Option<SpawnHandle>,
     registry: Arc<Addr<Registry>>,
@@ -233,12 +231,14 @@ pub struct Session {
     config: Arc<SessionConfig>,
     last_heard: Instant,
     last_sent: Instant,
-    /// A fragmented message being reassembled.
-    partial: Option<BytesMut>,
+    /// A fragmented message being reassembled (boxed: rare, and every session has the
+    /// field).
+    partial: Option<Box<BytesMut>>,
     /// Bytes sent and not yet read by the client.
     in_flight: InFlight,
-    /// Where the room sends this session's frames (set when it joins).
-    outbox: Option<Outbox>,
+    /// Counts off what this session took from the outbox the room sends to (set when it
+    /// joins).
+    outbox: Option<Receipts>,
     /// The message-rate limit, if any.
     rate: Option<TokenBucket>,
     /// A timer will look at the client's unread bytes again (they were over the limit).
@@ -581,6 +581,7 @@ impl Session {
             subject,
             info,
             joined,
+            ..
         } = &mut **chat;
         match request {
             Request::Refresh { token } => self.refresh(&token, ctx),
@@ -619,11 +620,16 @@ impl Session {
         if let Some(old) = self.expiry.take() {
             ctx.cancel_future(old);
         }
-        self.expiry = Some(ctx.run_later(left, |session, ctx| {
+        self.expiry = Some(Self::expire_in(left, ctx));
+    }
+
+    /// The timer that closes the session (4010) `left` from now.
+    fn expire_in(left: Duration, ctx: &mut Context<Self>) -> SpawnHandle {
+        ctx.run_later(left, |session, ctx| {
             info!(room = %session.room_name, session = session.id.0, "closing session: token expired");
             metrics::get().tokens_expired.inc();
             session.close(ctx, close::TOKEN_EXPIRED, "");
-        }));
+        })
     }
 
     /// A chat client's `refresh`: a valid token for the same subject and the same right in
@@ -633,7 +639,7 @@ impl Session {
         let Protocol::Chat(chat) = &self.protocol else {
             return;
         };
-        let refused = match self.auth.authorize(Some(token), &self.room_name) {
+        let refused = match chat.auth.authorize(Some(token), &self.room_name) {
             Err(e) => Some(e.to_string()),
             Ok(grant) if grant.subject != chat.subject => {
                 Some("the new token is for another subject".to_owned())
@@ -685,7 +691,7 @@ impl Session {
     {
         let (registry, name) = (self.registry.clone(), self.room_name.clone());
         let outbox = Outbox::new(ctx.address().recipient(), self.config.max_outbox_bytes);
-        self.outbox = Some(outbox.clone());
+        self.outbox = Some(outbox.receipts());
         let join = async move { send_to_room(&registry, &name, || make(outbox.clone())).await? };
         ctx.wait(
             join.into_actor(self)
@@ -733,7 +739,7 @@ impl Session {
             self.throttle(0, ctx);
         }
         if first {
-            self.partial = Some(BytesMut::new());
+            self.partial = Some(Box::default());
         }
         let Some(buffer) = self.partial.as_mut() else {
             self.close(
@@ -749,7 +755,7 @@ impl Session {
         }
         buffer.extend_from_slice(&chunk);
         if last {
-            let whole = self.partial.take().unwrap_or_default().freeze();
+            let whole = self.partial.take().map_or_else(Bytes::new, |b| b.freeze());
             if !self.is_chat() {
                 self.receive(whole, ctx);
                 return;
@@ -799,9 +805,6 @@ impl Actor for Session {
         if let Some(close) = self.refuse {
             self.close(ctx, close, "");
             return;
-        }
-        if let Some(left) = self.expires_in.take() {
-            self.arm_expiry(left, ctx);
         }
         if self.is_chat() {
             return; // joins on the client's `join` request

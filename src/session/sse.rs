@@ -21,7 +21,9 @@ use crate::auth::Access;
 use crate::metrics;
 use crate::protocol::close::{self, Close};
 use crate::registry::{send_to_room, Registry};
-use crate::room::{ChatJoin, Leave, Outbound, Outbox, RoomAddr, RoomError, RoomName, SessionId};
+use crate::room::{
+    ChatJoin, Leave, Outbound, Outbox, Receipts, RoomAddr, RoomError, RoomName, SessionId,
+};
 use crate::stream::wire::Event;
 use crate::stream::ResumeFrom;
 
@@ -55,8 +57,9 @@ pub struct SseSession {
     out: mpsc::UnboundedSender<Bytes>,
     /// Bytes handed to the response and not yet taken by it.
     queued: Arc<AtomicU64>,
-    /// Where the room sends this member's events (set when it joins).
-    outbox: Option<Outbox>,
+    /// Counts off what this member took from the outbox the room sends to (set when it
+    /// joins).
+    outbox: Option<Receipts>,
     connections: Arc<AtomicUsize>,
 }
 
@@ -151,7 +154,7 @@ impl Actor for SseSession {
         }
         let (registry, name, id) = (self.registry.clone(), self.room_name.clone(), self.id);
         let outbox = Outbox::new(ctx.address().recipient(), self.config.max_outbox_bytes);
-        self.outbox = Some(outbox.clone());
+        self.outbox = Some(outbox.receipts());
         let join = async move {
             send_to_room(&registry, &name, || ChatJoin {
                 session: id,
