@@ -166,7 +166,6 @@ impl Members {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use actix::prelude::*;
     use proptest::prelude::*;
     use std::collections::BTreeSet;
 
@@ -191,18 +190,15 @@ mod tests {
         }
     }
 
-    struct Sink;
-    impl Actor for Sink {
-        type Context = Context<Self>;
-    }
-    impl Handler<Outbound> for Sink {
-        type Result = ();
-        fn handle(&mut self, _: Outbound, _: &mut Context<Self>) {}
-    }
-
-    #[actix_rt::test]
-    async fn sessions_and_members_share_one_map_and_each_kind_gets_its_own_sends() {
-        let outbox = || Outbox::new(Sink.start().recipient(), 1 << 20);
+    #[test]
+    fn sessions_and_members_share_one_map_and_each_kind_gets_its_own_sends() {
+        // The receiving ends stay open (kept here) for the test's length.
+        let receivers = std::cell::RefCell::new(Vec::new());
+        let outbox = || {
+            let (sender, receiver) = futures_channel::mpsc::unbounded();
+            receivers.borrow_mut().push(receiver);
+            Outbox::new(sender, 1 << 20)
+        };
         let mut members = Members::default();
         let doc = |clients: &[u64]| Connection {
             outbox: outbox(),

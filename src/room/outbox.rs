@@ -1,7 +1,7 @@
-//! A session's outbox as the room sees it: the session's address plus the bytes handed to it
-//! and not yet taken. A session normally takes its messages at once (and bounds what its
-//! client leaves unread itself), but not while it waits for its join or when its thread is
-//! starved; this count bounds what can pile up in its mailbox meanwhile. It owns no policy
+//! A session's outbox as the room sees it: the channel to the session plus the bytes handed
+//! to it and not yet taken. A session normally takes its messages at once (and bounds what
+//! its client leaves unread itself), but not while it waits for its join or when its thread
+//! is starved; this count bounds what can pile up in the channel meanwhile. It owns no policy
 //! beyond that bound: the room decides what a refused send means (the session is closed as
 //! too slow).
 
@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::Recipient;
+use futures_channel::mpsc::UnboundedSender;
 
 use super::Outbound;
 
@@ -23,7 +23,9 @@ pub const HARD_FACTOR: u64 = 4;
 /// A session's outbox: where the room sends, and how much is queued there.
 #[derive(Clone)]
 pub struct Outbox {
-    recipient: Recipient<Outbound>,
+    /// A plain channel, not an actor's address: a session is a task, and a channel costs
+    /// one allocation where an address costs three.
+    sender: UnboundedSender<Outbound>,
     queued: Arc<AtomicU64>,
     limit: u64,
     /// Since when the queue has been over the limit (the room's copy only).
@@ -32,9 +34,9 @@ pub struct Outbox {
 
 impl Outbox {
     /// An outbox that refuses sends while more than `limit` bytes are queued.
-    pub fn new(recipient: Recipient<Outbound>, limit: u64) -> Self {
+    pub fn new(sender: UnboundedSender<Outbound>, limit: u64) -> Self {
         Self {
-            recipient,
+            sender,
             queued: Arc::default(),
             limit,
             over_since: Cell::new(None),
@@ -50,7 +52,8 @@ impl Outbox {
             return false;
         }
         self.queued.fetch_add(size, Ordering::Relaxed);
-        self.recipient.do_send(message);
+        // A session that is gone takes nothing more; the room hears of it by `connected`.
+        let _ = self.sender.unbounded_send(message);
         true
     }
 
@@ -82,7 +85,7 @@ impl Outbox {
 
     /// Whether the session is still alive.
     pub fn connected(&self) -> bool {
-        self.recipient.connected()
+        !self.sender.is_closed()
     }
 }
 
@@ -112,24 +115,14 @@ impl Outbound {
 mod tests {
     use super::*;
     use crate::protocol::close;
-    use actix::{Actor, Context, Handler};
     use bytes::Bytes;
+    use futures_channel::mpsc;
 
-    /// A session that never takes anything (its mailbox only fills).
-    struct Stalled;
-
-    impl Actor for Stalled {
-        type Context = Context<Self>;
-    }
-
-    impl Handler<Outbound> for Stalled {
-        type Result = ();
-        fn handle(&mut self, _msg: Outbound, _ctx: &mut Self::Context) {}
-    }
-
-    #[actix_rt::test]
-    async fn sends_are_refused_once_the_limit_is_queued_and_taking_frees_room() {
-        let outbox = Outbox::new(Stalled.start().recipient(), 150);
+    #[test]
+    fn sends_are_refused_once_the_limit_is_queued_and_taking_frees_room() {
+        // A session that never takes anything (its channel only fills).
+        let (sender, stalled) = mpsc::unbounded();
+        let outbox = Outbox::new(sender, 150);
         let frame = || Outbound::Frame(Bytes::from(vec![0u8; 100]));
         // Under the limit, then over it within the grace: queued up to 4x the limit (the
         // send that crosses a bound is the last one taken).
@@ -151,5 +144,11 @@ mod tests {
             .over_since
             .set(Some(Instant::now() - SLOW_GRACE - Duration::from_millis(1)));
         assert!(!outbox.send(frame()));
+        assert!(outbox.connected());
+        drop(stalled);
+        assert!(
+            !outbox.connected(),
+            "a session that is gone is seen as gone"
+        );
     }
 }

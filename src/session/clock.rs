@@ -4,29 +4,28 @@
 //! timeouts, the close) is the session's business, not the clock's.
 //!
 //! Why not a timer and a shutdown watcher in each session: both come to every session at
-//! once, and per session they cost a timer entry and two spawned futures (about 300 bytes
-//! of every idle connection). Here a session costs one map entry and a weak address.
+//! once, and in each session's task they would cost a timer and a watch (about 230 bytes
+//! of every idle connection). Here a session costs one map entry and its [`Signals`].
 //! A session's first tick comes within one interval of its start. The sessions are ticked
 //! in [`SLICES`] groups spread over the interval, not all at once: a thread with thousands
 //! of sessions would otherwise queue thousands of pings in one go, every interval.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use std::task::{Context, Waker};
 use std::time::Duration;
 
-use actix::{Message, WeakAddr};
 use tokio::sync::watch;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
-use super::Session;
 use crate::room::SessionId;
 
 /// Groups of sessions ticked one after the other within an interval.
 const SLICES: u32 = 8;
 
 /// What the clock tells a session.
-#[derive(Message, Debug, Clone, Copy, PartialEq, Eq)]
-#[rtype(result = "()")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Beat {
     /// A heartbeat interval has passed.
     Tick,
@@ -34,10 +33,48 @@ pub(super) enum Beat {
     GoingAway,
 }
 
+/// Where the clock leaves its beats for one session, and the waker of the session's task.
+#[derive(Default)]
+pub(super) struct Signals {
+    tick: Cell<bool>,
+    going_away: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl Signals {
+    /// Leaves `beat` for the session and wakes its task.
+    fn raise(&self, beat: Beat) {
+        match beat {
+            Beat::Tick => self.tick.set(true),
+            Beat::GoingAway => self.going_away.set(true),
+        }
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// The beat left for the session, the shutdown first; with none, the task is woken
+    /// when one comes.
+    pub(super) fn take(&self, cx: &Context<'_>) -> Option<Beat> {
+        if self.going_away.replace(false) {
+            return Some(Beat::GoingAway);
+        }
+        if self.tick.replace(false) {
+            return Some(Beat::Tick);
+        }
+        let waker = match self.waker.take() {
+            Some(waker) if waker.will_wake(cx.waker()) => waker,
+            _ => cx.waker().clone(),
+        };
+        self.waker.set(Some(waker));
+        None
+    }
+}
+
 /// The sessions of this thread, and whether shutdown has begun.
 #[derive(Default)]
 struct Clock {
-    sessions: HashMap<SessionId, WeakAddr<Session>>,
+    sessions: HashMap<SessionId, Weak<Signals>>,
     shut_down: bool,
 }
 
@@ -52,7 +89,7 @@ thread_local! {
 /// shutdown has begun: the session closes at once.
 pub(super) fn join(
     id: SessionId,
-    session: WeakAddr<Session>,
+    session: Weak<Signals>,
     every: Duration,
     shutdown: &watch::Receiver<bool>,
 ) -> bool {
@@ -120,15 +157,15 @@ fn tell(beat: Beat, slice: Option<u32>) {
             return Vec::new();
         };
         clock.shut_down |= beat == Beat::GoingAway;
-        let mut live = Vec::with_capacity(clock.sessions.len());
+        let mut live: Vec<Rc<Signals>> = Vec::with_capacity(clock.sessions.len());
         // A session leaves when it stops; one that could not is dropped here.
         clock.sessions.retain(|&id, session| {
             if slice.is_some_and(|slice| slice != slice_of(id)) {
                 return true;
             }
             match session.upgrade() {
-                Some(addr) => {
-                    live.push(addr);
+                Some(signals) => {
+                    live.push(signals);
                     true
                 }
                 None => false,
@@ -136,14 +173,47 @@ fn tell(beat: Beat, slice: Option<u32>) {
         });
         live
     });
+    // Raised outside the borrow: a woken task may run as soon as it is woken.
     for session in sessions {
-        session.do_send(beat);
+        session.raise(beat);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    struct CountWakes(AtomicUsize);
+    impl Wake for CountWakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_raised_beat_wakes_the_waiting_task_once_and_the_shutdown_comes_first() {
+        let wakes = Arc::new(CountWakes(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&wakes));
+        let cx = Context::from_waker(&waker);
+        let signals = Signals::default();
+        assert_eq!(signals.take(&cx), None, "nothing yet: the waker is kept");
+        signals.raise(Beat::Tick);
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 1);
+        signals.raise(Beat::GoingAway);
+        assert_eq!(
+            wakes.0.load(Ordering::Relaxed),
+            1,
+            "woken once until it looks"
+        );
+        assert_eq!(signals.take(&cx), Some(Beat::GoingAway));
+        assert_eq!(signals.take(&cx), Some(Beat::Tick));
+        assert_eq!(signals.take(&cx), None);
+        signals.raise(Beat::Tick);
+        assert_eq!(wakes.0.load(Ordering::Relaxed), 2);
+    }
 
     #[test]
     fn one_round_of_slices_ticks_every_session_once_and_spreads_them() {

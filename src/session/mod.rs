@@ -1,31 +1,38 @@
-//! One actor per WebSocket connection: `/yjs/{room}` (binary y-websocket frames) or
+//! One session per WebSocket connection: `/yjs/{room}` (binary y-websocket frames) or
 //! `/rooms/{room}/ws` (the chat stream's JSON text frames). It owns the socket's concerns
 //! only (frame reassembly and size limits, decoding, heartbeat and keepalive, the close
 //! handshake) and forwards each decoded message to its room. It holds no document or
 //! stream state.
 //!
 //! The HTTP edge checks the upgrade request and hands over the bare TCP stream
-//! ([`SessionPlan::start`]); reading and writing frames is in [`socket`]. A y-websocket
-//! session joins its room from `started`; a chat session when its client sends `join`.
-//! Leave is sent when the session begins to close or stops, so a session can never be
-//! forgotten by its room. Flow control (message rate, unread outbox bytes) is in [`limits`].
+//! ([`SessionPlan::start`]). A session is a plain task ([`task`]), not an actor: rooms are
+//! the actors, and a session's only inbox is the channel its room sends to (an actor's
+//! context and mailbox would double what an idle connection costs). Its handlers here
+//! never wait; reading and writing frames is in [`socket`]. A y-websocket session joins
+//! its room when it starts; a chat session when its client sends `join`. Leave is sent
+//! when the session begins to close or stops, so a session can never be forgotten by its
+//! room. Flow control (message rate, unread outbox bytes) is in [`limits`].
 
 mod clock;
 mod framing;
 mod limits;
 mod socket;
 pub mod sse;
+mod task;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::dev::ToEnvelope;
-use actix::prelude::*;
+use actix::{Actor, Addr, Handler, Message};
 use actix_http::ws::{self, Frame, Item};
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
+use futures_channel::mpsc;
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -164,7 +171,7 @@ impl SessionPlan {
 
     /// Starts the session on `io`, the upgraded connection; `pending` holds bytes the
     /// client sent right behind its handshake request.
-    pub fn start(self, io: TcpStream, pending: &[u8]) -> Addr<Session> {
+    pub fn start(self, io: TcpStream, pending: &[u8]) {
         let io = Rc::new(io);
         let gate = Rc::new(ReadGate::default());
         let reader = FrameReader::new(
@@ -179,58 +186,75 @@ impl SessionPlan {
             TokenBucket::new(per_sec, (2.0 * per_sec).max(10.0), now)
         });
         let id = SessionId(NEXT_SESSION.fetch_add(1, Ordering::Relaxed));
-        let mut refuse = self.refuse;
-        Session::create(move |ctx| {
-            ctx.add_stream(reader);
-            // The thread's clock ticks the heartbeat and brings the shutdown to every
-            // session, joined to a room or not.
-            let every = self.config.heartbeat_interval;
-            if !clock::join(id, ctx.address().downgrade(), every, &self.shutdown) {
-                refuse = Some(close::GOING_AWAY);
-            }
-            let expiry = self.expires_in.map(|left| Session::expire_in(left, ctx));
-            Session {
-                id,
-                room_name: self.room_name,
-                access: self.access,
-                expiry,
-                registry: self.registry,
-                room: None,
-                config: self.config,
-                last_heard: now,
-                last_sent: now,
-                partial: None,
-                in_flight: InFlight::default(),
-                outbox: None,
-                rate,
-                slow_check_scheduled: false,
-                last_throttled: None,
-                connections: self.connections,
-                refuse,
-                protocol: self.protocol,
-                writer: FrameWriter::new(io),
-                gate,
-                flush_scheduled: false,
-                awaiting_writable: false,
-                closing: false,
-                stop_when_flushed: false,
-            }
-        })
+        // The thread's clock ticks the heartbeat and brings the shutdown to every session,
+        // joined to a room or not.
+        let signals = Rc::new(clock::Signals::default());
+        let every = self.config.heartbeat_interval;
+        let refuse = match clock::join(id, Rc::downgrade(&signals), every, &self.shutdown) {
+            true => self.refuse,
+            false => Some(close::GOING_AWAY),
+        };
+        let (sender, inbox) = mpsc::unbounded();
+        let session = Session {
+            id,
+            room_name: self.room_name,
+            access: self.access,
+            registry: self.registry,
+            room: None,
+            joining: None,
+            sender: Some(sender),
+            config: self.config,
+            last_heard: now,
+            last_sent: now,
+            expires_at: self.expires_in.map(|left| now + left),
+            slow_check_at: None,
+            refill_at: None,
+            close_by: None,
+            partial: None,
+            in_flight: InFlight::default(),
+            outbox: None,
+            rate,
+            last_throttled: None,
+            connections: self.connections,
+            refuse,
+            protocol: self.protocol,
+            writer: FrameWriter::new(io),
+            gate,
+            flush_scheduled: false,
+            awaiting_writable: false,
+            closing: false,
+            stop_when_flushed: false,
+            stopped: false,
+        };
+        actix::spawn(task::Task::new(session, reader, inbox, signals));
     }
 }
 
-/// The session actor.
-pub struct Session {
+/// A session: the state its task ([`Session::run`]) works on. Its handlers never wait:
+/// what an actor would schedule on its context (a timer, a flush, a stop) they note in
+/// fields, which the task's loop acts on.
+struct Session {
     id: SessionId,
     room_name: RoomName,
     access: Access,
-    /// The timer that closes the session when its token expires.
-    expiry: Option<SpawnHandle>,
     registry: Arc<Addr<Registry>>,
     room: Option<RoomAddr>,
+    /// The room's answer to a join under way: nothing else is handled until it comes
+    /// (frames and messages wait), so nothing reaches a room the session is not in.
+    joining: Option<Joining>,
+    /// Where the room will send this session's frames, until a join hands it over.
+    sender: Option<mpsc::UnboundedSender<Outbound>>,
     config: Arc<SessionConfig>,
     last_heard: Instant,
     last_sent: Instant,
+    /// When the token expires: the session closes (4010).
+    expires_at: Option<Instant>,
+    /// When to look at the client's unread bytes again (they were over the limit).
+    slow_check_at: Option<Instant>,
+    /// When the message-rate bucket holds a token again (reading is paused until then).
+    refill_at: Option<Instant>,
+    /// When a close handshake under way is given up and the connection dropped.
+    close_by: Option<Instant>,
     /// A fragmented message being reassembled (boxed: rare, and every session has the
     /// field).
     partial: Option<Box<BytesMut>>,
@@ -241,8 +265,6 @@ pub struct Session {
     outbox: Option<Receipts>,
     /// The message-rate limit, if any.
     rate: Option<TokenBucket>,
-    /// A timer will look at the client's unread bytes again (they were over the limit).
-    slow_check_scheduled: bool,
     /// When reading was last paused for the message rate.
     last_throttled: Option<Instant>,
     /// Live sessions on this node (for the connection limit).
@@ -262,6 +284,8 @@ pub struct Session {
     closing: bool,
     /// Stop as soon as the queued frames are written (the close handshake is done).
     stop_when_flushed: bool,
+    /// The session is over: its task ends after this turn.
+    stopped: bool,
 }
 
 impl Session {
@@ -270,50 +294,52 @@ impl Session {
     }
 
     /// Sends one frame, counting it, and probes the client's progress when due.
-    fn send_frame(&mut self, frame: Bytes, ctx: &mut Context<Self>) {
+    fn send_frame(&mut self, frame: Bytes) {
         self.in_flight.sent(frame.len());
-        self.queue(ws::Message::Binary(frame), ctx);
-        self.sent(ctx);
+        self.queue(ws::Message::Binary(frame));
+        self.sent();
     }
 
     /// Sends one text frame (a chat event), counting it like [`Self::send_frame`].
-    fn send_text(&mut self, text: ByteString, ctx: &mut Context<Self>) {
+    fn send_text(&mut self, text: ByteString) {
         self.in_flight.sent(text.len());
-        self.queue(ws::Message::Text(text), ctx);
-        self.sent(ctx);
+        self.queue(ws::Message::Text(text));
+        self.sent();
     }
 
     /// After a send: note the time, probe the client's progress when due, and make sure
     /// the outbox rule is looked at again on time if the client is behind.
-    fn sent(&mut self, ctx: &mut Context<Self>) {
+    fn sent(&mut self) {
         self.last_sent = Instant::now();
         let every = (self.config.max_outbox_bytes / 8).max(MIN_PROBE_BYTES);
         if let Some(probe) = self.in_flight.probe_due(every, self.last_sent) {
-            self.queue(ws::Message::Ping(Bytes::copy_from_slice(&probe)), ctx);
+            self.queue(ws::Message::Ping(Bytes::copy_from_slice(&probe)));
         }
-        self.schedule_slow_check(ctx);
+        self.schedule_slow_check();
     }
 
     /// While the client has more than the limit unread, looks again once the oldest of
     /// it can be overdue: a burst that stops does not leave a silent client's bytes held
     /// until the next frame or the heartbeat timeout.
-    fn schedule_slow_check(&mut self, ctx: &mut Context<Self>) {
-        if self.slow_check_scheduled || self.in_flight.unread() <= self.config.max_outbox_bytes {
+    fn schedule_slow_check(&mut self) {
+        if self.slow_check_at.is_some() || self.in_flight.unread() <= self.config.max_outbox_bytes {
             return;
         }
-        self.slow_check_scheduled = true;
-        ctx.run_later(SLOW_GRACE / 4, |session, ctx| {
-            session.slow_check_scheduled = false;
-            if !session.closing && !session.cut_if_too_slow(ctx) {
-                session.schedule_slow_check(ctx);
-            }
-        });
+        self.slow_check_at = Some(Instant::now() + SLOW_GRACE / 4);
+    }
+
+    /// The slow check [`Self::schedule_slow_check`] asked for is due.
+    fn slow_check(&mut self) {
+        self.slow_check_at = None;
+        if !self.closing && !self.cut_if_too_slow() {
+            self.schedule_slow_check();
+        }
     }
 
     /// The outbox rule: cuts the client (4008) when what it left unread for longer than
     /// the grace is over the limit, or when its unread bytes pass the hard bound whatever
     /// their age. True when it cut.
-    fn cut_if_too_slow(&mut self, ctx: &mut Context<Self>) -> bool {
+    fn cut_if_too_slow(&mut self) -> bool {
         let max = self.config.max_outbox_bytes;
         let unread = self.in_flight.unread();
         let overdue = self.in_flight.overdue(Instant::now(), SLOW_GRACE);
@@ -323,17 +349,17 @@ impl Session {
         if !soft && unread <= max.saturating_mul(HARD_FACTOR) {
             return false;
         }
-        self.cut_slow("client too slow", unread, ctx);
+        self.cut_slow("client too slow", unread);
         true
     }
 
     /// Closes the session as too slow (4008). Frames it has not begun to receive are
     /// dropped, so the close frame is next.
-    fn cut_slow(&mut self, why: &str, unread: u64, ctx: &mut Context<Self>) {
+    fn cut_slow(&mut self, why: &str, unread: u64) {
         info!(room = %self.room_name, session = self.id.0, unread, "closing session: {why}");
         metrics::get().slow_consumers.inc();
         self.writer.discard_unsent();
-        self.close(ctx, close::TOO_SLOW, &format!("{unread} bytes unread"));
+        self.close(close::TOO_SLOW, &format!("{unread} bytes unread"));
     }
 
     /// Whether the session's reading was paused for the message rate within `window`.
@@ -341,18 +367,17 @@ impl Session {
         self.last_throttled.is_some_and(|at| at.elapsed() < window)
     }
 
-    /// Queues a frame and schedules one flush for everything queued while the current
-    /// batch of messages is handled (one write for a burst, not one per frame: an actix
-    /// context polls the futures spawned into it after draining its mailbox).
-    fn queue(&mut self, message: ws::Message, ctx: &mut Context<Self>) {
+    /// Queues a frame; the task flushes everything queued once it has handled what is
+    /// ready (one write for a burst, not one per frame).
+    fn queue(&mut self, message: ws::Message) {
         let bound = self.write_bound();
         if self.writer.queued() > bound {
             // A backstop: the unread-bytes check and paused reading should cut a client
             // long before its queue gets here.
-            if ctx.state() == ActorState::Running {
+            if !self.stopped {
                 info!(room = %self.room_name, session = self.id.0, bound, "dropping session: write queue over its bound");
                 metrics::get().slow_consumers.inc();
-                ctx.stop();
+                self.stopped = true;
             }
             return;
         }
@@ -360,17 +385,11 @@ impl Session {
         if self.writer.queued() > PAUSE_READING_AT {
             self.gate.pause(Pause::Backlog);
         }
-        if !self.flush_scheduled {
-            self.flush_scheduled = true;
-            ctx.spawn(fut::ready(()).map(|(), session: &mut Self, ctx| {
-                session.flush_scheduled = false;
-                session.flush(ctx);
-            }));
-        }
+        self.flush_scheduled = true;
     }
 
     /// Writes the queued frames the socket takes now, and waits for it to take the rest.
-    fn flush(&mut self, ctx: &mut Context<Self>) {
+    fn flush(&mut self) {
         if self.awaiting_writable {
             return;
         }
@@ -379,20 +398,11 @@ impl Session {
             self.gate.resume(Pause::Backlog);
         }
         match written {
-            Ok(true) if self.stop_when_flushed => ctx.stop(),
+            Ok(true) if self.stop_when_flushed => self.stopped = true,
             Ok(true) => {}
-            Ok(false) => {
-                self.awaiting_writable = true;
-                let writable = self.writer.writable().into_actor(self);
-                ctx.spawn(writable.map(|result, session, ctx| {
-                    session.awaiting_writable = false;
-                    match result {
-                        Ok(()) => session.flush(ctx),
-                        Err(e) => session.lost(&e, ctx),
-                    }
-                }));
-            }
-            Err(e) => self.lost(&e, ctx),
+            // The task waits for the socket to take more, then flushes again.
+            Ok(false) => self.awaiting_writable = true,
+            Err(e) => self.lost(&e),
         }
     }
 
@@ -405,14 +415,14 @@ impl Session {
     }
 
     /// The connection failed under a write: nothing more can reach the client.
-    fn lost(&mut self, error: &std::io::Error, ctx: &mut Context<Self>) {
+    fn lost(&mut self, error: &std::io::Error) {
         debug!(session = self.id.0, %error, "connection lost");
-        ctx.stop();
+        self.stopped = true;
     }
 
     /// Begins the close handshake: sends a close frame with `close` and `detail`, leaves
     /// the room, and stops once the client answers (or after [`CLOSE_TIMEOUT`]).
-    fn close(&mut self, ctx: &mut Context<Self>, close: Close, detail: &str) {
+    fn close(&mut self, close: Close, detail: &str) {
         if self.closing {
             return;
         }
@@ -429,45 +439,39 @@ impl Session {
             }
             description.truncate(cut);
         }
-        self.queue(
-            ws::Message::Close(Some(ws::CloseReason {
-                code: ws::CloseCode::from(close.code),
-                description: Some(description),
-            })),
-            ctx,
-        );
-        self.begin_closing(ctx);
+        self.queue(ws::Message::Close(Some(ws::CloseReason {
+            code: ws::CloseCode::from(close.code),
+            description: Some(description),
+        })));
+        self.begin_closing();
     }
 
     /// Enters the closing state: the room is left at once, and the session stops within
     /// [`CLOSE_TIMEOUT`] even if the client never answers or never reads.
-    fn begin_closing(&mut self, ctx: &mut Context<Self>) {
+    fn begin_closing(&mut self) {
         self.closing = true;
         self.partial = None;
         if let Some(room) = self.room.take() {
             room.do_send(Leave { session: self.id });
         }
-        ctx.run_later(CLOSE_TIMEOUT, |session, ctx| {
-            debug!(session = session.id.0, "close handshake timed out");
-            ctx.stop();
-        });
+        self.close_by = Some(Instant::now() + CLOSE_TIMEOUT);
     }
 
     /// The client's close frame: answered with the same code (if this side had not closed
     /// first), then the connection ends once that answer is written.
-    fn on_close(&mut self, reason: Option<ws::CloseReason>, ctx: &mut Context<Self>) {
+    fn on_close(&mut self, reason: Option<ws::CloseReason>) {
         if !self.closing {
-            self.queue(ws::Message::Close(reason), ctx);
-            self.begin_closing(ctx);
+            self.queue(ws::Message::Close(reason));
+            self.begin_closing();
         }
         self.stop_when_flushed = true;
-        self.flush(ctx);
+        self.flush();
     }
 
     /// Counts an incoming y-websocket message against the rate: past it, the client's
     /// socket is not read until its tokens refill (TCP backpressure slows only this
     /// client; nobody is cut for typing, pasting or importing fast).
-    fn throttle(&mut self, size: usize, ctx: &mut Context<Self>) {
+    fn throttle(&mut self, size: usize) {
         metrics::get().bytes_in.inc_by(size as u64);
         let in_debt = self
             .rate
@@ -475,40 +479,41 @@ impl Session {
             .and_then(|rate| rate.take(Instant::now()))
             .is_some();
         if in_debt {
-            self.pause_for_rate(ctx);
+            self.pause_for_rate();
         }
     }
 
     /// Stops reading the client until its rate's bucket holds a whole token again.
-    fn pause_for_rate(&mut self, ctx: &mut Context<Self>) {
+    fn pause_for_rate(&mut self) {
         if self.gate.is_paused_for(Pause::Throttle) {
             return;
         }
         metrics::get().throttled.inc();
         self.last_throttled = Some(Instant::now());
         self.gate.pause(Pause::Throttle);
-        self.resume_when_refilled(ctx);
+        self.resume_when_refilled();
     }
 
     /// Lifts the throttle once the bucket holds a token, looking again after each wait
     /// (frames already decoded may have taken more meanwhile).
-    fn resume_when_refilled(&mut self, ctx: &mut Context<Self>) {
+    fn resume_when_refilled(&mut self) {
         match self
             .rate
             .as_mut()
             .and_then(|rate| rate.wait(Instant::now()))
         {
-            Some(wait) => {
-                ctx.run_later(wait, |session, ctx| session.resume_when_refilled(ctx));
+            Some(wait) => self.refill_at = Some(Instant::now() + wait),
+            None => {
+                self.refill_at = None;
+                self.gate.resume(Pause::Throttle);
             }
-            None => self.gate.resume(Pause::Throttle),
         }
     }
 
     /// Whether a chat request is within the rate: one over it is answered with a
     /// `rate_limited` error (retry it, with the same id, later) and the socket is not read
     /// until a token is back, so a flood costs one error per refill.
-    fn chat_within_rate(&mut self, size: usize, ctx: &mut Context<Self>) -> bool {
+    fn chat_within_rate(&mut self, size: usize) -> bool {
         metrics::get().bytes_in.inc_by(size as u64);
         let now = Instant::now();
         let Some(rate) = self.rate.as_mut() else {
@@ -517,17 +522,17 @@ impl Session {
         if rate.try_take(now) {
             return true;
         }
-        self.pause_for_rate(ctx);
+        self.pause_for_rate();
         false
     }
 
     /// Decodes one whole binary message and hands it to the room.
-    fn receive(&mut self, frame: Bytes, ctx: &mut Context<Self>) {
+    fn receive(&mut self, frame: Bytes) {
         if self.is_chat() {
-            self.close(ctx, close::TEXT_ONLY, "the chat protocol is JSON");
+            self.close(close::TEXT_ONLY, "the chat protocol is JSON");
             return;
         }
-        self.throttle(frame.len(), ctx);
+        self.throttle(frame.len());
         let message = match SyncMessage::decode(&frame) {
             Ok(message) => message,
             Err(e) => {
@@ -539,7 +544,7 @@ impl Session {
                 };
                 info!(room = %self.room_name, session = self.id.0, error = %e, "closing session: bad frame");
                 metrics::get().protocol_errors.inc();
-                self.close(ctx, code, &e.to_string());
+                self.close(code, &e.to_string());
                 return;
             }
         };
@@ -553,24 +558,21 @@ impl Session {
     }
 
     /// Parses one whole chat request and acts on it: `join` here, the rest in the room.
-    fn receive_text(&mut self, text: &str, ctx: &mut Context<Self>) {
+    fn receive_text(&mut self, text: &str) {
         let parsed = Request::parse(text).and_then(Request::validated);
         // A refresh is never refused for the rate: losing it would end the session.
         let refresh = matches!(parsed, Ok(Request::Refresh { .. }));
-        if !refresh && !self.chat_within_rate(text.len(), ctx) {
+        if !refresh && !self.chat_within_rate(text.len()) {
             let id = parsed.as_ref().ok().and_then(Request::reply_id);
             let error = wire::error(ErrorCode::RateLimited, "over the message rate", id);
-            self.send_event(error, ctx);
+            self.send_event(error);
             return;
         }
         let request = match parsed {
             Ok(request) => request,
             Err(e) => {
                 metrics::get().protocol_errors.inc();
-                self.send_event(
-                    wire::error(ErrorCode::BadRequest, &e.to_string(), None),
-                    ctx,
-                );
+                self.send_event(wire::error(ErrorCode::BadRequest, &e.to_string(), None));
                 return;
             }
         };
@@ -584,26 +586,26 @@ impl Session {
             ..
         } = &mut **chat;
         match request {
-            Request::Refresh { token } => self.refresh(&token, ctx),
+            Request::Refresh { token } => self.refresh(&token),
             Request::Join { v, epoch, since } if !*joined => {
                 if v.is_some_and(|v| v != wire::VERSION) {
                     let why = format!("protocol version {} is not supported", v.unwrap_or(0));
-                    self.send_event(wire::error(ErrorCode::BadRequest, &why, None), ctx);
+                    self.send_event(wire::error(ErrorCode::BadRequest, &why, None));
                     return;
                 }
                 *joined = true;
                 let resume = since.map(|since| ResumeFrom { epoch, since });
                 let (subject, info) = (subject.clone(), info.clone());
-                self.join_chat(subject, info, resume, ctx);
+                self.join_chat(subject, info, resume);
             }
             request if !*joined => {
                 let error =
                     wire::error(ErrorCode::NotJoined, "send join first", request.reply_id());
-                self.send_event(error, ctx);
+                self.send_event(error);
             }
             request => {
-                // `room` is None only while the join is under way; `ctx.wait` holds frames
-                // back until then, so a request is never dropped here.
+                // `room` is None only while the join is under way, and the task reads no
+                // frame until the room has answered, so a request is never dropped here.
                 if let Some(room) = &self.room {
                     room.do_send(ChatRequest {
                         session: self.id,
@@ -615,27 +617,23 @@ impl Session {
     }
 
     /// Closes the session (4010) `left` from now, when its token expires, replacing any
-    /// earlier timer (a chat `refresh` moves it).
-    fn arm_expiry(&mut self, left: Duration, ctx: &mut Context<Self>) {
-        if let Some(old) = self.expiry.take() {
-            ctx.cancel_future(old);
-        }
-        self.expiry = Some(Self::expire_in(left, ctx));
+    /// earlier expiry (a chat `refresh` moves it).
+    fn arm_expiry(&mut self, left: Duration) {
+        self.expires_at = Some(Instant::now() + left);
     }
 
-    /// The timer that closes the session (4010) `left` from now.
-    fn expire_in(left: Duration, ctx: &mut Context<Self>) -> SpawnHandle {
-        ctx.run_later(left, |session, ctx| {
-            info!(room = %session.room_name, session = session.id.0, "closing session: token expired");
-            metrics::get().tokens_expired.inc();
-            session.close(ctx, close::TOKEN_EXPIRED, "");
-        })
+    /// The token expired.
+    fn expire(&mut self) {
+        self.expires_at = None;
+        info!(room = %self.room_name, session = self.id.0, "closing session: token expired");
+        metrics::get().tokens_expired.inc();
+        self.close(close::TOKEN_EXPIRED, "");
     }
 
     /// A chat client's `refresh`: a valid token for the same subject and the same right in
     /// this room moves the session's expiry to the new token's; anything else is refused
     /// with an error and leaves the old expiry in place.
-    fn refresh(&mut self, token: &str, ctx: &mut Context<Self>) {
+    fn refresh(&mut self, token: &str) {
         let Protocol::Chat(chat) = &self.protocol else {
             return;
         };
@@ -649,15 +647,15 @@ impl Session {
             }
             Ok(grant) => {
                 if let Some(left) = grant.remaining() {
-                    self.arm_expiry(left, ctx);
+                    self.arm_expiry(left);
                 }
-                self.send_event(wire::refreshed(grant.valid_until), ctx);
+                self.send_event(wire::refreshed(grant.valid_until));
                 None
             }
         };
         if let Some(why) = refused {
             debug!(room = %self.room_name, session = self.id.0, why, "refresh refused");
-            self.send_event(wire::error(ErrorCode::Unauthorized, &why, None), ctx);
+            self.send_event(wire::error(ErrorCode::Unauthorized, &why, None));
         }
     }
 
@@ -667,7 +665,6 @@ impl Session {
         subject: Option<String>,
         info: Option<Value>,
         resume: Option<ResumeFrom>,
-        ctx: &mut Context<Self>,
     ) {
         let (session, access) = (self.id, self.access);
         let join = move |outbox| ChatJoin {
@@ -678,46 +675,47 @@ impl Session {
             outbox,
             resume: resume.clone(),
         };
-        self.join(join, ctx);
+        self.join(join);
     }
 
-    /// Sends the room the join `make` builds (given this session's outbox). `wait` holds
-    /// back the socket's frames until the room has answered.
-    fn join<M>(&mut self, make: impl Fn(Outbox) -> M + 'static, ctx: &mut Context<Self>)
+    /// Sends the room the join `make` builds (given this session's outbox). The task
+    /// handles nothing else (frames wait) until the room has answered.
+    fn join<M>(&mut self, make: impl Fn(Outbox) -> M + 'static)
     where
         M: Message<Result = Result<RoomAddr, RoomError>> + Send + 'static,
         Room: Handler<M>,
         <Room as Actor>::Context: ToEnvelope<Room, M>,
     {
-        let (registry, name) = (self.registry.clone(), self.room_name.clone());
-        let outbox = Outbox::new(ctx.address().recipient(), self.config.max_outbox_bytes);
+        let Some(sender) = self.sender.take() else {
+            return; // joined already (a session joins once)
+        };
+        let (registry, name) = (Arc::clone(&self.registry), self.room_name.clone());
+        let outbox = Outbox::new(sender, self.config.max_outbox_bytes);
         self.outbox = Some(outbox.receipts());
-        let join = async move { send_to_room(&registry, &name, || make(outbox.clone())).await? };
-        ctx.wait(
-            join.into_actor(self)
-                .map(|result, session, ctx| session.joined(result, ctx)),
-        );
+        self.joining = Some(Box::pin(async move {
+            send_to_room(&registry, &name, || make(outbox.clone())).await?
+        }));
     }
 
     /// The room's answer to a join (y-websocket or chat).
-    fn joined(&mut self, result: Result<RoomAddr, RoomError>, ctx: &mut Context<Self>) {
+    fn joined(&mut self, result: Result<RoomAddr, RoomError>) {
         match result {
             Ok(room) => self.room = Some(room),
             Err(e) => {
                 if !matches!(e, RoomError::Full { .. }) {
                     warn!(room = %self.room_name, error = %e, "could not join room");
                 }
-                self.close(ctx, e.close(), &e.public_message());
+                self.close(e.close(), &e.public_message());
             }
         }
     }
 
     /// Sends a chat event (a text frame; its UTF-8 was checked when it was made).
-    fn send_event(&mut self, event: wire::Event, ctx: &mut Context<Self>) {
-        self.send_text(event.json, ctx);
+    fn send_event(&mut self, event: wire::Event) {
+        self.send_text(event.json);
     }
 
-    fn on_fragment(&mut self, item: Item, ctx: &mut Context<Self>) {
+    fn on_fragment(&mut self, item: Item) {
         let (chunk, first, last) = match item {
             Item::FirstBinary(b) if !self.is_chat() => (b, true, false),
             Item::FirstText(b) if self.is_chat() => (b, true, false),
@@ -727,7 +725,7 @@ impl Session {
                 } else {
                     close::UNSUPPORTED_DATA
                 };
-                self.close(ctx, close, "");
+                self.close(close, "");
                 return;
             }
             Item::Continue(b) => (b, false, false),
@@ -736,47 +734,46 @@ impl Session {
         if !last {
             // Each fragment costs a token too (the whole message is counted at its end),
             // so a flood of empty fragments is slowed like any other.
-            self.throttle(0, ctx);
+            self.throttle(0);
         }
         if first {
             self.partial = Some(Box::default());
         }
         let Some(buffer) = self.partial.as_mut() else {
             self.close(
-                ctx,
                 close::MALFORMED_MESSAGE,
                 "continuation without a first frame",
             );
             return;
         };
         if buffer.len() + chunk.len() > self.config.max_message_bytes {
-            self.close(ctx, close::MESSAGE_TOO_BIG, "");
+            self.close(close::MESSAGE_TOO_BIG, "");
             return;
         }
         buffer.extend_from_slice(&chunk);
         if last {
             let whole = self.partial.take().map_or_else(Bytes::new, |b| b.freeze());
             if !self.is_chat() {
-                self.receive(whole, ctx);
+                self.receive(whole);
                 return;
             }
             match std::str::from_utf8(&whole) {
-                Ok(text) => self.receive_text(text, ctx),
-                Err(_) => self.close(ctx, close::MALFORMED_MESSAGE, "text is not UTF-8"),
+                Ok(text) => self.receive_text(text),
+                Err(_) => self.close(close::MALFORMED_MESSAGE, "text is not UTF-8"),
             }
         }
     }
 
-    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+    fn heartbeat(&mut self) {
         if self.closing {
             return;
         }
         if self.last_heard.elapsed() > self.config.heartbeat_timeout {
             debug!(session = self.id.0, "heartbeat timeout");
-            self.close(ctx, close::HEARTBEAT_TIMEOUT, "");
+            self.close(close::HEARTBEAT_TIMEOUT, "");
             return;
         }
-        if self.cut_if_too_slow(ctx) {
+        if self.cut_if_too_slow() {
             return;
         }
         // A client that talks but leaves our pings unanswered is not reading (unless it
@@ -784,72 +781,55 @@ impl Session {
         let timeout = self.config.heartbeat_timeout;
         let unanswered = self.in_flight.overdue(Instant::now(), timeout);
         if unanswered > 0 && !self.throttled_within(timeout) {
-            self.cut_slow("pings unanswered", unanswered, ctx);
+            self.cut_slow("pings unanswered", unanswered);
             return;
         }
         let probe = self.in_flight.probe(Instant::now());
-        self.queue(ws::Message::Ping(Bytes::copy_from_slice(&probe)), ctx);
+        self.queue(ws::Message::Ping(Bytes::copy_from_slice(&probe)));
         // Chat clients see pings (browsers answer them); only y-websocket needs a frame.
         if !self.is_chat() && self.last_sent.elapsed() >= self.config.heartbeat_interval {
-            self.send_frame(Bytes::from_static(KEEPALIVE_FRAME), ctx);
+            self.send_frame(Bytes::from_static(KEEPALIVE_FRAME));
         }
     }
 }
 
-impl Actor for Session {
-    type Context = Context<Self>;
+/// A join under way: the room's answer to come.
+type Joining = Pin<Box<dyn Future<Output = Result<RoomAddr, RoomError>>>>;
 
-    fn started(&mut self, ctx: &mut Self::Context) {
+impl Session {
+    /// The session begins: it counts itself, and joins its room (y-websocket) or closes
+    /// at once when it was refused.
+    fn started(&mut self) {
         metrics::get().connections.inc();
         self.connections.fetch_add(1, Ordering::Relaxed);
         if let Some(close) = self.refuse {
-            self.close(ctx, close, "");
+            self.close(close, "");
             return;
         }
         if self.is_chat() {
             return; // joins on the client's `join` request
         }
         let (session, access) = (self.id, self.access);
-        self.join(
-            move |outbox| Join {
-                session,
-                access,
-                outbox,
-            },
-            ctx,
-        );
+        self.join(move |outbox| Join {
+            session,
+            access,
+            outbox,
+        });
     }
 
-    fn stopping(&mut self, _ctx: &mut Self::Context) -> Running {
-        // Still in the room only if the connection failed without a close handshake.
+    /// The session ends: it leaves its room if it is still in it (the connection failed
+    /// without a close handshake) and stops counting itself.
+    fn finish(&mut self) {
         if let Some(room) = self.room.take() {
             room.do_send(Leave { session: self.id });
         }
-        Running::Stop
-    }
-
-    fn stopped(&mut self, _ctx: &mut Self::Context) {
         clock::leave(self.id);
         metrics::get().connections.dec();
         self.connections.fetch_sub(1, Ordering::Relaxed);
     }
-}
 
-impl Handler<clock::Beat> for Session {
-    type Result = ();
-
-    fn handle(&mut self, beat: clock::Beat, ctx: &mut Self::Context) {
-        match beat {
-            clock::Beat::Tick => self.heartbeat(ctx),
-            clock::Beat::GoingAway => self.close(ctx, close::GOING_AWAY, ""),
-        }
-    }
-}
-
-impl Handler<Outbound> for Session {
-    type Result = ();
-
-    fn handle(&mut self, msg: Outbound, ctx: &mut Self::Context) {
+    /// What the room sent: a frame or event for the client, or the room's close.
+    fn on_outbound(&mut self, msg: Outbound) {
         if let Some(outbox) = &self.outbox {
             outbox.taken(&msg);
         }
@@ -859,16 +839,16 @@ impl Handler<Outbound> for Session {
         if matches!(
             msg,
             Outbound::Frame(_) | Outbound::Event(_) | Outbound::Events(_)
-        ) && self.cut_if_too_slow(ctx)
+        ) && self.cut_if_too_slow()
         {
             return;
         }
         match msg {
-            Outbound::Frame(frame) => self.send_frame(frame, ctx),
-            Outbound::Event(event) => self.send_event(event, ctx),
+            Outbound::Frame(frame) => self.send_frame(frame),
+            Outbound::Event(event) => self.send_event(event),
             Outbound::Events(events) => {
                 for event in events.iter() {
-                    self.send_event(event.clone(), ctx);
+                    self.send_event(event.clone());
                 }
             }
             Outbound::Close(close, detail) => {
@@ -876,67 +856,66 @@ impl Handler<Outbound> for Session {
                 if close == close::TOO_SLOW {
                     self.writer.discard_unsent(); // the close frame comes next
                 }
-                self.close(ctx, close, &detail);
+                self.close(close, &detail);
             }
         }
     }
-}
 
-impl StreamHandler<Result<Frame, ReadError>> for Session {
-    fn handle(&mut self, item: Result<Frame, ReadError>, ctx: &mut Self::Context) {
+    /// A frame from the client, or why none could be read.
+    fn on_frame(&mut self, item: Result<Frame, ReadError>) {
         self.last_heard = Instant::now();
         let frame = match item {
             Ok(frame) => frame,
             Err(ReadError::TooBig(e)) => {
                 info!(session = self.id.0, error = %e, "closing session: message too big");
                 metrics::get().protocol_errors.inc();
-                self.close(ctx, close::MESSAGE_TOO_BIG, &e.to_string());
+                self.close(close::MESSAGE_TOO_BIG, &e.to_string());
                 return;
             }
             Err(ReadError::Io(e)) => {
                 debug!(session = self.id.0, error = %e, "connection lost while reading");
-                ctx.stop();
+                self.stopped = true;
                 return;
             }
             Err(ReadError::Protocol(e)) => {
                 info!(session = self.id.0, error = %e, "closing session: WebSocket protocol error");
                 metrics::get().protocol_errors.inc();
-                self.close(ctx, close::PROTOCOL_ERROR, &e);
+                self.close(close::PROTOCOL_ERROR, &e);
                 return;
             }
         };
         if self.closing {
             // Between our close frame and the client's, everything else is dropped.
             if let Frame::Close(reason) = frame {
-                self.on_close(reason, ctx);
+                self.on_close(reason);
             }
             return;
         }
         match frame {
-            Frame::Binary(frame) => self.receive(frame, ctx),
-            Frame::Continuation(item) => self.on_fragment(item, ctx),
+            Frame::Binary(frame) => self.receive(frame),
+            Frame::Continuation(item) => self.on_fragment(item),
             Frame::Text(text) if self.is_chat() => match std::str::from_utf8(&text) {
-                Ok(text) => self.receive_text(text, ctx),
-                Err(_) => self.close(ctx, close::MALFORMED_MESSAGE, "text is not UTF-8"),
+                Ok(text) => self.receive_text(text),
+                Err(_) => self.close(close::MALFORMED_MESSAGE, "text is not UTF-8"),
             },
-            Frame::Text(_) => self.close(ctx, close::UNSUPPORTED_DATA, ""),
+            Frame::Text(_) => self.close(close::UNSUPPORTED_DATA, ""),
             Frame::Ping(payload) => {
-                self.throttle(0, ctx); // a ping flood is slowed like any other
-                self.queue(ws::Message::Pong(payload), ctx);
+                self.throttle(0); // a ping flood is slowed like any other
+                self.queue(ws::Message::Pong(payload));
             }
             Frame::Pong(payload) => self.in_flight.answered(&payload),
-            Frame::Close(reason) => self.on_close(reason, ctx),
+            Frame::Close(reason) => self.on_close(reason),
         }
     }
 
     /// The client closed its side or sent a broken frame: nothing more will be read. The
     /// session leaves its room and stops once what is queued (a close frame, an ack) is
     /// written, or after [`CLOSE_TIMEOUT`].
-    fn finished(&mut self, ctx: &mut Self::Context) {
+    fn on_read_end(&mut self) {
         if !self.closing {
-            self.begin_closing(ctx);
+            self.begin_closing();
         }
         self.stop_when_flushed = true;
-        self.flush(ctx);
+        self.flush();
     }
 }

@@ -484,10 +484,10 @@ impl FrameWriter {
         self.queued = 0;
     }
 
-    /// Resolves when the socket can take more bytes.
-    pub fn writable(&self) -> impl std::future::Future<Output = io::Result<()>> + 'static {
-        let io = Rc::clone(&self.io);
-        async move { io.writable().await }
+    /// Ready when the socket can take more bytes (or failed); until then the task of `cx`
+    /// is woken when it can.
+    pub fn poll_writable(&self, cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
+        self.io.poll_write_ready(cx)
     }
 }
 
@@ -572,7 +572,9 @@ mod tests {
         });
         let drain = async {
             while !writer.write_now().unwrap() {
-                writer.writable().await.unwrap();
+                std::future::poll_fn(|cx| writer.poll_writable(cx))
+                    .await
+                    .unwrap();
             }
         };
         let (got, ()) = tokio::join!(reader, drain);
@@ -614,7 +616,9 @@ mod tests {
         let reader = read_until(&client, 4096, |got| got.len() >= expected);
         let drain = async {
             while !writer.write_now().unwrap() {
-                writer.writable().await.unwrap();
+                std::future::poll_fn(|cx| writer.poll_writable(cx))
+                    .await
+                    .unwrap();
             }
         };
         let (got, ()) = tokio::join!(reader, drain);

@@ -153,7 +153,9 @@ impl Actor for SseSession {
             });
         }
         let (registry, name, id) = (self.registry.clone(), self.room_name.clone(), self.id);
-        let outbox = Outbox::new(ctx.address().recipient(), self.config.max_outbox_bytes);
+        let (sender, events) = futures_channel::mpsc::unbounded();
+        ctx.add_stream(events);
+        let outbox = Outbox::new(sender, self.config.max_outbox_bytes);
         self.outbox = Some(outbox.receipts());
         let join = async move {
             send_to_room(&registry, &name, || ChatJoin {
@@ -195,9 +197,7 @@ impl Actor for SseSession {
     }
 }
 
-impl Handler<Outbound> for SseSession {
-    type Result = ();
-
+impl StreamHandler<Outbound> for SseSession {
     fn handle(&mut self, msg: Outbound, ctx: &mut Self::Context) {
         if let Some(outbox) = &self.outbox {
             outbox.taken(&msg);
@@ -221,4 +221,8 @@ impl Handler<Outbound> for SseSession {
             }
         }
     }
+
+    /// The room let go of the outbox (it removed this member): nothing more comes from
+    /// it, and the subscriber's end is the room's `Close` or the client's, not this.
+    fn finished(&mut self, _ctx: &mut Self::Context) {}
 }
