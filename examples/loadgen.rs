@@ -488,6 +488,12 @@ struct RoomsPlan {
     /// after `--doc-freeze-secs`).
     #[arg(long, default_value_t = 2.0)]
     settle_secs: f64,
+    /// Rooms opened (and kept open) before the measured ones. A fresh process pays
+    /// once for what its first rooms touch (code pages, thread stacks, allocator
+    /// arenas); with warm-up rooms, `kib_per_room` is what one more room costs, and
+    /// `kib_per_room_from_start` still counts every room from the fresh process.
+    #[arg(long, default_value_t = 0)]
+    warmup_rooms: usize,
 }
 
 fn apply(doc: &Doc, update: &[u8]) {
@@ -502,18 +508,25 @@ async fn rooms(url: String, pid: u32, plan: RoomsPlan, proto: Proto) {
         sessions,
         text_chars,
         settle_secs,
+        warmup_rooms,
     } = plan;
     let settle = Duration::from_secs_f64(settle_secs);
-    let before = rss_kib(pid);
+    let at_start = rss_kib(pid);
+    let mut before = at_start;
     let run = format!("idle{}", std::process::id());
     let text: String = "The quick brown fox jumps over the lazy dog. "
         .chars()
         .cycle()
         .take(text_chars)
         .collect();
-    let mut open = Vec::with_capacity(rooms * sessions);
-    let started = Instant::now();
-    for r in 0..rooms {
+    let mut open = Vec::with_capacity((warmup_rooms + rooms) * sessions);
+    let mut started = Instant::now();
+    for r in 0..warmup_rooms + rooms {
+        if r == warmup_rooms && r > 0 {
+            tokio::time::sleep(settle).await;
+            before = rss_kib(pid);
+            started = Instant::now();
+        }
         let mut room = Vec::with_capacity(sessions);
         for _ in 0..sessions {
             let doc = Doc::new();
@@ -549,13 +562,15 @@ async fn rooms(url: String, pid: u32, plan: RoomsPlan, proto: Proto) {
     tokio::time::sleep(settle).await;
     let after = rss_kib(pid);
     let per_room = (after.saturating_sub(before)) as f64 / rooms as f64;
+    let from_start = (after.saturating_sub(at_start)) as f64 / (warmup_rooms + rooms) as f64;
     println!(
         "{}",
         serde_json::json!({
             "mode": "rooms", "rooms": rooms, "sessions_per_room": sessions,
             "text_chars": text_chars, "settle_secs": settle.as_secs_f64(),
+            "warmup_rooms": warmup_rooms, "rss_at_start_kib": at_start,
             "rss_before_kib": before, "rss_after_kib": after,
-            "kib_per_room": per_room,
+            "kib_per_room": per_room, "kib_per_room_from_start": from_start,
             "kib_per_connection": per_room / sessions as f64,
             "connect_secs": connect_secs,
         })

@@ -50,7 +50,7 @@ use crate::room::{
 use crate::stream::wire::{self, ErrorCode, Request};
 use crate::stream::ResumeFrom;
 use limits::{InFlight, TokenBucket};
-use socket::{FrameReader, FrameWriter, Pause, ReadError, ReadGate};
+use socket::{Connection, FrameReader, FrameWriter, Pause, ReadError};
 
 /// How long a closing session waits for its client's close frame (or for the socket to
 /// take the last frames) before it drops the connection.
@@ -172,11 +172,9 @@ impl SessionPlan {
     /// Starts the session on `io`, the upgraded connection; `pending` holds bytes the
     /// client sent right behind its handshake request.
     pub fn start(self, io: TcpStream, pending: &[u8]) {
-        let io = Rc::new(io);
-        let gate = Rc::new(ReadGate::default());
+        let connection = Connection::new(io);
         let reader = FrameReader::new(
-            Rc::clone(&io),
-            Rc::clone(&gate),
+            Rc::clone(&connection),
             pending,
             self.config.max_message_bytes,
         );
@@ -216,17 +214,15 @@ impl SessionPlan {
             rate,
             last_throttled: None,
             connections: self.connections,
-            refuse,
             protocol: self.protocol,
-            writer: FrameWriter::new(io),
-            gate,
+            writer: FrameWriter::new(connection),
             flush_scheduled: false,
             awaiting_writable: false,
             closing: false,
             stop_when_flushed: false,
             stopped: false,
         };
-        actix::spawn(task::Task::new(session, reader, inbox, signals));
+        actix::spawn(task::Task::new(session, refuse, reader, inbox, signals));
     }
 }
 
@@ -269,13 +265,9 @@ struct Session {
     last_throttled: Option<Instant>,
     /// Live sessions on this node (for the connection limit).
     connections: Arc<AtomicUsize>,
-    /// If set, the session closes with this as soon as it starts (node over a limit).
-    refuse: Option<Close>,
     protocol: Protocol,
     /// Frames queued for the client.
     writer: FrameWriter,
-    /// Pauses reading the client's frames while the write queue is long.
-    gate: Rc<ReadGate>,
     /// A flush of the queued frames is scheduled (after the messages now being handled).
     flush_scheduled: bool,
     /// The socket is full; a flush runs when it can take more.
@@ -383,7 +375,7 @@ impl Session {
         }
         self.writer.queue(message);
         if self.writer.queued() > PAUSE_READING_AT {
-            self.gate.pause(Pause::Backlog);
+            self.writer.gate().pause(Pause::Backlog);
         }
         self.flush_scheduled = true;
     }
@@ -395,7 +387,7 @@ impl Session {
         }
         let written = self.writer.write_now();
         if self.writer.queued() <= PAUSE_READING_AT {
-            self.gate.resume(Pause::Backlog);
+            self.writer.gate().resume(Pause::Backlog);
         }
         match written {
             Ok(true) if self.stop_when_flushed => self.stopped = true,
@@ -485,12 +477,12 @@ impl Session {
 
     /// Stops reading the client until its rate's bucket holds a whole token again.
     fn pause_for_rate(&mut self) {
-        if self.gate.is_paused_for(Pause::Throttle) {
+        if self.writer.gate().is_paused_for(Pause::Throttle) {
             return;
         }
         metrics::get().throttled.inc();
         self.last_throttled = Some(Instant::now());
-        self.gate.pause(Pause::Throttle);
+        self.writer.gate().pause(Pause::Throttle);
         self.resume_when_refilled();
     }
 
@@ -505,7 +497,7 @@ impl Session {
             Some(wait) => self.refill_at = Some(Instant::now() + wait),
             None => {
                 self.refill_at = None;
-                self.gate.resume(Pause::Throttle);
+                self.writer.gate().resume(Pause::Throttle);
             }
         }
     }
@@ -799,10 +791,10 @@ type Joining = Pin<Box<dyn Future<Output = Result<RoomAddr, RoomError>>>>;
 impl Session {
     /// The session begins: it counts itself, and joins its room (y-websocket) or closes
     /// at once when it was refused.
-    fn started(&mut self) {
+    fn started(&mut self, refuse: Option<Close>) {
         metrics::get().connections.inc();
         self.connections.fetch_add(1, Ordering::Relaxed);
-        if let Some(close) = self.refuse {
+        if let Some(close) = refuse {
             self.close(close, "");
             return;
         }

@@ -107,11 +107,27 @@ enum Mode {
     Done,
 }
 
+/// The connection a session's reader and writer share, with the gate that pauses reading
+/// (one allocation for both: every idle connection holds it).
+pub struct Connection {
+    io: TcpStream,
+    gate: ReadGate,
+}
+
+impl Connection {
+    /// The upgraded connection `io`, reading not paused.
+    pub fn new(io: TcpStream) -> Rc<Self> {
+        Rc::new(Self {
+            io,
+            gate: ReadGate::default(),
+        })
+    }
+}
+
 /// The frames a client sends, as a stream. Refused frames are reported once; afterwards
 /// the stream discards what the client sends (see [`Mode`]) and ends at EOF.
 pub struct FrameReader {
-    io: Rc<TcpStream>,
-    gate: Rc<ReadGate>,
+    connection: Rc<Connection>,
     codec: Codec,
     /// The size budget of the message being received.
     budget: Budget,
@@ -125,13 +141,12 @@ pub struct FrameReader {
 }
 
 impl FrameReader {
-    /// A reader for `io` that first decodes `pending` (bytes read during the handshake),
-    /// refuses frames and messages larger than `max_message` bytes at their head, and
-    /// waits while `gate` is paused.
-    pub fn new(io: Rc<TcpStream>, gate: Rc<ReadGate>, pending: &[u8], max_message: usize) -> Self {
+    /// A reader of `connection` that first decodes `pending` (bytes read during the
+    /// handshake), refuses frames and messages larger than `max_message` bytes at their
+    /// head, and waits while the connection's gate is paused.
+    pub fn new(connection: Rc<Connection>, pending: &[u8], max_message: usize) -> Self {
         Self {
-            io,
-            gate,
+            connection,
             codec: Codec::new().max_size(max_message),
             budget: Budget::new(max_message),
             buf: BytesMut::from(pending),
@@ -234,8 +249,9 @@ impl Stream for FrameReader {
             match this.mode {
                 Mode::Done => return Poll::Ready(None),
                 Mode::Frames => {
-                    if this.gate.paused.get() != 0 {
-                        this.gate.waker.set(Some(cx.waker().clone()));
+                    let gate = &this.connection.gate;
+                    if gate.paused.get() != 0 {
+                        gate.waker.set(Some(cx.waker().clone()));
                         return Poll::Pending;
                     }
                     match this.decode() {
@@ -253,12 +269,12 @@ impl Stream for FrameReader {
                 return Poll::Pending;
             }
             reads += 1;
-            if let Err(e) = ready!(this.io.poll_read_ready(cx)) {
+            if let Err(e) = ready!(this.connection.io.poll_read_ready(cx)) {
                 this.mode = Mode::Done;
                 return Poll::Ready(Some(Err(ReadError::Io(e))));
             }
             let mut chunk = [0u8; READ_CHUNK];
-            match this.io.try_read(&mut chunk) {
+            match this.connection.io.try_read(&mut chunk) {
                 Ok(0) => {
                     this.mode = Mode::Done;
                     this.buf = BytesMut::new();
@@ -293,7 +309,7 @@ impl Stream for FrameReader {
 /// queued when the socket is written goes out in one vectored write (`writev`), up to
 /// [`MAX_SLICES`] pieces at a time.
 pub struct FrameWriter {
-    io: Rc<TcpStream>,
+    connection: Rc<Connection>,
     codec: Codec,
     /// Frames the kernel has not wholly taken; unallocated when all are written.
     frames: VecDeque<Queued>,
@@ -366,10 +382,10 @@ const OPCODE_TEXT: u8 = 0x1;
 const OPCODE_BINARY: u8 = 0x2;
 
 impl FrameWriter {
-    /// A writer for `io`.
-    pub fn new(io: Rc<TcpStream>) -> Self {
+    /// A writer to `connection`.
+    pub fn new(connection: Rc<Connection>) -> Self {
         Self {
-            io,
+            connection,
             codec: Codec::new(),
             frames: VecDeque::new(),
             front_taken: 0,
@@ -448,7 +464,7 @@ impl FrameWriter {
                     break;
                 }
             }
-            match self.io.try_write_vectored(&slices) {
+            match self.connection.io.try_write_vectored(&slices) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     drop(slices);
@@ -484,10 +500,15 @@ impl FrameWriter {
         self.queued = 0;
     }
 
+    /// The gate that pauses reading this connection.
+    pub fn gate(&self) -> &ReadGate {
+        &self.connection.gate
+    }
+
     /// Ready when the socket can take more bytes (or failed); until then the task of `cx`
     /// is woken when it can.
     pub fn poll_writable(&self, cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
-        self.io.poll_write_ready(cx)
+        self.connection.io.poll_write_ready(cx)
     }
 }
 
@@ -537,7 +558,7 @@ mod tests {
     /// close: the client must read whole frames, the close last.
     async fn discard_after(stalled_by: usize) {
         let (client, server) = connected_pair().await;
-        let mut writer = FrameWriter::new(Rc::new(server));
+        let mut writer = FrameWriter::new(Connection::new(server));
         let frame = Bytes::from(vec![7u8; stalled_by]);
         // Nothing taken yet: every queued frame is unsent, so none is kept.
         for _ in 0..3 {
@@ -592,7 +613,7 @@ mod tests {
     #[actix_rt::test]
     async fn frames_of_every_size_arrive_as_queued() {
         let (client, server) = connected_pair().await;
-        let mut writer = FrameWriter::new(Rc::new(server));
+        let mut writer = FrameWriter::new(Connection::new(server));
         let sizes = [0usize, 1, 125, 126, 127, 65_535, 65_536, 300_000];
         let shared: Vec<Bytes> = sizes
             .iter()

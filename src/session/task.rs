@@ -47,14 +47,15 @@ pub(super) struct Task {
 }
 
 impl Task {
-    /// The task of `session`, started (joining its room, or closing if refused).
+    /// The task of `session`, started: joining its room, or closing with `refuse`.
     pub(super) fn new(
         mut session: Session,
+        refuse: Option<close::Close>,
         reader: FrameReader,
         inbox: mpsc::UnboundedReceiver<Outbound>,
         signals: Rc<Signals>,
     ) -> Self {
-        session.started();
+        session.started(refuse);
         session.after_turn();
         Self {
             session,
