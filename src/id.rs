@@ -4,6 +4,7 @@
 //! a room, the ownership epoch a store hands a room's owner, and cluster node ids. Pure.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use thiserror::Error;
@@ -103,8 +104,9 @@ pub enum RoomNameError {
 }
 
 /// A validated room name: 1–128 bytes of `A-Z a-z 0-9 _ - . :`, not starting with `.`.
+/// Clones share one allocation (the registry, the room and its sessions each hold one).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RoomName(String);
+pub struct RoomName(Arc<str>);
 
 impl RoomName {
     /// Validates `name`.
@@ -124,7 +126,7 @@ impl RoomName {
         if name.starts_with('.') {
             return Err(RoomNameError::LeadingDot);
         }
-        Ok(Self(name.to_owned()))
+        Ok(Self(Arc::from(name)))
     }
 
     /// The name as a string.
