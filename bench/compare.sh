@@ -104,7 +104,7 @@ for server in $servers; do
   [ "$server" = bare ] && continue
   if want rooms; then
     start "$server"
-    run "$server" rooms rooms --url "$base" --pid "$pid" --rooms 1000 --sessions 2 --text-chars 100 "${proto[@]}"
+    run "$server" rooms rooms --url "$base" --pid "$pid" --warmup-rooms 100 --rooms 1000 --sessions 2 --text-chars 100 "${proto[@]}"
     stop
   fi
   if want conns; then
