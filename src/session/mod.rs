@@ -11,9 +11,12 @@
 //! never wait; reading and writing frames is in [`socket`]. A y-websocket session joins
 //! its room when it starts; a chat session when its client sends `join`. Leave is sent
 //! when the session begins to close or stops, so a session can never be forgotten by its
-//! room. Flow control (message rate, unread outbox bytes) is in [`limits`].
+//! room. Flow control (message rate, unread outbox bytes) is in [`flow`], its arithmetic
+//! in [`limits`]; a chat client's requests (`join`, `refresh`) are in [`chat`].
 
+mod chat;
 mod clock;
+mod flow;
 mod framing;
 mod limits;
 mod socket;
@@ -44,11 +47,10 @@ use crate::protocol::close::{self, Close};
 use crate::protocol::ysync::{DecodeError, Message as SyncMessage};
 use crate::registry::{send_to_room, Registry};
 use crate::room::{
-    ChatJoin, ChatRequest, Join, Leave, Outbound, Outbox, Receipts, Receive, Room, RoomAddr,
-    RoomError, RoomName, SessionId, HARD_FACTOR, SLOW_GRACE,
+    Join, Leave, Outbound, Outbox, Receipts, Receive, Room, RoomAddr, RoomError, RoomName,
+    SessionId, HARD_FACTOR,
 };
-use crate::stream::wire::{self, ErrorCode, Request};
-use crate::stream::ResumeFrom;
+use chat::ChatSide;
 use limits::{InFlight, TokenBucket};
 use socket::{Connection, FrameReader, FrameWriter, Pause, ReadError};
 
@@ -94,18 +96,6 @@ enum Protocol {
     /// The chat stream: JSON text frames, joined on the client's `join` (boxed: it is
     /// the larger side, and most sessions are y-websocket ones).
     Chat(Box<ChatSide>),
-}
-
-/// What a chat session knows of its member.
-struct ChatSide {
-    /// Verifies the client's `refresh` tokens.
-    auth: Arc<Authenticator>,
-    /// The token's subject.
-    subject: Option<String>,
-    /// The token's public presence info.
-    info: Option<Value>,
-    /// Whether a `join` was accepted (or is under way).
-    joined: bool,
 }
 
 /// Everything a session needs but its socket: made by the HTTP edge while it checks the
@@ -310,55 +300,6 @@ impl Session {
         self.schedule_slow_check();
     }
 
-    /// While the client has more than the limit unread, looks again once the oldest of
-    /// it can be overdue: a burst that stops does not leave a silent client's bytes held
-    /// until the next frame or the heartbeat timeout.
-    fn schedule_slow_check(&mut self) {
-        if self.slow_check_at.is_some() || self.in_flight.unread() <= self.config.max_outbox_bytes {
-            return;
-        }
-        self.slow_check_at = Some(Instant::now() + SLOW_GRACE / 4);
-    }
-
-    /// The slow check [`Self::schedule_slow_check`] asked for is due.
-    fn slow_check(&mut self) {
-        self.slow_check_at = None;
-        if !self.closing && !self.cut_if_too_slow() {
-            self.schedule_slow_check();
-        }
-    }
-
-    /// The outbox rule: cuts the client (4008) when what it left unread for longer than
-    /// the grace is over the limit, or when its unread bytes pass the hard bound whatever
-    /// their age. True when it cut.
-    fn cut_if_too_slow(&mut self) -> bool {
-        let max = self.config.max_outbox_bytes;
-        let unread = self.in_flight.unread();
-        let overdue = self.in_flight.overdue(Instant::now(), SLOW_GRACE);
-        // While the client is throttled its pongs wait behind its own frames, unread by
-        // us: only the hard bound (memory) judges it then.
-        let soft = overdue > max && !self.throttled_within(SLOW_GRACE);
-        if !soft && unread <= max.saturating_mul(HARD_FACTOR) {
-            return false;
-        }
-        self.cut_slow("client too slow", unread);
-        true
-    }
-
-    /// Closes the session as too slow (4008). Frames it has not begun to receive are
-    /// dropped, so the close frame is next.
-    fn cut_slow(&mut self, why: &str, unread: u64) {
-        info!(room = %self.room_name, session = self.id.0, unread, "closing session: {why}");
-        metrics::get().slow_consumers.inc();
-        self.writer.discard_unsent();
-        self.close(close::TOO_SLOW, &format!("{unread} bytes unread"));
-    }
-
-    /// Whether the session's reading was paused for the message rate within `window`.
-    fn throttled_within(&self, window: Duration) -> bool {
-        self.last_throttled.is_some_and(|at| at.elapsed() < window)
-    }
-
     /// Queues a frame; the task flushes everything queued once it has handled what is
     /// ready (one write for a burst, not one per frame).
     fn queue(&mut self, message: ws::Message) {
@@ -460,64 +401,6 @@ impl Session {
         self.flush();
     }
 
-    /// Counts an incoming y-websocket message against the rate: past it, the client's
-    /// socket is not read until its tokens refill (TCP backpressure slows only this
-    /// client; nobody is cut for typing, pasting or importing fast).
-    fn throttle(&mut self, size: usize) {
-        metrics::get().bytes_in.inc_by(size as u64);
-        let in_debt = self
-            .rate
-            .as_mut()
-            .and_then(|rate| rate.take(Instant::now()))
-            .is_some();
-        if in_debt {
-            self.pause_for_rate();
-        }
-    }
-
-    /// Stops reading the client until its rate's bucket holds a whole token again.
-    fn pause_for_rate(&mut self) {
-        if self.writer.gate().is_paused_for(Pause::Throttle) {
-            return;
-        }
-        metrics::get().throttled.inc();
-        self.last_throttled = Some(Instant::now());
-        self.writer.gate().pause(Pause::Throttle);
-        self.resume_when_refilled();
-    }
-
-    /// Lifts the throttle once the bucket holds a token, looking again after each wait
-    /// (frames already decoded may have taken more meanwhile).
-    fn resume_when_refilled(&mut self) {
-        match self
-            .rate
-            .as_mut()
-            .and_then(|rate| rate.wait(Instant::now()))
-        {
-            Some(wait) => self.refill_at = Some(Instant::now() + wait),
-            None => {
-                self.refill_at = None;
-                self.writer.gate().resume(Pause::Throttle);
-            }
-        }
-    }
-
-    /// Whether a chat request is within the rate: one over it is answered with a
-    /// `rate_limited` error (retry it, with the same id, later) and the socket is not read
-    /// until a token is back, so a flood costs one error per refill.
-    fn chat_within_rate(&mut self, size: usize) -> bool {
-        metrics::get().bytes_in.inc_by(size as u64);
-        let now = Instant::now();
-        let Some(rate) = self.rate.as_mut() else {
-            return true;
-        };
-        if rate.try_take(now) {
-            return true;
-        }
-        self.pause_for_rate();
-        false
-    }
-
     /// Decodes one whole binary message and hands it to the room.
     fn receive(&mut self, frame: Bytes) {
         if self.is_chat() {
@@ -549,65 +432,6 @@ impl Session {
         }
     }
 
-    /// Parses one whole chat request and acts on it: `join` here, the rest in the room.
-    fn receive_text(&mut self, text: &str) {
-        let parsed = Request::parse(text).and_then(Request::validated);
-        // A refresh is never refused for the rate: losing it would end the session.
-        let refresh = matches!(parsed, Ok(Request::Refresh { .. }));
-        if !refresh && !self.chat_within_rate(text.len()) {
-            let id = parsed.as_ref().ok().and_then(Request::reply_id);
-            let error = wire::error(ErrorCode::RateLimited, "over the message rate", id);
-            self.send_event(error);
-            return;
-        }
-        let request = match parsed {
-            Ok(request) => request,
-            Err(e) => {
-                metrics::get().protocol_errors.inc();
-                self.send_event(wire::error(ErrorCode::BadRequest, &e.to_string(), None));
-                return;
-            }
-        };
-        let Protocol::Chat(chat) = &mut self.protocol else {
-            return;
-        };
-        let ChatSide {
-            subject,
-            info,
-            joined,
-            ..
-        } = &mut **chat;
-        match request {
-            Request::Refresh { token } => self.refresh(&token),
-            Request::Join { v, epoch, since } if !*joined => {
-                if v.is_some_and(|v| v != wire::VERSION) {
-                    let why = format!("protocol version {} is not supported", v.unwrap_or(0));
-                    self.send_event(wire::error(ErrorCode::BadRequest, &why, None));
-                    return;
-                }
-                *joined = true;
-                let resume = since.map(|since| ResumeFrom { epoch, since });
-                let (subject, info) = (subject.clone(), info.clone());
-                self.join_chat(subject, info, resume);
-            }
-            request if !*joined => {
-                let error =
-                    wire::error(ErrorCode::NotJoined, "send join first", request.reply_id());
-                self.send_event(error);
-            }
-            request => {
-                // `room` is None only while the join is under way, and the task reads no
-                // frame until the room has answered, so a request is never dropped here.
-                if let Some(room) = &self.room {
-                    room.do_send(ChatRequest {
-                        session: self.id,
-                        request,
-                    });
-                }
-            }
-        }
-    }
-
     /// Closes the session (4010) `left` from now, when its token expires, replacing any
     /// earlier expiry (a chat `refresh` moves it).
     fn arm_expiry(&mut self, left: Duration) {
@@ -620,54 +444,6 @@ impl Session {
         info!(room = %self.room_name, session = self.id.0, "closing session: token expired");
         metrics::get().tokens_expired.inc();
         self.close(close::TOKEN_EXPIRED, "");
-    }
-
-    /// A chat client's `refresh`: a valid token for the same subject and the same right in
-    /// this room moves the session's expiry to the new token's; anything else is refused
-    /// with an error and leaves the old expiry in place.
-    fn refresh(&mut self, token: &str) {
-        let Protocol::Chat(chat) = &self.protocol else {
-            return;
-        };
-        let refused = match chat.auth.authorize(Some(token), &self.room_name) {
-            Err(e) => Some(e.to_string()),
-            Ok(grant) if grant.subject != chat.subject => {
-                Some("the new token is for another subject".to_owned())
-            }
-            Ok(grant) if grant.access != self.access => {
-                Some("the new token grants another right in this room".to_owned())
-            }
-            Ok(grant) => {
-                if let Some(left) = grant.remaining() {
-                    self.arm_expiry(left);
-                }
-                self.send_event(wire::refreshed(grant.valid_until));
-                None
-            }
-        };
-        if let Some(why) = refused {
-            debug!(room = %self.room_name, session = self.id.0, why, "refresh refused");
-            self.send_event(wire::error(ErrorCode::Unauthorized, &why, None));
-        }
-    }
-
-    /// Joins the room's chat stream.
-    fn join_chat(
-        &mut self,
-        subject: Option<String>,
-        info: Option<Value>,
-        resume: Option<ResumeFrom>,
-    ) {
-        let (session, access) = (self.id, self.access);
-        let join = move |outbox| ChatJoin {
-            session,
-            access,
-            subject: subject.clone(),
-            info: info.clone(),
-            outbox,
-            resume: resume.clone(),
-        };
-        self.join(join);
     }
 
     /// Sends the room the join `make` builds (given this session's outbox). The task
@@ -700,11 +476,6 @@ impl Session {
                 self.close(e.close(), &e.public_message());
             }
         }
-    }
-
-    /// Sends a chat event (a text frame; its UTF-8 was checked when it was made).
-    fn send_event(&mut self, event: wire::Event) {
-        self.send_text(event.json);
     }
 
     fn on_fragment(&mut self, item: Item) {
