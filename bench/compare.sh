@@ -56,34 +56,6 @@ trap cleanup EXIT
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
 
-# start NAME → sets $pid, $base (the rooms' WebSocket base URL) and $proto (loadgen's
-# protocol option for it)
-start() {
-  local port; port=$(free_port)
-  proto=()
-  case "$1" in
-    tandem)
-      target/release/tandem serve --listen "127.0.0.1:$port" --data-dir "$work/tandem-$port" \
-        --max-messages-per-sec 0 --heartbeat-timeout-secs 600 >"$work/tandem.log" 2>&1 &
-      base="ws://127.0.0.1:$port/yjs" ;;
-    reference)
-      HOST=127.0.0.1 PORT=$port node bench/reference/node_modules/@y/websocket-server/src/server.js \
-        >"$work/reference.log" 2>&1 &
-      base="ws://127.0.0.1:$port" ;;
-    hocuspocus)
-      node bench/hocuspocus/server.mjs "$port" >"$work/hocuspocus.log" 2>&1 &
-      base="ws://127.0.0.1:$port"; proto=(--proto hocuspocus) ;;
-    bare)
-      target/release/examples/broadcast_baseline "127.0.0.1:$port" >"$work/bare.log" 2>&1 &
-      base="ws://127.0.0.1:$port" ;;
-    *) echo "unknown server $1 (SERVERS: $all_servers)" >&2; exit 2 ;;
-  esac
-  pid=$!
-  pids+=("$pid")
-  wait_port "$port"
-}
-stop() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
-
 # Every load on a freshly started server.
 for server in $servers; do
   if want fanout; then

@@ -24,3 +24,34 @@ run() {
     echo "{\"server\":\"$name\",\"label\":\"$label\",\"result\":{\"failed\":true}}" >>"$out"
   fi
 }
+
+# start NAME → starts server NAME (tandem, reference, hocuspocus or bare) on a free loopback
+# port with its log in $work, adds its PID to the array pids (the caller stops them all on
+# exit), and sets $pid, $base (the rooms' WebSocket base URL) and $proto (loadgen's
+# protocol option for it).
+start() {
+  local port; port=$(free_port)
+  proto=()
+  case "$1" in
+    tandem)
+      target/release/tandem serve --listen "127.0.0.1:$port" --data-dir "$work/tandem-$port" \
+        --max-messages-per-sec 0 --heartbeat-timeout-secs 600 >"$work/tandem.log" 2>&1 &
+      base="ws://127.0.0.1:$port/yjs" ;;
+    reference)
+      HOST=127.0.0.1 PORT=$port node bench/reference/node_modules/@y/websocket-server/src/server.js \
+        >"$work/reference.log" 2>&1 &
+      base="ws://127.0.0.1:$port" ;;
+    hocuspocus)
+      node bench/hocuspocus/server.mjs "$port" >"$work/hocuspocus.log" 2>&1 &
+      base="ws://127.0.0.1:$port"; proto=(--proto hocuspocus) ;;
+    bare)
+      target/release/examples/broadcast_baseline "127.0.0.1:$port" >"$work/bare.log" 2>&1 &
+      base="ws://127.0.0.1:$port" ;;
+    *) echo "unknown server $1 (servers: tandem reference hocuspocus bare)" >&2; exit 2 ;;
+  esac
+  pid=$!
+  pids+=("$pid")
+  wait_port "$port"
+}
+# stop → stops the server `start` last started.
+stop() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }

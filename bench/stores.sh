@@ -45,7 +45,8 @@ trap cleanup EXIT
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
 
-# start STORE [FLAGS…] → sets $pid and $port
+# start STORE [FLAGS…] → sets $pid and $port (in place of lib.sh's `start`: one server,
+# two stores; lib.sh's `stop` stops it)
 start() {
   local store=$1; shift
   port=$(free_port)
@@ -61,7 +62,6 @@ start() {
   pids+=("$pid")
   wait_port "$port"
 }
-stop() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
 
 for store in sled postgres; do
   start "$store"
