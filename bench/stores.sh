@@ -12,7 +12,7 @@
 # PostgreSQL: $TANDEM_BENCH_POSTGRES_URL, else $TANDEM_TEST_POSTGRES_URL, else the machine's
 # postgres://postgres@127.0.0.1:5432/test; each server gets a fresh schema, dropped at the
 # end. Output: bench/results/stores-<UTC time>.jsonl, and the "Stores" section of
-# BENCHMARKS.md rewritten in place. Every server is started here on a loopback port and
+# BENCHMARKS.md rewritten in place (not by a QUICK run). Every server is started here on a loopback port and
 # stopped by its PID; every load is bounded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -75,5 +75,9 @@ for store in sled postgres; do
   stop
 done
 
-python3 bench/stores_table.py "$out" BENCHMARKS.md
-echo "== wrote $out and the Stores section of BENCHMARKS.md" >&2
+if [ "$quick" = 1 ]; then
+  echo "== wrote $out (BENCHMARKS.md only from a full run)" >&2
+else
+  python3 bench/stores_table.py "$out" BENCHMARKS.md
+  echo "== wrote $out and the Stores section of BENCHMARKS.md" >&2
+fi
