@@ -564,3 +564,66 @@ async fn writes_lost_in_a_failed_commit_are_never_acknowledged_later() {
         vec![b"b1".to_vec()]
     );
 }
+
+/// A commit that the database holds back (another transaction holds the log table locked)
+/// delays the broadcast (nothing is seen before it is durable), loses nothing once the
+/// lock goes, and is logged as slow, so an operator sees why clients waited.
+#[actix_rt::test]
+async fn a_commit_the_database_holds_back_is_logged_and_delivered_after_it() {
+    let Some(url) = pg::url("a_commit_the_database_holds_back_is_logged_and_delivered_after_it")
+    else {
+        return;
+    };
+    let schema = pg::Schema::new(&url, "slowlog");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let flags = schema.flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let server = Server::start_logged(&dir.path().join("data"), &flags, &log);
+    let mut writer = YClient::synced(&server, "held").await;
+    let mut reader = YClient::synced(&server, "held").await;
+    writer.append("before ").await;
+    reader.next_update().await;
+    assert!(
+        !server.log_text().contains("was slow"),
+        "{}",
+        server.log_text()
+    );
+
+    // Another session of the database holds the log table for 600 ms.
+    let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let connection = actix_rt::spawn(connection);
+    db.batch_execute(&format!(
+        "BEGIN; LOCK TABLE \"{}\".doc_log IN ACCESS EXCLUSIVE MODE",
+        schema.name
+    ))
+    .await
+    .unwrap();
+    writer.append("held").await;
+    let early = loop {
+        match reader.recv_within(Duration::from_millis(600)).await {
+            None => break false,
+            Some(Received::Message(Message::Update(_))) => break true,
+            Some(_) => {} // awareness, keepalives
+        }
+    };
+    assert!(!early, "an update was broadcast before it was durable");
+    db.batch_execute("COMMIT").await.unwrap();
+    drop(db);
+    let _ = connection.await;
+
+    reader.next_update().await;
+    assert_eq!(reader.text(), "before held");
+    wait_for_text(&server, "held", "before held").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server.log_text().contains("was slow") && Instant::now() < deadline {
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = server.log_text();
+    assert!(
+        text.contains("PostgreSQL: ") && text.contains("was slow"),
+        "no slow line in the log:\n{text}"
+    );
+}

@@ -26,6 +26,7 @@ pub mod copy;
 mod memory;
 mod postgres;
 mod sled_store;
+mod slow;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -35,6 +35,7 @@ use tokio::sync::Notify;
 use tokio_postgres::NoTls;
 use tracing::{debug, info, warn};
 
+use super::slow::{self, SlowLog};
 use super::{
     encode_batch, split_batch, Durable, Epoch, Messages, Store, StoreError, StoreFuture, StoredDoc,
     StoredStream,
@@ -98,6 +99,8 @@ struct Inner {
     /// so nothing more may be acknowledged under that epoch: every later write and flush
     /// of it fails, the room fails and comes back under a new epoch from what is stored.
     poisoned: Mutex<HashSet<(RoomName, u64)>>,
+    /// Which slow round trips get a log line.
+    slow: Mutex<SlowLog>,
 }
 
 impl Inner {
@@ -241,6 +244,7 @@ impl PostgresStore {
             ready: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             poisoned: Mutex::default(),
+            slow: Mutex::default(),
         });
         // Waited for on this thread without entering the runtime: the caller may be inside
         // another runtime (the server's), where `block_on` is not allowed.
@@ -361,8 +365,19 @@ impl Inner {
                     retry: false,
                 }),
             };
-            m.store_round_trip_seconds
-                .observe(started.elapsed().as_secs_f64());
+            let took = started.elapsed();
+            m.store_round_trip_seconds.observe(took.as_secs_f64());
+            let slow = (took >= slow::THRESHOLD).then(|| {
+                let mut log = self.slow.lock().unwrap_or_else(|e| e.into_inner());
+                log.note(took, Instant::now())
+            });
+            if let Some(round_trips) = slow.flatten() {
+                warn!(
+                    took_ms = took.as_millis() as u64,
+                    slow_round_trips = round_trips,
+                    "PostgreSQL: {what} was slow: what waited on it was held back"
+                );
+            }
             match outcome {
                 Ok(value) => {
                     self.ready.store(true, Ordering::Relaxed);

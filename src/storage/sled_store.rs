@@ -33,12 +33,14 @@ use std::time::Instant;
 // drains a long mailbox in one poll exhausts, so it would see the flush end only late.
 use futures_channel::oneshot;
 
+use super::slow::SlowLog;
 use super::{
     encode_batch, split_batch, Durable, Epoch, FlushPolicy, Messages, Store, StoreError,
     StoreFuture, StoredDoc, StoredStream,
 };
 use crate::id::RoomName;
 use crate::metrics;
+use tracing::warn;
 
 const SNAPSHOT_TAG: u8 = 0;
 const UPDATE_TAG: u8 = 1;
@@ -284,6 +286,7 @@ fn spawn_flusher(db: sled::Db) -> Result<Flusher, StoreError> {
         .spawn(move || {
             // Every request that arrived while the previous flush ran shares this one.
             let mut last_end: Option<Instant> = None;
+            let mut slow = SlowLog::default();
             while let Ok(first) = rx.recv() {
                 // Under a steady stream (this request came right after the last flush),
                 // wait a little so that one flush serves more writes.
@@ -294,10 +297,17 @@ fn spawn_flusher(db: sled::Db) -> Result<Flusher, StoreError> {
                 batch.extend(rx.try_iter());
                 let started = Instant::now();
                 let result = db.flush().map(drop).map_err(backend);
-                last_end = Some(Instant::now());
-                metrics::get()
-                    .flush_seconds
-                    .observe(started.elapsed().as_secs_f64());
+                let ended = Instant::now();
+                last_end = Some(ended);
+                let took = ended - started;
+                metrics::get().flush_seconds.observe(took.as_secs_f64());
+                if let Some(flushes) = slow.note(took, ended) {
+                    warn!(
+                        took_ms = took.as_millis() as u64,
+                        slow_flushes = flushes,
+                        "sled flush was slow: acknowledgements and broadcasts waited for the disk"
+                    );
+                }
                 metrics::get().flush_batch_size.observe(batch.len() as f64);
                 for waiter in batch {
                     let _ = waiter.send(result.clone());

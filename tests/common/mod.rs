@@ -37,6 +37,8 @@ pub struct Server {
     /// The PostgreSQL schema the server stores in, when the suite runs on PostgreSQL
     /// (kept across restarts, dropped with the last server that uses it).
     schema: Option<std::sync::Arc<pg::Schema>>,
+    /// Where the server's log (stderr) goes when a test reads it; else the test's stderr.
+    log: Option<PathBuf>,
 }
 
 /// `TANDEM_TEST_STORE=postgres` runs every end-to-end test that starts a server on sled
@@ -79,7 +81,23 @@ impl Server {
                 schema = Some(made);
             }
         }
-        Self::launch(port, data_dir, args, schema)
+        Self::launch(port, data_dir, args, schema, None)
+    }
+
+    /// Like [`Server::start`], with the server's log appended to `log` (see
+    /// [`Server::log_text`]) instead of the test's stderr.
+    pub fn start_logged(data_dir: &Path, extra: &[&str], log: &Path) -> Server {
+        let args = extra.iter().map(|s| s.to_string()).collect();
+        Self::launch(0, data_dir, args, None, Some(log.to_owned()))
+    }
+
+    /// What the server has logged so far (only for [`Server::start_logged`]).
+    pub fn log_text(&self) -> String {
+        let log = self
+            .log
+            .as_ref()
+            .expect("the server was started with a log");
+        std::fs::read_to_string(log).unwrap_or_default()
     }
 
     fn launch(
@@ -87,6 +105,7 @@ impl Server {
         data_dir: &Path,
         args: Vec<String>,
         schema: Option<std::sync::Arc<pg::Schema>>,
+        log: Option<PathBuf>,
     ) -> Server {
         // `TANDEM_TEST_BIN` runs the suite against another build (a release binary, or an
         // older one to measure what a change bought).
@@ -111,6 +130,16 @@ impl Server {
                 std::env::var("TANDEM_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdout(Stdio::piped())
+            .stderr(match &log {
+                Some(path) => Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .expect("open the server's log"),
+                ),
+                None => Stdio::inherit(),
+            })
             .spawn()
             .expect("spawn the tandem binary");
         let mut child = child;
@@ -121,6 +150,7 @@ impl Server {
             data_dir: data_dir.to_owned(),
             args,
             schema,
+            log,
         };
         server.wait_healthy();
         server
@@ -201,6 +231,7 @@ impl Server {
             &self.data_dir,
             self.args.clone(),
             self.schema.clone(),
+            self.log.clone(),
         )
     }
 }
