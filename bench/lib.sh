@@ -55,3 +55,21 @@ start() {
 }
 # stop → stops the server `start` last started.
 stop() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
+
+# bench_begin PREFIX → raises the open-files limit and sets $loadgen, $stamp, $out
+# (bench/results/PREFIX<stamp>.jsonl), a scratch directory $work and the array pids; on
+# exit every server still in pids is stopped and $work removed.
+bench_begin() {
+  ulimit -n "$(ulimit -Hn)" || true
+  loadgen=target/release/examples/loadgen
+  stamp=$(date -u +%Y%m%dT%H%M%SZ)
+  mkdir -p bench/results
+  out="bench/results/$1$stamp.jsonl"
+  work=$(mktemp -d)
+  pids=()
+  trap bench_end EXIT
+}
+bench_end() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}

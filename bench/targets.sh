@@ -28,22 +28,10 @@ echo "== building (release)" >&2
 cargo build --release --bin tandem --examples >&2
 echo "== installing Hocuspocus" >&2
 (cd bench/hocuspocus && npm ci --no-audit --no-fund >&2)
-ulimit -n "$(ulimit -Hn)" || true
-
-loadgen=target/release/examples/loadgen
-stamp=$(date -u +%Y%m%dT%H%M%SZ)
-mkdir -p bench/results
-out="bench/results/targets-$stamp.jsonl"
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
 
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
+bench_begin "targets-"
 
 for round in $(seq 1 "$rounds"); do
   echo "== round $round of $rounds" >&2
