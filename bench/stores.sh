@@ -24,26 +24,18 @@ pg_url=${TANDEM_BENCH_POSTGRES_URL:-${TANDEM_TEST_POSTGRES_URL:-postgres://postg
 
 echo "== building (release)" >&2
 cargo build --release --bin tandem --examples >&2
-ulimit -n "$(ulimit -Hn)" || true
-
-loadgen=target/release/examples/loadgen
-stamp=$(date -u +%Y%m%dT%H%M%SZ)
-mkdir -p bench/results
-out="bench/results/stores-$stamp.jsonl"
-work=$(mktemp -d)
-pids=()
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+bench_begin "stores-"
 schemas=()
+# lib.sh's cleanup, and every schema made here dropped.
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for schema in "${schemas[@]}"; do
     psql -q "$pg_url" -c "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1 || true
   done
-  rm -rf "$work"
+  bench_end
 }
 trap cleanup EXIT
-
-# shellcheck source=bench/lib.sh
-source bench/lib.sh
 
 # start STORE [FLAGS…] → sets $pid and $port (in place of lib.sh's `start`: one server,
 # two stores; lib.sh's `stop` stops it)
