@@ -10,7 +10,7 @@ import { drawSelection, highlightSpecialChars, keymap, placeholder } from '@code
 import { yCollab, yUndoManagerKeymap } from 'y-codemirror.next';
 import { TandemChat, TandemProvider, isValidRoomName, roomNameProblem, type Typing } from '../../src/index.js';
 import { ChatPanel } from './chat-panel.js';
-import { memberName, people, renderPeople } from './presence.js';
+import { type KnownPeople, memberName, people, renderPeople } from './presence.js';
 import { currentRoom, currentToken, initials, isReadOnly, loadIdentity, rememberToken, roomLink, safeName, saveIdentity } from './session.js';
 
 const $ = <T extends HTMLElement>(id: string): T => document.getElementById(id) as T;
@@ -139,7 +139,8 @@ async function main(): Promise<void> {
   );
   panel.setReadOnly(readOnly);
 
-  const refreshPeople = (): void => renderPeople($('presence-list'), $('presence-count'), people(awareness, chat));
+  const known: KnownPeople = new Map();
+  const refreshPeople = (): void => renderPeople($('presence-list'), $('presence-count'), people(awareness, chat, known));
   awareness.on('change', refreshPeople);
   for (const event of ['joined', 'presence', 'typing', 'status'] as const) chat.on(event, refreshPeople);
   refreshPeople();

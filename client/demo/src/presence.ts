@@ -23,29 +23,42 @@ export function memberName(member: { subject: string; info?: unknown }): string 
   return safeName((member.info as { name?: unknown } | undefined)?.name, member.subject);
 }
 
-/** Everyone here, you first, then by name. */
-export function people(awareness: Awareness, chat: TandemChat): Person[] {
+/** The name and colour a chat connection last showed in awareness. */
+export type KnownPeople = Map<string, { name: string; color: string }>;
+
+/**
+ * Everyone here, you first, then by name. `known` remembers how each chat connection last
+ * appeared in awareness: a person whose page closes leaves awareness and the chat stream a
+ * moment apart, and in between they stay listed as themselves, not as their token's subject.
+ */
+export function people(awareness: Awareness, chat: TandemChat, known: KnownPeople = new Map()): Person[] {
   const list: Person[] = [];
   const linked = new Set<string>();
   for (const [client, raw] of awareness.getStates()) {
     const state = raw as AwarenessState;
     const name = safeName(state.user?.name, '');
     if (!name) continue;
+    const color = safeColor(state.user?.color);
     const conn = typeof state.chat === 'string' ? state.chat : undefined;
-    if (conn) linked.add(conn);
+    if (conn) {
+      linked.add(conn);
+      known.set(conn, { name, color });
+    }
     const member = conn ? chat.presence.get(conn) : undefined;
-    list.push({
-      key: `doc-${client}`,
-      name,
-      color: safeColor(state.user?.color),
-      me: client === awareness.clientID,
-      typing: Boolean(member?.status),
-    });
+    list.push({ key: `doc-${client}`, name, color, me: client === awareness.clientID, typing: Boolean(member?.status) });
   }
   for (const member of chat.presence.values()) {
     if (linked.has(member.conn) || member.conn === chat.conn) continue;
-    list.push({ key: `chat-${member.conn}`, name: memberName(member), color: '#64748b', me: false, typing: Boolean(member.status) });
+    const seen = known.get(member.conn);
+    list.push({
+      key: `chat-${member.conn}`,
+      name: seen?.name ?? memberName(member),
+      color: seen?.color ?? '#64748b',
+      me: false,
+      typing: Boolean(member.status),
+    });
   }
+  for (const conn of known.keys()) if (!chat.presence.has(conn)) known.delete(conn);
   return list.sort((a, b) => Number(b.me) - Number(a.me) || a.name.localeCompare(b.name));
 }
 
