@@ -367,11 +367,11 @@ impl Inner {
             };
             let took = started.elapsed();
             m.store_round_trip_seconds.observe(took.as_secs_f64());
-            let slow = (took >= slow::THRESHOLD).then(|| {
+            let line_due = (took >= slow::THRESHOLD).then(|| {
                 let mut log = self.slow.lock().unwrap_or_else(|e| e.into_inner());
                 log.note(took, Instant::now())
             });
-            if let Some(round_trips) = slow.flatten() {
+            if let Some(round_trips) = line_due.flatten() {
                 warn!(
                     took_ms = took.as_millis() as u64,
                     slow_round_trips = round_trips,

@@ -32,6 +32,7 @@ use std::time::Instant;
 // Not tokio's oneshot: its receiver obeys tokio's cooperative budget, which a room that
 // drains a long mailbox in one poll exhausts, so it would see the flush end only late.
 use futures_channel::oneshot;
+use tracing::warn;
 
 use super::slow::SlowLog;
 use super::{
@@ -40,7 +41,6 @@ use super::{
 };
 use crate::id::RoomName;
 use crate::metrics;
-use tracing::warn;
 
 const SNAPSHOT_TAG: u8 = 0;
 const UPDATE_TAG: u8 = 1;
