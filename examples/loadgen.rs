@@ -41,8 +41,10 @@
 //!     --file ../shared/data/automerge-paper.json.gz
 //! ```
 
+use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -949,30 +951,38 @@ fn marker(n: usize, t_us: u64) -> String {
     format!("~{n:08x}{t_us:016x}~")
 }
 
-/// Every marker in a frame: a server may merge several updates into one (Tandem does when
-/// they arrive faster than it applies them one by one).
-fn find_markers(frame: &[u8]) -> Vec<(usize, u64)> {
-    let mut found = Vec::new();
+/// Calls `each(n, t_us)` for every marker in a frame and returns how many it found: a
+/// server may merge several updates into one (Tandem does when they arrive faster than
+/// it releases them). This runs once per delivered update on the load generator's one
+/// thread, so it is kept cheap: `memchr` to the next `~`, hex parsed in place.
+fn for_each_marker(frame: &[u8], mut each: impl FnMut(usize, u64)) -> usize {
+    let mut found = 0;
     let mut at = 0;
-    while at + 26 <= frame.len() {
-        let w = &frame[at..at + 26];
-        let parsed = (w[0] == b'~' && w[25] == b'~')
-            .then(|| std::str::from_utf8(&w[1..25]).ok())
-            .flatten()
-            .and_then(|text| {
-                let n = usize::from_str_radix(&text[..8], 16).ok()?;
-                let t = u64::from_str_radix(&text[8..], 16).ok()?;
-                Some((n, t))
-            });
+    while let Some(offset) = memchr::memchr(b'~', &frame[at..]) {
+        let start = at + offset;
+        let Some(w) = frame.get(start..start + 26) else {
+            break;
+        };
+        let parsed = (w[25] == b'~')
+            .then(|| parse_hex(&w[1..9]).zip(parse_hex(&w[9..25])))
+            .flatten();
         match parsed {
-            Some(marker) => {
-                found.push(marker);
-                at += 26;
+            Some((n, t)) => {
+                each(n as usize, t);
+                found += 1;
+                at = start + 26;
             }
-            None => at += 1,
+            None => at = start + 1,
         }
     }
     found
+}
+
+/// The value of ASCII hex digits, if they all are.
+fn parse_hex(digits: &[u8]) -> Option<u64> {
+    digits.iter().try_fold(0u64, |acc, &d| {
+        Some(acc << 4 | u64::from((d as char).to_digit(16)?))
+    })
 }
 
 /// What one fan-out run measured.
@@ -1006,6 +1016,12 @@ async fn run_fanout(
     let (ready_tx, mut ready) = tokio::sync::mpsc::unbounded_channel::<()>();
     let send_secs = count as f64 / rate;
     let deadline = origin + Duration::from_secs_f64(60.0 + send_secs * 2.0);
+    let histogram =
+        || hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram");
+    // Latencies of the direct and of the relayed readers. One pair that every reader
+    // records into (they all run on this thread) rather than one per reader: a thousand
+    // histograms of ~0.5 MB each made every record a cache miss.
+    let recorded = Rc::new(RefCell::new([histogram(), histogram()]));
     for i in 0..readers {
         let proxied = proxied_url.is_some() && i % 2 == 1;
         let url = if proxied {
@@ -1014,14 +1030,13 @@ async fn run_fanout(
             url
         };
         let (url, room, ready) = (url.to_owned(), room.to_owned(), ready_tx.clone());
+        let recorded = recorded.clone();
         tasks.push(actix_rt::spawn(async move {
             let doc = Doc::new();
             let mut socket = connect(&url, &room, proto).await;
             handshake(&mut socket, &doc).await;
             let _ = ready.send(());
             let mut seen = vec![false; count];
-            let mut latency = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
-                .expect("histogram");
             let (mut got, mut frames) = (0, 0u64);
             while got < count {
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -1034,18 +1049,20 @@ async fn run_fanout(
                     Ok(Some(Ok(_))) => continue,
                     _ => break,
                 };
-                let markers = find_markers(&frame);
-                frames += u64::from(!markers.is_empty());
-                for (n, t) in markers {
+                // Every update in a frame arrived now: one clock read per frame.
+                let now = origin.elapsed().as_micros() as u64;
+                let mut recorded = recorded.borrow_mut();
+                let latency = &mut recorded[usize::from(proxied)];
+                let found = for_each_marker(&frame, |n, t| {
                     if n < count && !seen[n] {
                         seen[n] = true;
                         got += 1;
-                        let now = origin.elapsed().as_micros() as u64;
                         latency.saturating_record(now.saturating_sub(t).max(1));
                     }
-                }
+                });
+                frames += u64::from(found > 0);
             }
-            (latency, got, frames, origin.elapsed(), proxied)
+            (got, frames, origin.elapsed())
         }));
         if i % 50 == 49 {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -1081,22 +1098,18 @@ async fn run_fanout(
         };
         send(&mut writer, &Message::Update(update.into())).await;
     }
-    let histogram =
-        || hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram");
-    let (mut latency, mut direct, mut relayed) = (histogram(), histogram(), histogram());
     let (mut delivered, mut frames, mut readers_missing, mut last) =
         (0u64, 0u64, 0usize, Duration::ZERO);
     for task in tasks {
-        let (h, got, reader_frames, done, proxied) = task.await.expect("reader task");
+        let (got, reader_frames, done) = task.await.expect("reader task");
         frames += reader_frames;
-        latency.add(&h).expect("merge histograms");
-        if proxied { &mut relayed } else { &mut direct }
-            .add(&h)
-            .expect("merge histograms");
         delivered += got as u64;
         readers_missing += usize::from(got < count);
         last = last.max(done);
     }
+    let [direct, relayed] = recorded.borrow().clone();
+    let mut latency = direct.clone();
+    latency.add(&relayed).expect("merge histograms");
     FanoutResult {
         latency,
         direct,
@@ -1675,4 +1688,35 @@ fn main() {
             } => trace(url, pid, file, timeout_secs, limit, proto).await,
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn markers(frame: &[u8]) -> Vec<(usize, u64)> {
+        let mut found = Vec::new();
+        let count = for_each_marker(frame, |n, t| found.push((n, t)));
+        assert_eq!(count, found.len());
+        found
+    }
+
+    #[test]
+    fn finds_adjacent_markers_among_other_bytes() {
+        let mut frame = b"\x01\x02~~not hex~".to_vec();
+        frame.extend_from_slice(marker(7, 123_456).as_bytes());
+        frame.extend_from_slice(marker(8, u64::MAX).as_bytes());
+        frame.extend_from_slice(b"\x00~");
+        frame.extend_from_slice(&marker(9, 1).as_bytes()[..20]);
+        assert_eq!(markers(&frame), vec![(7, 123_456), (8, u64::MAX)]);
+    }
+
+    #[test]
+    fn rejects_a_window_that_is_not_all_hex() {
+        let mut bad = marker(1, 2).into_bytes();
+        bad[5] = b'g';
+        assert!(markers(&bad).is_empty());
+        assert_eq!(parse_hex(b"00ff"), Some(255));
+        assert_eq!(parse_hex(b"+1"), None);
+    }
 }
