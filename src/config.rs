@@ -63,6 +63,12 @@ pub const DEFAULT_TYPING_TTL_SECS: f64 = 5.0;
 pub const DEFAULT_IDEMPOTENCY_WINDOW: usize = 10_000;
 /// Default flush policy.
 pub const DEFAULT_FLUSH: &str = "batch";
+/// Default least time between a room's group commits under a steady stream, in ms. At
+/// 1,600 and 6,400 updates/s to 1,000 readers it cut the server's CPU by a third and
+/// lowered p99 (BENCHMARKS.md, "Commit gap"); a room that is not outpaced never waits.
+pub const DEFAULT_COMMIT_GAP_MS: u64 = 10;
+/// Largest accepted `commit-gap-ms`: beyond a second it is no longer live collaboration.
+const MAX_COMMIT_GAP_MS: u64 = 1_000;
 use crate::id::NodeId;
 /// Default bound of sled's page cache (defined by the store).
 pub use crate::storage::DEFAULT_SLED_CACHE_BYTES;
@@ -83,6 +89,13 @@ pub struct Settings {
     /// window) [default: batch]
     #[arg(long, env = "TANDEM_FLUSH")]
     pub flush: Option<String>,
+    /// Least time between two group commits of one room, in ms, while its updates arrive
+    /// faster than the store commits them: the room gathers what arrives until then, so
+    /// each recipient gets one frame for it all (fewer frames and less CPU for up to this
+    /// much more latency; light traffic never waits); 0: commit as soon as the last one
+    /// ends [default: 10]
+    #[arg(long, env = "TANDEM_COMMIT_GAP_MS")]
+    pub commit_gap_ms: Option<u64>,
     /// Bound of sled's page cache, in bytes [default: 67108864]
     #[arg(long, env = "TANDEM_SLED_CACHE_BYTES")]
     pub sled_cache_bytes: Option<u64>,
@@ -224,6 +237,7 @@ impl Settings {
             listen: self.listen.or(fallback.listen),
             data_dir: self.data_dir.or(fallback.data_dir),
             flush: self.flush.or(fallback.flush),
+            commit_gap_ms: self.commit_gap_ms.or(fallback.commit_gap_ms),
             sled_cache_bytes: self.sled_cache_bytes.or(fallback.sled_cache_bytes),
             postgres_url: self.postgres_url.or(fallback.postgres_url),
             postgres_schema: self.postgres_schema.or(fallback.postgres_schema),
@@ -398,6 +412,16 @@ fn seconds(name: &'static str, value: f64, min: f64, max: f64) -> Result<Duratio
         });
     }
     Ok(Duration::from_secs_f64(value))
+}
+
+fn commit_gap(ms: u64) -> Result<Duration, ConfigError> {
+    if ms > MAX_COMMIT_GAP_MS {
+        return Err(ConfigError::Invalid {
+            name: "commit-gap-ms",
+            reason: format!("{ms} is above {MAX_COMMIT_GAP_MS} ms"),
+        });
+    }
+    Ok(Duration::from_millis(ms))
 }
 
 fn positive(name: &'static str, value: usize) -> Result<usize, ConfigError> {
@@ -712,6 +736,7 @@ impl Config {
                 )?,
                 stream,
                 log_claims,
+                commit_gap: commit_gap(settings.commit_gap_ms.unwrap_or(DEFAULT_COMMIT_GAP_MS))?,
                 freeze_after: match settings.doc_freeze_secs.unwrap_or(DEFAULT_DOC_FREEZE_SECS) {
                     0.0 => None,
                     secs => Some(seconds("doc-freeze-secs", secs, 0.01, 86_400.0)?),
@@ -791,6 +816,7 @@ mod tests {
     fn bad_values_are_refused_with_their_name() {
         let cases = [
             ("flush = \"sometimes\"", "flush"),
+            ("commit-gap-ms = 5000", "commit-gap-ms"),
             ("sled-cache-bytes = 100", "sled-cache-bytes"),
             ("route-mode = \"maybe\"", "route-mode"),
             ("node-id = \"n1\"", "postgres-url"),

@@ -627,3 +627,66 @@ async fn a_commit_the_database_holds_back_is_logged_and_delivered_after_it() {
         "no slow line in the log:\n{text}"
     );
 }
+
+/// With `--commit-gap-ms`, a room whose updates arrive while a commit runs (the stream
+/// outpaces the store; here a lock holds the commit back) starts its next commit only a gap
+/// after the last one started: what the writer sends meanwhile reaches the reader as one
+/// frame, complete and in order. Without the gap each of those updates would be a frame.
+#[actix_rt::test]
+async fn a_commit_gap_gathers_what_arrives_behind_a_slow_commit_into_one_frame() {
+    let Some(url) =
+        pg::url("a_commit_gap_gathers_what_arrives_behind_a_slow_commit_into_one_frame")
+    else {
+        return;
+    };
+    let schema = pg::Schema::new(&url, "gap");
+    let dir = tempfile::tempdir().unwrap();
+    let mut flags = schema.flags();
+    flags.extend(["--commit-gap-ms".to_owned(), "1000".to_owned()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let server = Server::start(dir.path(), &flags);
+    let mut writer = YClient::synced(&server, "gap").await;
+    let mut reader = YClient::synced(&server, "gap").await;
+    writer.append("a,").await;
+    reader.next_update().await;
+    // Light traffic never waits for the gap: well after that commit, this one goes at once.
+    actix_rt::time::sleep(Duration::from_millis(1100)).await;
+    writer.append("b,").await;
+    reader.next_update().await;
+    assert_eq!(reader.text(), "a,b,");
+
+    // A second session holds the log table: the commit of "c," waits, "d," and "e,"
+    // arrive behind it.
+    let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let connection = actix_rt::spawn(connection);
+    db.batch_execute(&format!(
+        "BEGIN; LOCK TABLE \"{}\".doc_log IN ACCESS EXCLUSIVE MODE",
+        schema.name
+    ))
+    .await
+    .unwrap();
+    writer.append("c,").await;
+    actix_rt::time::sleep(Duration::from_millis(100)).await;
+    writer.append("d,").await;
+    writer.append("e,").await;
+    actix_rt::time::sleep(Duration::from_millis(200)).await;
+    db.batch_execute("COMMIT").await.unwrap();
+    drop(db);
+    let _ = connection.await;
+    // Within the gap (1 s from the start of the held commit): three more, 50 ms apart.
+    for s in ["f,", "g,", "h,"] {
+        writer.append(s).await;
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut frames = 0;
+    while reader.text().len() < "a,b,c,d,e,f,g,h,".len() {
+        reader.next_update().await;
+        frames += 1;
+    }
+    assert_eq!(reader.text(), "a,b,c,d,e,f,g,h,");
+    // "c," alone (the held commit), then d to h in one commit after the gap.
+    assert_eq!(frames, 2, "{frames} frames carried c to h");
+}

@@ -12,7 +12,7 @@
 //!   answered with an error, never performed.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// An action waiting for durability.
 #[derive(Debug)]
@@ -34,6 +34,8 @@ pub struct CommitQueue<A> {
     /// The flush under way: its generation and how many writes it covers.
     in_flight: Option<(u64, u64)>,
     generation: u64,
+    /// When the last flush started.
+    last_started: Option<Instant>,
 }
 
 impl<A> Default for CommitQueue<A> {
@@ -44,6 +46,7 @@ impl<A> Default for CommitQueue<A> {
             pending: VecDeque::new(),
             in_flight: None,
             generation: 0,
+            last_started: None,
         }
     }
 }
@@ -88,8 +91,18 @@ impl<A> CommitQueue<A> {
         self.in_flight.is_none() && !self.pending.is_empty()
     }
 
-    /// A flush covering every write made so far has started; returns its generation.
-    pub fn flush_started(&mut self) -> u64 {
+    /// How long the next flush should wait so that flushes start at least `gap` apart:
+    /// zero after a quiet spell, so light traffic never waits for it.
+    pub fn wait_before_flush(&self, now: Instant, gap: Duration) -> Duration {
+        self.last_started.map_or(Duration::ZERO, |at| {
+            (at + gap).saturating_duration_since(now)
+        })
+    }
+
+    /// A flush covering every write made so far has started at `now`; returns its
+    /// generation.
+    pub fn flush_started(&mut self, now: Instant) -> u64 {
+        self.last_started = Some(now);
         self.generation += 1;
         self.in_flight = Some((self.generation, self.writes));
         self.generation
@@ -157,6 +170,24 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
+    fn flushes_start_a_gap_apart_and_never_wait_after_a_quiet_spell() {
+        let t0 = Instant::now();
+        let gap = Duration::from_millis(10);
+        let mut q = CommitQueue::<()>::new();
+        assert_eq!(q.wait_before_flush(t0, gap), Duration::ZERO, "first flush");
+        q.flush_started(t0);
+        let soon = t0 + Duration::from_millis(3);
+        assert_eq!(q.wait_before_flush(soon, gap), Duration::from_millis(7));
+        assert_eq!(
+            q.wait_before_flush(soon, Duration::ZERO),
+            Duration::ZERO,
+            "no gap: at once"
+        );
+        let later = t0 + Duration::from_millis(25);
+        assert_eq!(q.wait_before_flush(later, gap), Duration::ZERO, "quiet");
+    }
+
+    #[test]
     fn an_action_waits_for_the_flush_that_covers_its_writes() {
         let now = Instant::now();
         let mut q = CommitQueue::new();
@@ -168,7 +199,7 @@ mod tests {
         q.record_write();
         assert_eq!(q.defer("a", now), None);
         assert!(q.wants_flush());
-        let first = q.flush_started();
+        let first = q.flush_started(Instant::now());
         q.record_write();
         assert_eq!(q.defer("b", now), None);
         assert!(!q.wants_flush(), "one flush at a time");
@@ -179,7 +210,7 @@ mod tests {
             .collect();
         assert_eq!(released, ["a"], "b's write came after the flush started");
         assert!(q.wants_flush());
-        let second = q.flush_started();
+        let second = q.flush_started(Instant::now());
         assert!(
             q.flush_succeeded(first).is_empty(),
             "an old generation is ignored"
@@ -199,7 +230,7 @@ mod tests {
         let mut q = CommitQueue::new();
         q.record_write();
         q.defer(1, now);
-        let g = q.flush_started();
+        let g = q.flush_started(Instant::now());
         q.record_write();
         q.defer(2, now);
         let back: Vec<_> = q.flush_failed(g).into_iter().map(|p| p.action).collect();
@@ -213,7 +244,7 @@ mod tests {
         let mut q = CommitQueue::new();
         q.record_write();
         q.defer("write", now);
-        let g = q.flush_started();
+        let g = q.flush_started(Instant::now());
         // No new write, but an older action waits: this one must not overtake it.
         assert_eq!(q.defer("reply", now), None);
         let released: Vec<_> = q.flush_succeeded(g).into_iter().map(|p| p.action).collect();
@@ -268,7 +299,7 @@ mod tests {
                     }
                     Op::StartFlush => {
                         if q.wants_flush() {
-                            let g = q.flush_started();
+                            let g = q.flush_started(Instant::now());
                             flush = Some((g, q.writes()));
                         }
                     }

@@ -74,6 +74,9 @@ pub struct RoomConfig {
     pub stream: StreamConfig,
     /// Log every claim (activation) with its epoch at info level (cluster nodes).
     pub log_claims: bool,
+    /// Least time between two group commits: under a steady stream the room gathers what
+    /// arrives until then (zero: a flush starts as soon as the last one ends).
+    pub commit_gap: Duration,
     /// Hold a room's document encoded (compact) once nothing has needed it for this long;
     /// `None`: never.
     pub freeze_after: Option<Duration>,
@@ -259,6 +262,8 @@ pub struct Room {
     last_snapshot_at: Instant,
     /// The flush under way, if any.
     in_flight: Option<InFlight>,
+    /// A flush waits for the commit gap to pass (see `request_flush`).
+    flush_scheduled: bool,
     empty_since: Instant,
     stopping: bool,
     /// The document is being rebuilt from the store (after a yrs panic): updates wait.
@@ -297,6 +302,7 @@ impl Room {
             snapshot_seq: 0,
             last_snapshot_at: Instant::now(),
             in_flight: None,
+            flush_scheduled: false,
             empty_since: Instant::now(),
             stopping: false,
             reloading: false,
@@ -478,16 +484,17 @@ impl Room {
         self.request_flush(ctx);
     }
 
-    /// Starts a flush unless one is running; when it ends, releases what it covered.
+    /// Starts a flush unless one is running or one waits for the commit gap; when it
+    /// ends, releases what it covered.
     fn request_flush(&mut self, ctx: &mut Context<Self>) {
-        if !self.commits.wants_flush() || self.stopping {
+        if !self.commits.wants_flush() || self.stopping || self.flush_scheduled {
             return;
         }
         if let Err(e) = self.write_unwritten() {
             self.fail(e, "appending to the log", ctx);
             return;
         }
-        let generation = self.commits.flush_started();
+        let generation = self.commits.flush_started(Instant::now());
         let done = self.store.flush(&self.name, self.epoch).shared();
         self.in_flight = Some(InFlight {
             generation,
@@ -500,6 +507,27 @@ impl Room {
             done.into_actor(self)
                 .map(move |result, room, ctx| room.flush_done(generation, result, ctx)),
         );
+    }
+
+    /// Starts the flush after one that just ended. If something arrived while that one
+    /// ran, the stream outpaces the store: what arrives until the commit gap has passed
+    /// joins the next commit, and every recipient gets one frame for all of it. Light
+    /// traffic (nothing waiting) never waits for the gap.
+    fn request_next_flush(&mut self, ctx: &mut Context<Self>) {
+        if self.commits.wants_flush() && !self.stopping && !self.flush_scheduled {
+            let wait = self
+                .commits
+                .wait_before_flush(Instant::now(), self.config.commit_gap);
+            if !wait.is_zero() {
+                self.flush_scheduled = true;
+                ctx.run_later(wait, |room, ctx| {
+                    room.flush_scheduled = false;
+                    room.request_flush(ctx);
+                });
+                return;
+            }
+        }
+        self.request_flush(ctx);
     }
 
     /// Handles the end of the in-flight flush if it has ended, without waiting.
@@ -528,7 +556,7 @@ impl Room {
             Ok(()) => {
                 let released = self.commits.flush_succeeded(generation);
                 self.perform_released(released);
-                self.request_flush(ctx);
+                self.request_next_flush(ctx);
             }
             Err(e) => {
                 let abandoned = self.commits.flush_failed(generation);
