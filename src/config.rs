@@ -63,10 +63,11 @@ pub const DEFAULT_TYPING_TTL_SECS: f64 = 5.0;
 pub const DEFAULT_IDEMPOTENCY_WINDOW: usize = 10_000;
 /// Default flush policy.
 pub const DEFAULT_FLUSH: &str = "batch";
-/// Default least time between a room's group commits under a steady stream, in ms. At
-/// 1,600 and 6,400 updates/s to 1,000 readers it cut the server's CPU by a third and
-/// lowered p99 (BENCHMARKS.md, "Commit gap"); a room that is not outpaced never waits.
-pub const DEFAULT_COMMIT_GAP_MS: u64 = 10;
+/// Default least time between a room's group commits under a steady stream, in ms: none.
+/// 10 ms cut the server's CPU by a third at 1,600 and 6,400 updates/s to 1,000 readers, but
+/// raised p99 at 200/s by a third and halved the acked throughput of windowed chat
+/// publishers (BENCHMARKS.md, "Commit gap"), so it is the operator's choice.
+pub const DEFAULT_COMMIT_GAP_MS: u64 = 0;
 /// Largest accepted `commit-gap-ms`: beyond a second it is no longer live collaboration.
 const MAX_COMMIT_GAP_MS: u64 = 1_000;
 use crate::id::NodeId;
@@ -93,7 +94,7 @@ pub struct Settings {
     /// faster than the store commits them: the room gathers what arrives until then, so
     /// each recipient gets one frame for it all (fewer frames and less CPU for up to this
     /// much more latency; light traffic never waits); 0: commit as soon as the last one
-    /// ends [default: 10]
+    /// ends [default: 0]
     #[arg(long, env = "TANDEM_COMMIT_GAP_MS")]
     pub commit_gap_ms: Option<u64>,
     /// Bound of sled's page cache, in bytes [default: 67108864]
