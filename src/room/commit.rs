@@ -108,6 +108,11 @@ impl<A> CommitQueue<A> {
         self.generation
     }
 
+    /// How many flushes have started.
+    pub fn flushes_started(&self) -> u64 {
+        self.generation
+    }
+
     /// The generation of the flush under way, if any.
     pub fn in_flight(&self) -> Option<u64> {
         self.in_flight.map(|(generation, _)| generation)

@@ -262,8 +262,8 @@ pub struct Room {
     last_snapshot_at: Instant,
     /// The flush under way, if any.
     in_flight: Option<InFlight>,
-    /// When the flush that waits for the commit gap is due (see `request_next_flush`).
-    flush_due: Option<Instant>,
+    /// A flush waits for the commit gap to pass (see `request_next_flush`).
+    gap_wait: bool,
     empty_since: Instant,
     stopping: bool,
     /// The document is being rebuilt from the store (after a yrs panic): updates wait.
@@ -302,7 +302,7 @@ impl Room {
             snapshot_seq: 0,
             last_snapshot_at: Instant::now(),
             in_flight: None,
-            flush_due: None,
+            gap_wait: false,
             empty_since: Instant::now(),
             stopping: false,
             reloading: false,
@@ -487,7 +487,7 @@ impl Room {
     /// Starts a flush unless one is running or one waits for the commit gap; when it
     /// ends, releases what it covered.
     fn request_flush(&mut self, ctx: &mut Context<Self>) {
-        if !self.commits.wants_flush() || self.stopping || self.flush_due.is_some() {
+        if !self.commits.wants_flush() || self.stopping || self.gap_wait {
             return;
         }
         if let Err(e) = self.write_unwritten() {
@@ -514,37 +514,38 @@ impl Room {
     /// joins the next commit, and every recipient gets one frame for all of it. Light
     /// traffic (nothing waiting) never waits for the gap.
     fn request_next_flush(&mut self, ctx: &mut Context<Self>) {
-        if self.commits.wants_flush() && !self.stopping && self.flush_due.is_none() {
-            let now = Instant::now();
-            let wait = self.commits.wait_before_flush(now, self.config.commit_gap);
+        if self.commits.wants_flush() && !self.stopping && !self.gap_wait {
+            let wait = self
+                .commits
+                .wait_before_flush(Instant::now(), self.config.commit_gap);
             if !wait.is_zero() {
-                let due = now + wait;
-                self.flush_due = Some(due);
-                // Wakes an idle room; a busy one starts it from its handlers (`poll_flush`),
-                // as actix polls timers only once the mailbox is empty.
-                ctx.run_later(wait, move |room, ctx| room.start_due_flush(due, ctx));
+                self.gap_wait = true;
+                // Wakes an idle room; a busy one starts the flush from its handlers
+                // (`poll_flush`), as actix polls timers only once the mailbox is empty.
+                let started = self.commits.flushes_started();
+                ctx.run_later(wait, move |room, ctx| {
+                    if room.gap_wait && room.commits.flushes_started() == started {
+                        room.gap_wait = false;
+                        room.request_flush(ctx);
+                    }
+                });
                 return;
             }
         }
         self.request_flush(ctx);
     }
 
-    /// Starts the flush that waited for the commit gap (due at `due`), unless a handler
-    /// already did.
-    fn start_due_flush(&mut self, due: Instant, ctx: &mut Context<Self>) {
-        if self.flush_due == Some(due) {
-            self.flush_due = None;
-            self.request_flush(ctx);
-        }
-    }
-
     /// Starts the flush that waited for the commit gap once it is due, and handles the end
     /// of the in-flight flush if it has ended, without waiting.
     fn poll_flush(&mut self, ctx: &mut Context<Self>) {
-        if let Some(due) = self.flush_due {
-            if Instant::now() >= due {
-                self.start_due_flush(due, ctx);
-            }
+        if self.gap_wait
+            && self
+                .commits
+                .wait_before_flush(Instant::now(), self.config.commit_gap)
+                .is_zero()
+        {
+            self.gap_wait = false;
+            self.request_flush(ctx);
         }
         let Some(in_flight) = &self.in_flight else {
             return;
