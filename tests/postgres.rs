@@ -565,6 +565,35 @@ async fn writes_lost_in_a_failed_commit_are_never_acknowledged_later() {
     );
 }
 
+/// A second database session holding a schema's document log locked, so that the server's
+/// commits wait until [`LogLock::release`].
+struct LogLock {
+    db: tokio_postgres::Client,
+    connection: actix_rt::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+}
+
+impl LogLock {
+    async fn take(url: &str, schema: &pg::Schema) -> LogLock {
+        let (db, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let connection = actix_rt::spawn(connection);
+        db.batch_execute(&format!(
+            "BEGIN; LOCK TABLE \"{}\".doc_log IN ACCESS EXCLUSIVE MODE",
+            schema.name
+        ))
+        .await
+        .unwrap();
+        LogLock { db, connection }
+    }
+
+    async fn release(self) {
+        self.db.batch_execute("COMMIT").await.unwrap();
+        drop(self.db);
+        let _ = self.connection.await;
+    }
+}
+
 /// A commit that the database holds back (another transaction holds the log table locked)
 /// delays the broadcast (nothing is seen before it is durable), loses nothing once the
 /// lock goes, and is logged as slow, so an operator sees why clients waited.
@@ -591,16 +620,7 @@ async fn a_commit_the_database_holds_back_is_logged_and_delivered_after_it() {
     );
 
     // Another session of the database holds the log table for 600 ms.
-    let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    let connection = actix_rt::spawn(connection);
-    db.batch_execute(&format!(
-        "BEGIN; LOCK TABLE \"{}\".doc_log IN ACCESS EXCLUSIVE MODE",
-        schema.name
-    ))
-    .await
-    .unwrap();
+    let lock = LogLock::take(&url, &schema).await;
     writer.append("held").await;
     let early = loop {
         match reader.recv_within(Duration::from_millis(600)).await {
@@ -610,9 +630,7 @@ async fn a_commit_the_database_holds_back_is_logged_and_delivered_after_it() {
         }
     };
     assert!(!early, "an update was broadcast before it was durable");
-    db.batch_execute("COMMIT").await.unwrap();
-    drop(db);
-    let _ = connection.await;
+    lock.release().await;
 
     reader.next_update().await;
     assert_eq!(reader.text(), "before held");
@@ -657,24 +675,13 @@ async fn a_commit_gap_gathers_what_arrives_behind_a_slow_commit_into_one_frame()
 
     // A second session holds the log table: the commit of "c," waits, "d," and "e,"
     // arrive behind it.
-    let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    let connection = actix_rt::spawn(connection);
-    db.batch_execute(&format!(
-        "BEGIN; LOCK TABLE \"{}\".doc_log IN ACCESS EXCLUSIVE MODE",
-        schema.name
-    ))
-    .await
-    .unwrap();
+    let lock = LogLock::take(&url, &schema).await;
     writer.append("c,").await;
     actix_rt::time::sleep(Duration::from_millis(100)).await;
     writer.append("d,").await;
     writer.append("e,").await;
     actix_rt::time::sleep(Duration::from_millis(200)).await;
-    db.batch_execute("COMMIT").await.unwrap();
-    drop(db);
-    let _ = connection.await;
+    lock.release().await;
     // Within the gap (1 s from the start of the held commit): three more, 50 ms apart.
     for s in ["f,", "g,", "h,"] {
         writer.append(s).await;
