@@ -75,6 +75,9 @@ def main(path):
     line, whole = row("idle room, KiB per room from the fresh process",
                       get("tandem", "rooms", "kib_per_room_from_start"), "≤ 8")
     out.append(line)
+    out.append(row("the same, anonymous memory only (RssAnon: without the code pages the "
+                   "first room faults in)",
+                   get("tandem", "rooms", "anon_kib_per_room_from_start"), "")[0])
     verdicts.append(("idle room ≤ 8 KiB (one more room)", marginal is not None and marginal <= 8))
     verdicts.append(("idle room ≤ 8 KiB (from the fresh process)", whole is not None and whole <= 8))
 

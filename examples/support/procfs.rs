@@ -17,6 +17,13 @@ pub fn rss_kib(pid: u32) -> u64 {
     status_kib(pid, "VmRSS")
 }
 
+/// RssAnon of `pid` in KiB: its own memory (heap, stacks, allocator arenas), without the
+/// file-backed pages (the executable's code and libraries, shared and paged in on first
+/// use) that VmRSS also counts.
+pub fn anon_rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "RssAnon")
+}
+
 /// VmHWM (peak RSS) of `pid` in KiB.
 pub fn peak_rss_kib(pid: u32) -> u64 {
     status_kib(pid, "VmHWM")
