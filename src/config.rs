@@ -64,8 +64,8 @@ pub const DEFAULT_IDEMPOTENCY_WINDOW: usize = 10_000;
 /// Default flush policy.
 pub const DEFAULT_FLUSH: &str = "batch";
 /// Default least time between a room's group commits under a steady stream, in ms: none.
-/// 10 ms cut the server's CPU by a third at 1,600 and 6,400 updates/s to 1,000 readers, but
-/// raised p99 at 200/s by a third and halved the acked throughput of windowed chat
+/// 10 ms cut the server's CPU by 15-30% at 1,600 and 6,400 updates/s to 1,000 readers,
+/// but slowed fan-out at 200/s and halved the acked throughput of windowed chat
 /// publishers (BENCHMARKS.md, "Commit gap"), so it is the operator's choice.
 pub const DEFAULT_COMMIT_GAP_MS: u64 = 0;
 /// Largest accepted `commit-gap-ms`: beyond a second it is no longer live collaboration.
