@@ -449,27 +449,28 @@ impl FrameWriter {
     /// when the socket is full (wait for [`Self::writable`] and call again).
     pub fn write_now(&mut self) -> io::Result<bool> {
         while !self.frames.is_empty() {
-            let mut slices: Vec<io::IoSlice<'_>> = Vec::with_capacity(MAX_SLICES);
+            // On the stack: a 2 KiB allocation per write made glibc consolidate its free
+            // lists on every delivery (1.2% of the server's time at 1 → 1,000 fan-out).
+            let mut slices = [io::IoSlice::new(&[]); MAX_SLICES];
+            let mut used = 0;
             let mut skip = self.front_taken;
-            for frame in &self.frames {
+            'frames: for frame in &self.frames {
                 for piece in [frame.head.as_slice(), &frame.payload[..]] {
                     if skip >= piece.len() {
                         skip -= piece.len();
                         continue;
                     }
-                    slices.push(io::IoSlice::new(&piece[skip..]));
+                    if used == MAX_SLICES {
+                        break 'frames;
+                    }
+                    slices[used] = io::IoSlice::new(&piece[skip..]);
+                    used += 1;
                     skip = 0;
                 }
-                if slices.len() + 2 > MAX_SLICES {
-                    break;
-                }
             }
-            match self.connection.io.try_write_vectored(&slices) {
+            match self.connection.io.try_write_vectored(&slices[..used]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    drop(slices);
-                    self.advance(n);
-                }
+                Ok(n) => self.advance(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) => return Err(e),
             }
