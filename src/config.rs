@@ -157,7 +157,8 @@ pub struct Settings {
     /// Seconds of silence (not even a pong) after which a session is closed [default: 30]
     #[arg(long, env = "TANDEM_HEARTBEAT_TIMEOUT_SECS")]
     pub heartbeat_timeout_secs: Option<f64>,
-    /// Threads that run room actors [default: number of CPUs]
+    /// Threads of their own for room actors; 0 runs each room on one of the HTTP threads
+    /// (its name picks which), next to the sessions it sends to [default: 0]
     #[arg(long, env = "TANDEM_ROOM_THREADS")]
     pub room_threads: Option<usize>,
     /// Threads that run HTTP and WebSocket sessions [default: number of CPUs]
@@ -335,7 +336,7 @@ pub struct Config {
     pub room: RoomConfig,
     /// Session behaviour.
     pub session: Arc<SessionConfig>,
-    /// Threads for room actors.
+    /// Threads of their own for room actors; 0: rooms run on the HTTP threads.
     pub room_threads: usize,
     /// Threads for HTTP and sessions.
     pub http_threads: usize,
@@ -596,13 +597,16 @@ impl Config {
     /// Applies defaults to `settings` and validates the result.
     pub fn from_settings(settings: Settings) -> Result<Config, ConfigError> {
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let threads = |name: &'static str, value: Option<usize>| match value.unwrap_or(cpus) {
-            n @ 1..=256 => Ok(n),
-            n => Err(ConfigError::Invalid {
-                name,
-                reason: format!("{n}; expected 1..=256"),
-            }),
-        };
+        let threads =
+            |name: &'static str, value: Option<usize>, least: usize, default: usize| match value
+                .unwrap_or(default)
+            {
+                n if (least..=256).contains(&n) => Ok(n),
+                n => Err(ConfigError::Invalid {
+                    name,
+                    reason: format!("{n}; expected {least}..=256"),
+                }),
+            };
         let max_message_bytes = settings
             .max_message_bytes
             .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
@@ -783,8 +787,9 @@ impl Config {
                 300.0,
             )?,
             cors_origins: parse_origins(settings.cors_origins.as_deref().unwrap_or(""))?,
-            room_threads: threads("room-threads", settings.room_threads)?,
-            http_threads: threads("http-threads", settings.http_threads)?,
+            // 0: rooms run on the HTTP threads.
+            room_threads: threads("room-threads", settings.room_threads, 0, 0)?,
+            http_threads: threads("http-threads", settings.http_threads, 1, cpus)?,
         })
     }
 }
@@ -799,6 +804,8 @@ mod tests {
         assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(config.flush, FlushPolicy::EveryBatch);
         assert_eq!(config.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES);
+        assert_eq!(config.room_threads, 0, "rooms run on the HTTP threads");
+        assert!(config.http_threads >= 1);
     }
 
     #[test]
@@ -828,6 +835,8 @@ mod tests {
             ("cors-origins = \"https://a.example/path\"", "cors-origins"),
             ("stream-retention-messages = 0", "stream-retention-messages"),
             ("typing-ttl-secs = 0", "typing-ttl-secs"),
+            ("room-threads = 257", "room-threads"),
+            ("http-threads = 0", "http-threads"),
         ];
         for (toml_text, name) in cases {
             let settings: Settings = toml::from_str(toml_text).unwrap();

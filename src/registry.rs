@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use actix::dev::ToEnvelope;
@@ -49,10 +49,41 @@ pub struct ShutdownAll;
 #[rtype(result = "usize")]
 pub struct ActiveRooms;
 
+/// The threads rooms run on: the HTTP workers themselves (`--room-threads 0`, the
+/// default), each of which adds itself as it starts, or arbiters of their own
+/// (`--room-threads N`). A room on its sessions' thread hands them its frames without
+/// waking another thread. A thread found stopped (a worker that died and was replaced) is
+/// dropped.
+#[derive(Clone, Default)]
+pub struct RoomThreads(Arc<RwLock<Vec<ArbiterHandle>>>);
+
+impl RoomThreads {
+    /// Rooms may run on `arbiter`.
+    pub fn add(&self, arbiter: ArbiterHandle) {
+        self.0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(arbiter);
+    }
+
+    /// The thread for a room whose name hashes to `hash`; none while no thread was added.
+    fn pick(&self, hash: u64) -> Option<ArbiterHandle> {
+        let arbiters = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let n = arbiters.len() as u64;
+        (n > 0).then(|| arbiters[(hash % n) as usize].clone())
+    }
+
+    /// Forgets the threads that have stopped (an HTTP worker that died and was replaced).
+    fn remove_stopped(&self) {
+        let mut arbiters = self.0.write().unwrap_or_else(|e| e.into_inner());
+        arbiters.retain(ArbiterHandle::alive);
+    }
+}
+
 /// The registry actor.
 pub struct Registry {
     rooms: HashMap<RoomName, (u64, RoomAddr)>,
-    arbiters: Vec<ArbiterHandle>,
+    threads: RoomThreads,
     store: Arc<dyn Store>,
     config: Arc<RoomConfig>,
     next_activation: u64,
@@ -69,20 +100,16 @@ pub struct Registry {
 struct RingChanged;
 
 impl Registry {
-    /// A registry that places rooms on `arbiters` (one per core, say).
+    /// A registry that places rooms on `threads`.
     pub fn new(
         store: Arc<dyn Store>,
-        arbiters: Vec<ArbiterHandle>,
+        threads: RoomThreads,
         config: Arc<RoomConfig>,
         max_rooms: usize,
     ) -> Self {
-        assert!(
-            !arbiters.is_empty(),
-            "the registry needs at least one arbiter"
-        );
         Self {
             rooms: HashMap::new(),
-            arbiters,
+            threads,
             store,
             config,
             next_activation: 0,
@@ -99,15 +126,28 @@ impl Registry {
         self
     }
 
-    fn arbiter_for(&self, name: &RoomName) -> &ArbiterHandle {
+    /// The thread a room is started on: the one its name hashes to, or, before any thread
+    /// was added, the registry's own.
+    fn arbiter_for(&self, name: &RoomName) -> ArbiterHandle {
         let mut hasher = DefaultHasher::new();
         name.hash(&mut hasher);
-        &self.arbiters[hasher.finish() as usize % self.arbiters.len()]
+        let hash = hasher.finish();
+        match self.threads.pick(hash) {
+            Some(arbiter) if arbiter.alive() => return arbiter,
+            Some(_) => {
+                tracing::warn!("a room thread has stopped; its rooms go to the others");
+                self.threads.remove_stopped();
+            }
+            None => {}
+        }
+        self.threads.pick(hash).unwrap_or_else(Arbiter::current)
     }
 }
 
 /// Starts the room `make` builds on `arbiter`, handing it its own address: the one address
 /// the registry, the room and every session of it share (each `Addr` clone allocates).
+/// Should the arbiter stop before the room starts, the address is disconnected and
+/// [`send_to_room`] asks again, which activates the room anew.
 fn start_room(
     arbiter: &ArbiterHandle,
     make: impl FnOnce(RoomAddr) -> Room + Send + 'static,
@@ -211,7 +251,7 @@ impl Handler<GetRoom> for Registry {
             self.recipient
                 .get_or_insert_with(|| Arc::new(ctx.address().recipient())),
         );
-        let addr = start_room(self.arbiter_for(&msg.name), move |own| {
+        let addr = start_room(&self.arbiter_for(&msg.name), move |own| {
             Room::new(own, name, activation, store, registry, config)
         });
         self.rooms.insert(msg.name, (activation, Arc::clone(&addr)));

@@ -1,4 +1,4 @@
-//! Wiring and ordered shutdown: open the store, start the room arbiters and the registry,
+//! Wiring and ordered shutdown: open the store, start the room threads and the registry,
 //! serve HTTP until the shutdown future resolves, then stop accepting, shut every room down
 //! (sessions closed with "going away", final snapshots, flush), and stop.
 //!
@@ -27,7 +27,7 @@ use crate::cluster::membership::{GossipConfig, GossipMembership, Member};
 use crate::cluster::placement::Placement;
 use crate::config::{ClusterConfig, Config};
 use crate::http::{self, AppState};
-use crate::registry::{Registry, ShutdownAll};
+use crate::registry::{Registry, RoomThreads, ShutdownAll};
 use crate::storage::{PostgresStore, SledStore, Store, StoreError};
 
 /// Pending connections the kernel queues before the server accepts them (actix-web's
@@ -198,10 +198,17 @@ pub async fn run_listening(
         Some(cluster) => Some(join_cluster(cluster, addr).await?),
         None => None,
     };
+    // Rooms run on threads of their own, or (`--room-threads 0`) on the HTTP workers, each
+    // of which adds itself as it starts.
     let arbiters: Vec<Arbiter> = (0..config.room_threads).map(|_| Arbiter::new()).collect();
+    let room_threads = RoomThreads::default();
+    for arbiter in &arbiters {
+        room_threads.add(arbiter.handle());
+    }
+    let rooms_on_workers = arbiters.is_empty().then(|| room_threads.clone());
     let mut registry = Registry::new(
         Arc::clone(&store),
-        arbiters.iter().map(Arbiter::handle).collect(),
+        room_threads,
         Arc::new(config.room.clone()),
         config.max_rooms,
     );
@@ -269,6 +276,10 @@ pub async fn run_listening(
         .disable_signals()
         .shutdown_timeout(5)
         .listen("tandem", listener, move || {
+            // Called once on each worker's thread as it starts.
+            if let Some(threads) = &rooms_on_workers {
+                threads.add(Arbiter::current());
+            }
             let stopping = stopping.clone();
             HttpService::build()
                 .client_request_timeout(handshake_timeout)

@@ -337,17 +337,39 @@ async fn a_frozen_document_keeps_serving_its_sessions() {
 
 #[actix_rt::test]
 async fn sigterm_closes_sessions_with_going_away_and_keeps_the_data() {
+    sigterm_keeps_every_room(&[]).await;
+}
+
+/// The same with the rooms on threads of their own instead of the HTTP threads (the
+/// default): shutdown stops them before the threads go.
+#[actix_rt::test]
+async fn sigterm_keeps_every_room_on_threads_of_their_own() {
+    sigterm_keeps_every_room(&["--room-threads", "2"]).await;
+}
+
+/// Several rooms (spread over the threads by their names) each get a text; SIGTERM closes
+/// every session with "going away" and the restarted server has every text.
+async fn sigterm_keeps_every_room(flags: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(dir.path(), &[]);
-    let mut client = YClient::synced(&server, "bye").await;
-    client.append("kept").await;
-    wait_for_text(&server, "bye", "kept").await;
+    let mut server = Server::start(dir.path(), flags);
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        let room = format!("bye-{i}");
+        let mut client = YClient::synced(&server, &room).await;
+        client.append(&format!("kept {i}")).await;
+        wait_for_text(&server, &room, &format!("kept {i}")).await;
+        clients.push(client);
+    }
 
     let status = server.terminate();
     assert!(status.success(), "exit status {status}");
-    assert_eq!(client.expect_close().await.0, 1001);
+    for client in &mut clients {
+        assert_eq!(client.expect_close().await.0, 1001);
+    }
 
     let server = server.restart();
-    let (_, state) = http_get(&server, "/rooms/bye/state").await;
-    assert_eq!(text_of_state(&state), "kept");
+    for i in 0..6 {
+        let (_, state) = http_get(&server, &format!("/rooms/bye-{i}/state")).await;
+        assert_eq!(text_of_state(&state), format!("kept {i}"));
+    }
 }
