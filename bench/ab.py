@@ -18,7 +18,8 @@ def steps_cores(r):
 
 # load → [(figure, how to read it from a result)]
 FIGURES = {
-    "fanout-50": [("p50 ms", lambda r: r["p50_ms"]), ("p99 ms", lambda r: r["p99_ms"]),
+    "fanout-50": [("p1 ms (first readers)", lambda r: r.get("p1_ms")),
+                  ("p50 ms", lambda r: r["p50_ms"]), ("p99 ms", lambda r: r["p99_ms"]),
                   ("readers missing", lambda r: r["readers_missing"])],
     "fanout-200": [("p50 ms", lambda r: r["p50_ms"]), ("p99 ms", lambda r: r["p99_ms"]),
                    ("frames/s", lambda r: r["frames_per_sec"]),

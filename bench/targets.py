@@ -58,6 +58,13 @@ def main(path):
     out.append(row("fan-out 50/s p99, bare relay (ms)", bare_p99)[0])
     line, fan = row("Tandem / relay", ratio(tandem_p99, bare_p99), "≤ 1.10×")
     out.append(line)
+    # Where the delivery sweep starts and its middle: the server's own delay shows in the
+    # first readers, the cost per recipient in how far the middle trails them.
+    for key, name in (("p1_ms", "p1"), ("p50_ms", "p50")):
+        for server, label in (("tandem", "Tandem"), ("bare", "bare relay")):
+            values = get(server, "fanout", key)
+            if any(v is not None for v in values):
+                out.append(row(f"fan-out 50/s {name}, {label} (ms)", values, "")[0])
     missing = sum(v or 0 for s in ("tandem", "bare") for v in get(s, "fanout", "readers_missing"))
     verdicts.append(("fan-out p99 ≤ 1.10× the relay, nobody missing",
                      fan is not None and fan <= 1.10 and missing == 0))

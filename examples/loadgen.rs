@@ -1139,6 +1139,7 @@ fn fanout_json(r: &FanoutResult, readers: usize, rate: f64) -> serde_json::Value
         "delivered_per_sec": r.delivered as f64 / r.secs.max(1e-9),
         "frames_per_sec": r.frames as f64 / r.secs.max(1e-9),
         "updates_per_frame": r.delivered as f64 / r.frames.max(1) as f64,
+        "min_ms": r.latency.min() as f64 / 1000.0, "p1_ms": ms(0.01),
         "p50_ms": ms(0.50), "p95_ms": ms(0.95), "p99_ms": ms(0.99),
         "max_ms": r.latency.max() as f64 / 1000.0, "connect_secs": r.connect_secs,
     })
