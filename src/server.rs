@@ -185,6 +185,10 @@ pub async fn run_listening(
     shutdown: impl Future<Output = ()> + 'static,
     listening: impl FnOnce(SocketAddr),
 ) -> Result<(), ServerError> {
+    // The metrics registry is a fixed cost of the process: built now, every series is at
+    // `/metrics` from the start, and the first client does not wait while it is built (or
+    // fault in the code it takes, counted as that client's room's memory).
+    crate::metrics::get();
     let auth = config.auth.authenticator()?;
     if auth.is_open() {
         warn!("NO AUTHENTICATION CONFIGURED: anyone who can reach this server may read and write every room; set --jwt-secret or --jwt-public-key");
