@@ -195,9 +195,9 @@ mod tests {
         // The receiving ends stay open (kept here) for the test's length.
         let receivers = std::cell::RefCell::new(Vec::new());
         let outbox = || {
-            let (sender, receiver) = futures_channel::mpsc::unbounded();
-            receivers.borrow_mut().push(receiver);
-            Outbox::new(sender, 1 << 20)
+            let (outbox, inbox) = super::super::outbox(1 << 20);
+            receivers.borrow_mut().push(inbox);
+            outbox
         };
         let mut members = Members::default();
         let doc = |clients: &[u64]| Connection {

@@ -37,7 +37,7 @@ pub use chat::{
 };
 pub use document::{DocError, Document};
 pub use error::{RoomError, Unavailable, STORAGE_FAILED};
-pub use outbox::{Outbox, Receipts, HARD_FACTOR, SLOW_GRACE};
+pub use outbox::{channel as outbox, Inbox, Outbox, HARD_FACTOR, SLOW_GRACE};
 
 use crate::auth::Access;
 use crate::id::Epoch;

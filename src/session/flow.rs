@@ -38,6 +38,9 @@ impl Session {
     pub(super) fn cut_if_too_slow(&mut self) -> bool {
         let max = self.config.max_outbox_bytes;
         let unread = self.in_flight.unread();
+        if unread <= max {
+            return false; // nothing can be overdue (the common case: no clock read)
+        }
         let overdue = self.in_flight.overdue(Instant::now(), SLOW_GRACE);
         // While the client is throttled its pongs wait behind its own frames, unread by
         // us: only the hard bound (memory) judges it then.

@@ -106,9 +106,10 @@ impl InFlight {
         sent_before.saturating_sub(self.read)
     }
 
-    /// A ping payload to send now if `every` bytes went out since the last one.
-    pub fn probe_due(&mut self, every: u64, now: Instant) -> Option<[u8; 8]> {
-        (self.sent - self.last_probe >= every).then(|| self.probe(now))
+    /// A ping payload to send now if `every` bytes went out since the last one (`now` is
+    /// asked only then: this runs on every delivery).
+    pub fn probe_due(&mut self, every: u64, now: impl FnOnce() -> Instant) -> Option<[u8; 8]> {
+        (self.sent - self.last_probe >= every).then(|| self.probe(now()))
     }
 
     /// A ping payload carrying the current count.
@@ -204,7 +205,7 @@ mod tests {
         let now = Instant::now();
         let mut flight = InFlight::default();
         flight.sent(100);
-        assert_eq!(flight.probe_due(1000, now), None);
+        assert_eq!(flight.probe_due(1000, || now), None);
         let probe = flight.probe(now);
         flight.sent(50);
         assert_eq!(flight.unread(), 150);
@@ -214,7 +215,7 @@ mod tests {
         flight.answered(&u64::MAX.to_be_bytes()); // impossible count
         assert_eq!(flight.unread(), 50);
         flight.sent(1000);
-        assert!(flight.probe_due(1000, now).is_some());
+        assert!(flight.probe_due(1000, || now).is_some());
     }
 
     #[test]

@@ -21,9 +21,7 @@ use crate::auth::Access;
 use crate::metrics;
 use crate::protocol::close::{self, Close};
 use crate::registry::{send_to_room, Registry};
-use crate::room::{
-    ChatJoin, Leave, Outbound, Outbox, Receipts, RoomAddr, RoomError, RoomName, SessionId,
-};
+use crate::room::{ChatJoin, Leave, Outbound, RoomAddr, RoomError, RoomName, SessionId};
 use crate::stream::wire::Event;
 use crate::stream::ResumeFrom;
 
@@ -57,9 +55,6 @@ pub struct SseSession {
     out: mpsc::UnboundedSender<Bytes>,
     /// Bytes handed to the response and not yet taken by it.
     queued: Arc<AtomicU64>,
-    /// Counts off what this member took from the outbox the room sends to (set when it
-    /// joins).
-    outbox: Option<Receipts>,
     connections: Arc<AtomicUsize>,
 }
 
@@ -84,7 +79,6 @@ impl SseSession {
             subscriber: Some(subscriber),
             out,
             queued,
-            outbox: None,
             connections,
         }
         .start();
@@ -153,10 +147,8 @@ impl Actor for SseSession {
             });
         }
         let (registry, name, id) = (self.registry.clone(), self.room_name.clone(), self.id);
-        let (sender, events) = futures_channel::mpsc::unbounded();
+        let (outbox, events) = crate::room::outbox(self.config.max_outbox_bytes);
         ctx.add_stream(events);
-        let outbox = Outbox::new(sender, self.config.max_outbox_bytes);
-        self.outbox = Some(outbox.receipts());
         let join = async move {
             send_to_room(&registry, &name, || ChatJoin {
                 session: id,
@@ -199,9 +191,6 @@ impl Actor for SseSession {
 
 impl StreamHandler<Outbound> for SseSession {
     fn handle(&mut self, msg: Outbound, ctx: &mut Self::Context) {
-        if let Some(outbox) = &self.outbox {
-            outbox.taken(&msg);
-        }
         match msg {
             Outbound::Event(event) => {
                 self.push_event(&event, ctx);

@@ -16,7 +16,6 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use futures_channel::mpsc;
 use futures_util::StreamExt;
 use tokio::time::Sleep;
 use tracing::debug;
@@ -25,7 +24,7 @@ use super::clock::{Beat, Signals};
 use super::socket::FrameReader;
 use super::Session;
 use crate::protocol::close;
-use crate::room::Outbound;
+use crate::room::Inbox;
 
 /// Outbound messages handled in one turn before the queued frames are flushed.
 const MAX_MESSAGES_PER_TURN: usize = 256;
@@ -37,7 +36,7 @@ const MAX_TURNS_PER_POLL: usize = 64;
 pub(super) struct Task {
     session: Session,
     reader: FrameReader,
-    inbox: mpsc::UnboundedReceiver<Outbound>,
+    inbox: Inbox,
     signals: Rc<Signals>,
     /// Set while the session has a deadline (an idle session has none).
     timer: Option<Pin<Box<Sleep>>>,
@@ -45,6 +44,11 @@ pub(super) struct Task {
     reading: bool,
     /// The room may still send messages.
     receiving: bool,
+    /// Sources that answered Pending in this poll: they hold the task's waker, so a later
+    /// turn of the same poll need not ask them again (asking the socket costs a readiness
+    /// check per delivered frame).
+    inbox_pending: bool,
+    reader_pending: bool,
 }
 
 impl Task {
@@ -53,7 +57,7 @@ impl Task {
         mut session: Session,
         refuse: Option<close::Close>,
         reader: FrameReader,
-        inbox: mpsc::UnboundedReceiver<Outbound>,
+        inbox: Inbox,
         signals: Rc<Signals>,
     ) -> Self {
         session.started(refuse);
@@ -66,6 +70,8 @@ impl Task {
             timer: None,
             reading: true,
             receiving: true,
+            inbox_pending: false,
+            reader_pending: false,
         }
     }
 
@@ -100,15 +106,15 @@ impl Task {
                 progressed = true;
             }
         }
-        if self.receiving && !session.stopped {
+        if self.receiving && !self.inbox_pending && !session.stopped {
             match self.inbox.poll_next_unpin(cx) {
                 Poll::Ready(Some(message)) => {
                     session.on_outbound(message);
                     // Whatever else is waiting goes out in the same write.
                     for _ in 1..MAX_MESSAGES_PER_TURN {
                         match self.inbox.try_recv() {
-                            Ok(message) => session.on_outbound(message),
-                            Err(_) => break,
+                            Some(message) => session.on_outbound(message),
+                            None => break,
                         }
                     }
                     progressed = true;
@@ -117,11 +123,11 @@ impl Task {
                     self.receiving = false;
                     progressed = true;
                 }
-                Poll::Pending => {}
+                Poll::Pending => self.inbox_pending = true,
             }
         }
         // A frame may start a join (a chat `join`): nothing is read past it until then.
-        if self.reading && !session.stopped {
+        if self.reading && !self.reader_pending && !session.stopped {
             match self.reader.poll_next_unpin(cx) {
                 Poll::Ready(Some(item)) => {
                     session.on_frame(item);
@@ -132,7 +138,7 @@ impl Task {
                     session.on_read_end();
                     progressed = true;
                 }
-                Poll::Pending => {}
+                Poll::Pending => self.reader_pending = true,
             }
         }
         if progressed || session.stopped {
@@ -170,6 +176,8 @@ impl Future for Task {
     /// stops.
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let task = self.get_mut();
+        task.inbox_pending = false;
+        task.reader_pending = false;
         for _ in 0..MAX_TURNS_PER_POLL {
             if task.session.stopped {
                 task.session.finish();
