@@ -161,7 +161,8 @@ pub struct Settings {
     /// (its name picks which), next to the sessions it sends to [default: 0]
     #[arg(long, env = "TANDEM_ROOM_THREADS")]
     pub room_threads: Option<usize>,
-    /// Threads that run HTTP and WebSocket sessions [default: number of CPUs]
+    /// Threads that run HTTP and WebSocket sessions [default: number of CPUs less one, at
+    /// least one: the store's flush and the kernel's network work keep a CPU]
     #[arg(long, env = "TANDEM_HTTP_THREADS")]
     pub http_threads: Option<usize>,
     /// Unread bytes (sent to a client, not yet read by it) after which the session is
@@ -593,6 +594,19 @@ fn parse_flush(text: &str) -> Result<FlushPolicy, ConfigError> {
     }
 }
 
+/// HTTP threads when none are asked for: one per CPU but one, and at least one.
+///
+/// Threads on every CPU leave none for the group commit's flush (the flusher and sled's
+/// I/O threads) and for whatever else runs on the host. A broadcast keeps every session
+/// thread busy for its whole sweep, and the scheduler then lets them finish their slices
+/// before anything else runs: on this project's 2-CPU benchmark machine, two threads held a
+/// co-located load generator off the CPU for 0.7 ms on average per wake (`perf sched`),
+/// and one thread gave lower fan-out, chat-stream and trace latency at the same saturation
+/// throughput (BENCHMARKS.md, "HTTP threads").
+pub fn default_http_threads(cpus: usize) -> usize {
+    cpus.saturating_sub(1).max(1)
+}
+
 impl Config {
     /// Applies defaults to `settings` and validates the result.
     pub fn from_settings(settings: Settings) -> Result<Config, ConfigError> {
@@ -789,7 +803,12 @@ impl Config {
             cors_origins: parse_origins(settings.cors_origins.as_deref().unwrap_or(""))?,
             // 0: rooms run on the HTTP threads.
             room_threads: threads("room-threads", settings.room_threads, 0, 0)?,
-            http_threads: threads("http-threads", settings.http_threads, 1, cpus)?,
+            http_threads: threads(
+                "http-threads",
+                settings.http_threads,
+                1,
+                default_http_threads(cpus),
+            )?,
         })
     }
 }
@@ -806,6 +825,14 @@ mod tests {
         assert_eq!(config.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES);
         assert_eq!(config.room_threads, 0, "rooms run on the HTTP threads");
         assert!(config.http_threads >= 1);
+    }
+
+    #[test]
+    fn http_threads_leave_one_cpu_but_never_go_below_one() {
+        assert_eq!(default_http_threads(0), 1);
+        assert_eq!(default_http_threads(1), 1);
+        assert_eq!(default_http_threads(2), 1);
+        assert_eq!(default_http_threads(8), 7);
     }
 
     #[test]
