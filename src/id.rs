@@ -10,7 +10,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 /// Identifies one session (connection) within the process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(pub u64);
 
 /// A room's ownership epoch: [`crate::storage::Store::claim`] hands out a higher one on

@@ -128,6 +128,16 @@ pub(super) enum ChatAction {
     Send { to: SessionId, event: Event },
 }
 
+impl ChatAction {
+    /// The member this action sends to alone (an ack's publisher).
+    pub(super) fn to(&self) -> Option<SessionId> {
+        match self {
+            ChatAction::Send { to, .. } => Some(*to),
+            ChatAction::Deliver { .. } => None,
+        }
+    }
+}
+
 /// A room's loaded chat stream.
 pub(super) struct Chat {
     meta: StreamMeta,
@@ -373,7 +383,12 @@ impl Room {
 
     /// Hands one event to every member.
     fn chat_broadcast(&mut self, event: &Event) {
-        let slow = self.members.send_event_to_chats(event);
+        self.chat_broadcast_first(event, &[]);
+    }
+
+    /// [`Self::chat_broadcast`], to the members in `first` (sorted) before the others.
+    fn chat_broadcast_first(&mut self, event: &Event, first: &[SessionId]) {
+        let slow = self.members.send_event_to_chats(event, first);
         self.close_slow_sessions(slow);
     }
 
@@ -405,13 +420,14 @@ impl Room {
     /// Performs a chat action whose writes are now durable.
     pub(super) fn perform_chat(&mut self, action: ChatAction) {
         match action {
-            ChatAction::Deliver { seq, event } => self.deliver_messages(vec![(seq, event)]),
+            ChatAction::Deliver { seq, event } => self.deliver_messages(vec![(seq, event)], &[]),
             ChatAction::Send { to, event } => self.chat_send(to, event),
         }
     }
 
-    /// Delivers released messages (in seq order) to every member, as one batch each.
-    pub(super) fn deliver_messages(&mut self, messages: Vec<(u64, Event)>) {
+    /// Delivers released messages (in seq order) to every member, as one batch each, the
+    /// members in `first` (sorted: the publishers about to be acked) before the others.
+    pub(super) fn deliver_messages(&mut self, messages: Vec<(u64, Event)>, first: &[SessionId]) {
         let Some(&(last, _)) = messages.last() else {
             return;
         };
@@ -427,12 +443,12 @@ impl Room {
             .inc_by((self.members.chat_count() * messages.len()) as u64);
         if messages.len() == 1 {
             let (_, event) = &messages[0];
-            self.chat_broadcast(event);
+            self.chat_broadcast_first(event, first);
             return;
         }
         metrics::get().chat_batched.inc_by(messages.len() as u64);
         let events: Arc<[Event]> = messages.into_iter().map(|(_, event)| event).collect();
-        let slow = self.members.send_events_to_chats(&events);
+        let slow = self.members.send_events_to_chats(&events, first);
         self.close_slow_sessions(slow);
     }
 

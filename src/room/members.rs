@@ -133,21 +133,35 @@ impl Members {
         (sent, slow)
     }
 
-    /// Hands one event to every chat member: who could not take it.
-    pub fn send_event_to_chats(&self, event: &Event) -> Vec<SessionId> {
-        self.send_to_chats(|| Outbound::Event(event.clone()))
+    /// Hands one event to every chat member, those in `first` before the others: who
+    /// could not take it.
+    pub fn send_event_to_chats(&self, event: &Event, first: &[SessionId]) -> Vec<SessionId> {
+        self.send_to_chats(first, || Outbound::Event(event.clone()))
     }
 
     /// Hands a batch of events to every chat member (one mailbox message each, the batch
-    /// shared); returns the members whose outbox refused it.
-    pub fn send_events_to_chats(&self, events: &Arc<[Event]>) -> Vec<SessionId> {
-        self.send_to_chats(|| Outbound::Events(Arc::clone(events)))
+    /// shared), those in `first` before the others; returns the members whose outbox
+    /// refused it.
+    pub fn send_events_to_chats(
+        &self,
+        events: &Arc<[Event]>,
+        first: &[SessionId],
+    ) -> Vec<SessionId> {
+        self.send_to_chats(first, || Outbound::Events(Arc::clone(events)))
     }
 
-    /// Sends each chat member its own `message()`; returns those whose outbox refused it.
-    fn send_to_chats(&self, message: impl Fn() -> Outbound) -> Vec<SessionId> {
-        self.map
+    /// Sends each chat member its own `message()`, those in `first` (sorted, no
+    /// repeats) before the others: a session's task runs in the order it was woken, so
+    /// the members sent to first are the first to write. Returns those whose outbox
+    /// refused it.
+    fn send_to_chats(&self, first: &[SessionId], message: impl Fn() -> Outbound) -> Vec<SessionId> {
+        let early = first.iter().filter_map(|id| Some((id, self.map.get(id)?)));
+        let rest = self
+            .map
             .iter()
+            .filter(|(id, _)| first.binary_search(id).is_err());
+        early
+            .chain(rest)
             .filter(|(_, m)| m.is_chat())
             .filter(|(_, m)| !m.outbox.send(message()))
             .map(|(id, _)| *id)

@@ -622,9 +622,14 @@ impl Room {
         self.release_chat(messages, acks);
     }
 
-    /// Delivers a run of released chat messages, then the acks that came with them.
+    /// Delivers a run of released chat messages, then the acks that came with them. The
+    /// publishers get the messages first: their acks then go out at the head of the
+    /// sweep over the members instead of wherever each publisher falls in it.
     fn release_chat(&mut self, messages: Vec<(u64, Event)>, acks: Vec<chat::ChatAction>) {
-        self.deliver_messages(messages);
+        let mut publishers: Vec<SessionId> = acks.iter().filter_map(chat::ChatAction::to).collect();
+        publishers.sort_unstable();
+        publishers.dedup();
+        self.deliver_messages(messages, &publishers);
         for ack in acks {
             self.perform_chat(ack);
         }
