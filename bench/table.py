@@ -187,7 +187,7 @@ def main(path):
                "allocator arenas). Targets: ≤ 8 KiB per idle room; ≤ 16 KiB per connection at 20,000. "
                "Tandem's WebSocket sessions leave actix-http's HTTP/1 dispatcher after the handshake "
                "and run on the bare socket with buffers that exist only while bytes are pending; a "
-               "session is a plain task (not an actor) over its socket and the channel its room "
+               "session is a plain task (not an actor) over its socket and the mailbox its room "
                "sends to; rooms keep awareness in a table of their own (not yrs's `Awareness`, which "
                "holds a document's worth of observers); a document unused for `--doc-freeze-secs` "
                "(30 s) is held as its encoded state. What remains per session is its task and "
