@@ -80,8 +80,10 @@ impl State {
     fn pop(&mut self) -> Option<Outbound> {
         let message = self.oldest.take()?;
         self.oldest = self.rest.pop_front();
-        if self.rest.is_empty() && self.rest.capacity() > 0 {
-            self.rest = VecDeque::new(); // the burst is taken: free its memory
+        if self.oldest.is_none() && self.rest.capacity() > 0 {
+            // Everything is taken: free the burst's memory. (Not sooner: a session one
+            // message behind would allocate it again on every send.)
+            self.rest = VecDeque::new();
         }
         self.queued -= message.size();
         Some(message)
@@ -310,6 +312,20 @@ mod tests {
         let taken: Vec<_> = std::iter::from_fn(|| first_byte(inbox.try_recv())).collect();
         assert_eq!(taken, vec![1, 2, 3, 4, 5]);
         assert_eq!(inbox.shared.lock().rest.capacity(), 0, "freed once taken");
+        // A session that stays one message behind keeps the allocation it has.
+        outbox.send(frame(6));
+        outbox.send(frame(7));
+        for i in 8..20 {
+            assert_eq!(first_byte(inbox.try_recv()), Some(i - 2));
+            assert!(
+                inbox.shared.lock().rest.capacity() > 0,
+                "kept while one waits"
+            );
+            outbox.send(frame(i));
+        }
+        assert_eq!(first_byte(inbox.try_recv()), Some(18));
+        assert_eq!(first_byte(inbox.try_recv()), Some(19));
+        assert_eq!(inbox.shared.lock().rest.capacity(), 0);
     }
 
     #[actix_rt::test]
