@@ -287,8 +287,9 @@ impl Session {
         self.sent();
     }
 
-    /// After a send: note the time, probe the client's progress when due, and make sure
-    /// the outbox rule is looked at again on time if the client is behind.
+    /// After a send: note that something went out this tick, probe the client's progress
+    /// when due, and make sure the outbox rule is looked at again on time if the client is
+    /// behind.
     fn sent(&mut self) {
         self.sent_since_tick = true;
         let every = (self.config.max_outbox_bytes / 8).max(MIN_PROBE_BYTES);
