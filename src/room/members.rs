@@ -1,10 +1,9 @@
-//! Everyone connected to a room, in one map: y-websocket sessions and chat members (WebSocket
+//! Everyone connected to a room, in one list: y-websocket sessions and chat members (WebSocket
 //! or SSE) alike, each with where the room sends to it, what it may do, and what its kind
 //! carries (a session's awareness client ids; a member's sender name and idempotency
 //! subject). It hands frames and events to outboxes and reports who could not take them;
 //! what that means (closing a slow client) is the room's decision. No actor, no store.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -61,41 +60,73 @@ impl Connection {
     }
 }
 
-/// The room's connections.
+/// The room's connections, sorted by id.
+///
+/// A list, not a hash map: most rooms hold one or two connections, for which a map's
+/// table (four slots and its control bytes) cost ~300 bytes per room where the list
+/// holds exactly what is there; a broadcast walks it front to back. Ids only grow, so a
+/// join appends; a leave shifts the rest down (a memmove of some 48 bytes per later
+/// member, which is nothing next to the leave itself).
 #[derive(Default)]
 pub(super) struct Members {
-    map: HashMap<SessionId, Connection>,
+    list: Vec<(SessionId, Connection)>,
 }
 
 impl Members {
+    fn position(&self, id: &SessionId) -> Result<usize, usize> {
+        self.list.binary_search_by_key(id, |(id, _)| *id)
+    }
+
     pub fn insert(&mut self, id: SessionId, member: Connection) {
-        self.map.insert(id, member);
+        match self.position(&id) {
+            Ok(at) => self.list[at].1 = member,
+            Err(at) => {
+                // Grow one at a time while small (a room of two holds two slots, not
+                // the four a doubling would give), by doubling beyond.
+                if self.list.len() == self.list.capacity() && self.list.len() < 8 {
+                    self.list.reserve_exact(1);
+                }
+                self.list.insert(at, (id, member));
+            }
+        }
     }
 
     pub fn get_mut(&mut self, id: &SessionId) -> Option<&mut Connection> {
-        self.map.get_mut(id)
+        let at = self.position(id).ok()?;
+        Some(&mut self.list[at].1)
+    }
+
+    fn get(&self, id: &SessionId) -> Option<&Connection> {
+        let at = self.position(id).ok()?;
+        Some(&self.list[at].1)
     }
 
     pub fn remove(&mut self, id: &SessionId) -> Option<Connection> {
-        self.map.remove(id)
+        let at = self.position(id).ok()?;
+        let (_, member) = self.list.remove(at);
+        if self.list.is_empty() {
+            // An empty room waits to be evicted: it keeps no slots.
+            self.list = Vec::new();
+        }
+        Some(member)
     }
 
     /// The y-websocket session `id`, if it is one.
     pub fn doc(&self, id: &SessionId) -> Option<&Connection> {
-        self.map.get(id).filter(|m| m.is_doc())
+        self.get(id).filter(|m| m.is_doc())
     }
 
     /// The chat member `id`, if it is one.
     pub fn chat(&self, id: &SessionId) -> Option<&Connection> {
-        self.map.get(id).filter(|m| m.is_chat())
+        self.get(id).filter(|m| m.is_chat())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.list.is_empty()
     }
 
     pub fn chat_count(&self) -> usize {
-        self.map.values().filter(|m| m.is_chat()).count()
+        self.list.iter().filter(|(_, m)| m.is_chat()).count()
     }
 
     /// Connections whose client went away (before its `Leave` could arrive).
@@ -109,7 +140,7 @@ impl Members {
     }
 
     fn select(&self, keep: impl Fn(&Connection) -> bool) -> Vec<SessionId> {
-        self.map
+        self.list
             .iter()
             .filter(|(_, m)| keep(m))
             .map(|(id, _)| *id)
@@ -120,7 +151,7 @@ impl Members {
     /// took it, and who could not.
     pub fn send_frame_to_docs(&self, frame: &Bytes, except: &[SessionId]) -> (u64, Vec<SessionId>) {
         let (mut sent, mut slow) = (0, Vec::new());
-        for (id, member) in self.map.iter().filter(|(_, m)| m.is_doc()) {
+        for (id, member) in self.list.iter().filter(|(_, m)| m.is_doc()) {
             if except.contains(id) {
                 continue;
             }
@@ -155,11 +186,12 @@ impl Members {
     /// the members sent to first are the first to write. Returns those whose outbox
     /// refused it.
     fn send_to_chats(&self, first: &[SessionId], message: impl Fn() -> Outbound) -> Vec<SessionId> {
-        let early = first.iter().filter_map(|id| Some((id, self.map.get(id)?)));
+        let early = first.iter().filter_map(|id| Some((id, self.get(id)?)));
         let rest = self
-            .map
+            .list
             .iter()
-            .filter(|(id, _)| first.binary_search(id).is_err());
+            .filter(|(id, _)| first.binary_search(id).is_err())
+            .map(|(id, m)| (id, m));
         early
             .chain(rest)
             .filter(|(_, m)| m.is_chat())
@@ -170,10 +202,11 @@ impl Members {
 
     /// Removes every connection of one kind (`chat`: members, else sessions), returning them.
     pub fn drain_kind(&mut self, chat: bool) -> Vec<(SessionId, Connection)> {
-        let ids = self.select(|m| m.is_chat() == chat);
-        ids.into_iter()
-            .filter_map(|id| self.map.remove(&id).map(|m| (id, m)))
-            .collect()
+        let (kind, rest) = std::mem::take(&mut self.list)
+            .into_iter()
+            .partition(|(_, m)| m.is_chat() == chat);
+        self.list = rest;
+        kind
     }
 }
 
@@ -204,8 +237,75 @@ mod tests {
         }
     }
 
+    fn member(chat: bool) -> (Connection, crate::room::Inbox) {
+        let (outbox, inbox) = super::super::outbox(1 << 20);
+        let role = match chat {
+            true => Role::Chat(Box::new(ChatRole {
+                sender: "ada".into(),
+                key_subject: String::new(),
+            })),
+            false => Role::Doc { clients: vec![] },
+        };
+        let access = Access::Write;
+        (
+            Connection {
+                outbox,
+                access,
+                role,
+            },
+            inbox,
+        )
+    }
+
+    proptest! {
+        /// Joins and leaves in any order (ids need not arrive sorted): the list holds what
+        /// a map would, and a broadcast reaches each session once.
+        #[test]
+        fn the_list_holds_what_a_map_would(
+            ops in prop::collection::vec((0u64..12, any::<bool>(), any::<bool>()), 0..40)
+        ) {
+            let mut members = Members::default();
+            let mut model = std::collections::BTreeMap::new();
+            let mut inboxes = Vec::new();
+            for (id, join, chat) in ops {
+                let id = SessionId(id);
+                if join {
+                    let (connection, inbox) = member(chat);
+                    inboxes.push(inbox);
+                    members.insert(id, connection);
+                    model.insert(id, chat);
+                } else {
+                    prop_assert_eq!(members.remove(&id).is_some(), model.remove(&id).is_some());
+                }
+                for probe in 0..12 {
+                    let probe = SessionId(probe);
+                    prop_assert_eq!(members.chat(&probe).is_some(), model.get(&probe) == Some(&true));
+                    prop_assert_eq!(members.doc(&probe).is_some(), model.get(&probe) == Some(&false));
+                }
+                prop_assert_eq!(members.is_empty(), model.is_empty());
+                prop_assert_eq!(members.chat_count(), model.values().filter(|&&c| c).count());
+                let docs = model.values().filter(|&&c| !c).count() as u64;
+                let (sent, slow) = members.send_frame_to_docs(&Bytes::from_static(b"x"), &[]);
+                prop_assert_eq!((sent, slow.len()), (docs, 0));
+            }
+        }
+    }
+
     #[test]
-    fn sessions_and_members_share_one_map_and_each_kind_gets_its_own_sends() {
+    fn a_room_of_two_holds_two_slots_and_an_empty_room_none() {
+        let mut members = Members::default();
+        let (a, _a) = member(false);
+        let (b, _b) = member(false);
+        members.insert(SessionId(1), a);
+        members.insert(SessionId(2), b);
+        assert_eq!(members.list.capacity(), 2);
+        members.remove(&SessionId(1));
+        members.remove(&SessionId(2));
+        assert_eq!(members.list.capacity(), 0);
+    }
+
+    #[test]
+    fn sessions_and_members_share_one_list_and_each_kind_gets_its_own_sends() {
         // The receiving ends stay open (kept here) for the test's length.
         let receivers = std::cell::RefCell::new(Vec::new());
         let outbox = || {
