@@ -140,8 +140,9 @@ pub struct Settings {
     /// Seconds a room without sessions stays active before it is deactivated [default: 30]
     #[arg(long, env = "TANDEM_ROOM_IDLE_SECS")]
     pub room_idle_secs: Option<f64>,
-    /// Seconds a room's document may go unused (no edit, no sync) before it is held
-    /// encoded, a fraction of its live size, until next needed; 0: never [default: 30]
+    /// Longest seconds a room's document may go unused (no edit, no sync) before it is
+    /// held encoded, a fraction of its live size, until next needed (small documents go
+    /// sooner: after 5 s plus 1 s per 32 KiB stored); 0: never [default: 30]
     #[arg(long, env = "TANDEM_DOC_FREEZE_SECS")]
     pub doc_freeze_secs: Option<f64>,
     /// Logged updates that trigger a snapshot (which compacts the log) [default: 10000]

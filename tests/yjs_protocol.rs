@@ -335,6 +335,43 @@ async fn a_frozen_document_keeps_serving_its_sessions() {
     assert_eq!(last.text(), "before after");
 }
 
+/// With the default `--doc-freeze-secs` (30), a small document is frozen once it has been
+/// unused for the floor (5 s), a large one not until its size says so.
+#[actix_rt::test]
+async fn small_documents_freeze_within_seconds_large_ones_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    // ~640 KB stored: 20 s before it may freeze.
+    let mut large = YClient::synced(&server, "large").await;
+    large.append(&"lorem ipsum ".repeat(54_000)).await;
+    wait_for_text(&server, "large", &"lorem ipsum ".repeat(54_000)).await;
+    let mut small = YClient::synced(&server, "small").await;
+    small.append("a short note").await;
+    wait_for_text(&server, "small", "a short note").await;
+    let written = std::time::Instant::now();
+    let deadline = written + Duration::from_secs(15);
+    while metric(&server, "tandem_document_freezes_total").await < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the small document never froze"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        written.elapsed() >= Duration::from_millis(4_500),
+        "frozen after {:?}, before the 5 s floor",
+        written.elapsed()
+    );
+    // Only the small one: the large one has 20 s to wait.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(metric(&server, "tandem_document_freezes_total").await, 1.0);
+    // Both still serve what they hold.
+    assert_eq!(
+        YClient::synced(&server, "small").await.text(),
+        "a short note"
+    );
+}
+
 #[actix_rt::test]
 async fn sigterm_closes_sessions_with_going_away_and_keeps_the_data() {
     sigterm_keeps_every_room(&[]).await;

@@ -863,8 +863,9 @@ impl Room {
         let slow = self.members.too_slow();
         self.close_slow_sessions(slow);
         self.chat_tick(ctx);
-        if let Some(after) = self.config.freeze_after {
+        if let Some(longest) = self.config.freeze_after {
             let quiet = !self.reloading && self.inbox.is_empty();
+            let after = document::freeze_delay(self.stored_bytes, longest);
             if quiet && self.document.freeze_if_unused(after) {
                 metrics::get().document_freezes.inc();
             }
