@@ -189,10 +189,11 @@ def main(path):
                "and run on the bare socket with buffers that exist only while bytes are pending; a "
                "session is a plain task (not an actor) over its socket and the mailbox its room "
                "sends to; rooms keep awareness in a table of their own (not yrs's `Awareness`, which "
-               "holds a document's worth of observers); a document unused for `--doc-freeze-secs` "
-               "(30 s) is held as its encoded state. What remains per session is its task and "
-               "socket registration; per room its actor and mailbox, its member map, its document "
-               "and sled's cache of its records.\n")
+               "holds a document's worth of observers); a document unused for 5 s plus 1 s per "
+               "32 KiB stored (at most `--doc-freeze-secs`, 30 s) is held as its encoded state, so "
+               "the rooms opened in the last seconds before RSS is read are still live. What "
+               "remains per session is its task and socket registration; per room its actor and "
+               "mailbox, its member list, its document and sled's records of it (~1.6 KiB).\n")
 
     out.append("## Editing trace (automerge-paper, 259,778 edits) writer → 2 observers\n")
     out.append("| server | seconds | server CPU s | raw yrs apply s (same run) | CPU / raw | both observers hold endContent |")
