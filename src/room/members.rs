@@ -191,7 +191,7 @@ impl Members {
             .list
             .iter()
             .filter(|(id, _)| first.binary_search(id).is_err())
-            .map(|(id, m)| (id, m));
+            .map(|entry| (&entry.0, &entry.1)); // the same shape as `early`'s items
         early
             .chain(rest)
             .filter(|(_, m)| m.is_chat())
