@@ -33,6 +33,8 @@ pub struct Metrics {
     pub throttled: Counter,
     /// Sessions closed because their token expired.
     pub tokens_expired: Counter,
+    /// WebSocket sessions moved to their room's thread as they started.
+    pub sessions_moved: Counter,
     /// Time from receiving an update to its being durable.
     pub persist_seconds: Histogram,
     /// Time to hand one broadcast to every recipient's outbox.
@@ -110,6 +112,7 @@ impl Metrics {
             slow_consumers: Counter::default(),
             throttled: Counter::default(),
             tokens_expired: Counter::default(),
+            sessions_moved: Counter::default(),
             persist_seconds: latency_histogram(),
             broadcast_seconds: latency_histogram(),
             flush_seconds: latency_histogram(),
@@ -254,6 +257,11 @@ impl Metrics {
             "tandem_tokens_expired",
             "Sessions closed because their token expired",
             m.tokens_expired.clone(),
+        );
+        registry.register(
+            "tandem_sessions_moved",
+            "WebSocket sessions moved to their room's thread as they started",
+            m.sessions_moved.clone(),
         );
         registry.register(
             "tandem_persist_seconds",

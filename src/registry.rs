@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, RwLock};
+use std::thread::ThreadId;
 use std::time::Duration;
 
 use actix::dev::ToEnvelope;
@@ -55,29 +56,66 @@ pub struct ActiveRooms;
 /// waking another thread. A thread found stopped (a worker that died and was replaced) is
 /// dropped.
 #[derive(Clone, Default)]
-pub struct RoomThreads(Arc<RwLock<Vec<ArbiterHandle>>>);
+pub struct RoomThreads(Arc<RwLock<Vec<RoomThread>>>);
+
+/// One thread rooms run on.
+#[derive(Clone)]
+pub struct RoomThread {
+    pub arbiter: ArbiterHandle,
+    /// Set for an HTTP worker (which adds itself from its own thread): sessions can run
+    /// there too.
+    pub worker: Option<ThreadId>,
+}
 
 impl RoomThreads {
-    /// Rooms may run on `arbiter`.
+    /// Rooms may run on `arbiter`, a thread of their own.
     pub fn add(&self, arbiter: ArbiterHandle) {
+        self.push(RoomThread {
+            arbiter,
+            worker: None,
+        });
+    }
+
+    /// Rooms may run on the calling thread, an HTTP worker.
+    pub fn add_this_worker(&self) {
+        self.push(RoomThread {
+            arbiter: Arbiter::current(),
+            worker: Some(std::thread::current().id()),
+        });
+    }
+
+    fn push(&self, thread: RoomThread) {
         self.0
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .push(arbiter);
+            .push(thread);
     }
 
-    /// The thread for a room whose name hashes to `hash`; none while no thread was added.
-    fn pick(&self, hash: u64) -> Option<ArbiterHandle> {
-        let arbiters = self.0.read().unwrap_or_else(|e| e.into_inner());
-        let n = arbiters.len() as u64;
-        (n > 0).then(|| arbiters[(hash % n) as usize].clone())
+    /// How many threads rooms run on.
+    pub fn count(&self) -> usize {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// The thread for a room whose name hashes to `hash` ([`room_hash`]); none while no
+    /// thread was added.
+    pub fn pick(&self, hash: u64) -> Option<RoomThread> {
+        let threads = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let n = threads.len() as u64;
+        (n > 0).then(|| threads[(hash % n) as usize].clone())
     }
 
     /// Forgets the threads that have stopped (an HTTP worker that died and was replaced).
     fn remove_stopped(&self) {
-        let mut arbiters = self.0.write().unwrap_or_else(|e| e.into_inner());
-        arbiters.retain(ArbiterHandle::alive);
+        let mut threads = self.0.write().unwrap_or_else(|e| e.into_inner());
+        threads.retain(|thread| thread.arbiter.alive());
     }
+}
+
+/// The hash that picks a room's thread.
+pub fn room_hash(name: &RoomName) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    name.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// The registry actor.
@@ -129,18 +167,18 @@ impl Registry {
     /// The thread a room is started on: the one its name hashes to, or, before any thread
     /// was added, the registry's own.
     fn arbiter_for(&self, name: &RoomName) -> ArbiterHandle {
-        let mut hasher = DefaultHasher::new();
-        name.hash(&mut hasher);
-        let hash = hasher.finish();
+        let hash = room_hash(name);
         match self.threads.pick(hash) {
-            Some(arbiter) if arbiter.alive() => return arbiter,
+            Some(thread) if thread.arbiter.alive() => return thread.arbiter,
             Some(_) => {
                 tracing::warn!("a room thread has stopped; its rooms go to the others");
                 self.threads.remove_stopped();
             }
             None => {}
         }
-        self.threads.pick(hash).unwrap_or_else(Arbiter::current)
+        self.threads
+            .pick(hash)
+            .map_or_else(Arbiter::current, |thread| thread.arbiter)
     }
 }
 

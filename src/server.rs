@@ -28,6 +28,7 @@ use crate::cluster::placement::Placement;
 use crate::config::{ClusterConfig, Config};
 use crate::http::{self, AppState};
 use crate::registry::{Registry, RoomThreads, ShutdownAll};
+use crate::session::placement::SessionThreads;
 use crate::storage::{PostgresStore, SledStore, Store, StoreError};
 
 /// Pending connections the kernel queues before the server accepts them (actix-web's
@@ -210,6 +211,7 @@ pub async fn run_listening(
         room_threads.add(arbiter.handle());
     }
     let rooms_on_workers = arbiters.is_empty().then(|| room_threads.clone());
+    let session_threads = SessionThreads::new(room_threads.clone());
     let mut registry = Registry::new(
         Arc::clone(&store),
         room_threads,
@@ -229,6 +231,7 @@ pub async fn run_listening(
         ready: AtomicBool::new(true),
         shutdown: tokio::sync::watch::Sender::new(false),
         placement: placement.as_ref().map(|(p, _)| Arc::clone(p)),
+        session_threads,
     });
     let app_state = state.clone();
     let cors_origins = config.cors_origins.clone();
@@ -282,7 +285,7 @@ pub async fn run_listening(
         .listen("tandem", listener, move || {
             // Called once on each worker's thread as it starts.
             if let Some(threads) = &rooms_on_workers {
-                threads.add(Arbiter::current());
+                threads.add_this_worker();
             }
             let stopping = stopping.clone();
             HttpService::build()

@@ -410,3 +410,89 @@ async fn sigterm_keeps_every_room(flags: &[&str]) {
         assert_eq!(text_of_state(&state), format!("kept {i}"));
     }
 }
+
+/// With two HTTP threads, the sessions of a small room move to the room's thread
+/// (`tandem_sessions_moved_total` counts them) and those of a large room past the first
+/// 16 stay where they were accepted; either way every session gets every update, and a
+/// moved session reads what its client sent right behind the handshake.
+#[actix_rt::test]
+async fn sessions_run_on_their_rooms_thread_until_the_room_is_large() {
+    const SPREAD_AT: usize = 16; // session::placement::SPREAD_AT
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--http-threads", "2"]);
+    let moved = || metric(&server, "tandem_sessions_moved_total");
+
+    // A small room: actix deals connections out to the two workers in turn, so some of
+    // these twelve arrive on the worker that is not the room's and move.
+    let mut small = Vec::new();
+    for _ in 0..12 {
+        small.push(YClient::synced(&server, "small").await);
+    }
+    let moved_small = moved().await;
+    assert!(
+        (1.0..=12.0).contains(&moved_small),
+        "{moved_small} of 12 sessions moved"
+    );
+    small[0].append("small room").await;
+    for client in &mut small[1..] {
+        client.next_update().await;
+        assert_eq!(client.text(), "small room");
+    }
+
+    // A large room: only sessions that join while it holds fewer than SPREAD_AT move.
+    let mut large = Vec::new();
+    for _ in 0..SPREAD_AT * 2 + 8 {
+        large.push(YClient::synced(&server, "large").await);
+    }
+    let moved_large = moved().await - moved_small;
+    assert!(
+        (1.0..=SPREAD_AT as f64).contains(&moved_large),
+        "{moved_large} sessions of the large room moved"
+    );
+    large[SPREAD_AT + 3].append("large room").await;
+    for (i, client) in large.iter_mut().enumerate() {
+        if i != SPREAD_AT + 3 {
+            client.next_update().await;
+            assert_eq!(client.text(), "large room", "session {i}");
+        }
+    }
+
+    // A client may send its first frame right behind its handshake request, before the
+    // 101: the bytes read with the request move with the socket. Six raw clients (some
+    // arrive on the other worker and move) each get the room's state for their SyncStep1.
+    for client in small.into_iter().chain(large) {
+        client.close().await;
+    }
+    let before = moved().await;
+    let mut raws = Vec::new();
+    for _ in 0..6 {
+        let mut raw = common::raw::Raw::connect(&server);
+        let mut request = common::raw::handshake("/yjs/small").into_bytes();
+        let step1 = Message::SyncStep1(vec![0].into()).encode();
+        request.extend_from_slice(&common::raw::client_frame(actix_http::ws::Message::Binary(
+            step1,
+        )));
+        raw.send(&request);
+        raws.push(raw);
+    }
+    for mut raw in raws {
+        let result = tokio::task::spawn_blocking(move || {
+            assert_eq!(raw.head().0, 101);
+            loop {
+                match raw.frame() {
+                    Some(actix_http::ws::Frame::Binary(bytes)) => {
+                        if let Ok(Message::SyncStep2(state)) = Message::decode(&bytes) {
+                            return text_of_state(&state);
+                        }
+                    }
+                    Some(_) => {}
+                    None => panic!("the connection ended before the room's state came"),
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(result, "small room");
+    }
+    assert!(moved().await > before, "none of six sessions moved");
+}

@@ -37,6 +37,7 @@ use crate::config::Config;
 use crate::metrics;
 use crate::registry::Registry;
 use crate::room::{RoomError, RoomName, RoomNameError};
+use crate::session::placement::SessionThreads;
 use crate::storage::Store;
 
 /// What every handler can reach.
@@ -58,6 +59,8 @@ pub struct AppState {
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// Which node owns which room, when this node is one of a cluster.
     pub placement: Option<Arc<Placement>>,
+    /// Which thread each WebSocket session runs on.
+    pub session_threads: Arc<SessionThreads>,
 }
 
 /// Registers every route, and the JSON answers for what matches none.

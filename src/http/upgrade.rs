@@ -68,7 +68,7 @@ pub(super) fn accept(
     let plan = if full || !state.ready.load(Ordering::Relaxed) {
         plan.refusing(close::TRY_AGAIN_LATER)
     } else {
-        plan
+        plan.placed(&state.session_threads)
     };
     let mut response = HttpResponse::from(switching).map_into_boxed_body();
     response.extensions_mut().insert(Handover(plan));

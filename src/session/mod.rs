@@ -5,7 +5,7 @@
 //! stream state.
 //!
 //! The HTTP edge checks the upgrade request and hands over the bare TCP stream
-//! ([`SessionPlan::start`]). A session is a plain task ([`task`]), not an actor: rooms are
+//! ([`SessionPlan::start`]), which the session takes to the thread [`placement`] picks. A session is a plain task ([`task`]), not an actor: rooms are
 //! the actors, and a session's only inbox is the channel its room sends to (an actor's
 //! context and mailbox would double what an idle connection costs). Its handlers here
 //! never wait; reading and writing frames is in [`socket`]. A y-websocket session joins
@@ -19,6 +19,7 @@ mod clock;
 mod flow;
 mod framing;
 mod limits;
+pub mod placement;
 mod socket;
 pub mod sse;
 mod task;
@@ -31,7 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::dev::ToEnvelope;
-use actix::{Actor, Addr, Handler, Message};
+use actix::{Actor, Addr, ArbiterHandle, Handler, Message};
 use actix_http::ws::{self, Frame, Item};
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
@@ -51,6 +52,7 @@ use crate::room::{
 };
 use chat::ChatSide;
 use limits::{InFlight, TokenBucket};
+use placement::{Place, Seat, SessionThreads};
 use socket::{Connection, FrameReader, FrameWriter, Pause, ReadError};
 
 /// How long a closing session waits for its client's close frame (or for the socket to
@@ -112,6 +114,10 @@ pub struct SessionPlan {
     shutdown: watch::Receiver<bool>,
     refuse: Option<Close>,
     protocol: Protocol,
+    /// The session's place in its room's count ([`placement`]), held for its life.
+    seat: Option<Seat>,
+    /// Its room's thread, when it should move there to start.
+    move_to: Option<ArbiterHandle>,
 }
 
 impl SessionPlan {
@@ -138,7 +144,20 @@ impl SessionPlan {
             shutdown,
             refuse: None,
             protocol: Protocol::Yjs,
+            seat: None,
+            move_to: None,
         }
+    }
+
+    /// Runs the session on the thread `threads` picks for it ([`placement`]).
+    pub fn placed(mut self, threads: &Arc<SessionThreads>) -> Self {
+        let (seat, place) = threads.seat(&self.room_name);
+        self.seat = seat;
+        self.move_to = match place {
+            Place::Here => None,
+            Place::Move(thread) => Some(thread),
+        };
+        self
     }
 
     /// Makes the session close with `close` right after the upgrade (the node is full).
@@ -160,7 +179,39 @@ impl SessionPlan {
 
     /// Starts the session on `io`, the upgraded connection; `pending` holds bytes the
     /// client sent right behind its handshake request.
-    pub fn start(self, io: TcpStream, pending: &[u8]) {
+    pub fn start(mut self, io: TcpStream, pending: &[u8]) {
+        let Some(thread) = self.move_to.take() else {
+            return self.start_here(io, pending);
+        };
+        // Off this thread's poller, onto the room's: the socket stays open and
+        // non-blocking, and nothing is read from it in between.
+        let io = match io.into_std() {
+            Ok(io) => io,
+            Err(e) => {
+                warn!(room = %self.room_name, error = %e, "could not hand a session's socket to its room's thread");
+                return;
+            }
+        };
+        let pending = pending.to_vec();
+        let room = self.room_name.clone();
+        let spawned = thread.spawn(async move {
+            match TcpStream::from_std(io) {
+                Ok(io) => {
+                    metrics::get().sessions_moved.inc();
+                    self.start_here(io, &pending);
+                }
+                Err(e) => {
+                    warn!(room = %self.room_name, error = %e, "could not take a session's socket on its room's thread");
+                }
+            }
+        });
+        if !spawned {
+            warn!(room = %room, "a session's room thread has stopped; its connection is dropped");
+        }
+    }
+
+    /// Starts the session on this thread.
+    fn start_here(self, io: TcpStream, pending: &[u8]) {
         let connection = Connection::new(io);
         let reader = FrameReader::new(
             Rc::clone(&connection),
@@ -203,6 +254,7 @@ impl SessionPlan {
             last_throttled: None,
             connections: self.connections,
             protocol: self.protocol,
+            _seat: self.seat,
             writer: FrameWriter::new(connection),
             flush_scheduled: false,
             awaiting_writable: false,
@@ -254,6 +306,8 @@ struct Session {
     /// Live sessions on this node (for the connection limit).
     connections: Arc<AtomicUsize>,
     protocol: Protocol,
+    /// Its place in its room's session count, given back when the session ends.
+    _seat: Option<Seat>,
     /// Frames queued for the client.
     writer: FrameWriter,
     /// A flush of the queued frames is scheduled (after the messages now being handled).
