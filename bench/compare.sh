@@ -5,12 +5,13 @@
 # same loads, one after the other, with the same load generator (examples/loadgen.rs), and
 # writes the results as JSON lines plus a markdown table.
 #
-#   bench/compare.sh                 # everything, ~15 minutes on 2 cores
+#   bench/compare.sh                 # everything, ~20 minutes on 2 cores
 #   QUICK=1 bench/compare.sh         # shorter runs (smoke test of the script)
 #   SERVERS="tandem hocuspocus" LOADS="fanout saturate" bench/compare.sh   # a part
 #
 # SERVERS: of tandem reference hocuspocus bare (default: all four). LOADS: of fanout
-# (50 and 200 updates/s), saturate (p99 bounds 500 ms and 100 ms), rooms, conns, trace,
+# (50 and 200 updates/s), saturate (p99 bounds 500 ms and 100 ms; the rate from 200/s, ×1.25
+# a step, so a ceiling is found within a quarter), rooms, conns, trace,
 # and the Tandem-only activation, churn, stream (default: all).
 #
 # Output: bench/results/<UTC time>.jsonl and its table, bench/results/<UTC time>.md; a full
@@ -57,7 +58,8 @@ for server in $servers; do
     for bound in 500 100; do
       label=saturate; [ "$bound" != 500 ] && label="saturate-$bound"
       start "$server"
-      run "$server" "$label" saturate --url "$base" --readers "$readers" --step-secs "$step_secs" --p99-ms "$bound" --max-steps 10 --pid "$pid" "${proto[@]}"
+      run "$server" "$label" saturate --url "$base" --readers "$readers" --step-secs "$step_secs" --p99-ms "$bound" \
+        --start-rate 200 --step-factor 1.25 --max-steps 22 --pid "$pid" "${proto[@]}"
       stop
     done
   fi
