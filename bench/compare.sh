@@ -10,8 +10,8 @@
 #   SERVERS="tandem hocuspocus" LOADS="fanout saturate" bench/compare.sh   # a part
 #
 # SERVERS: of tandem reference hocuspocus bare (default: all four). LOADS: of fanout
-# (50 and 200 updates/s), saturate (p99 bounds 500 ms and 100 ms; the rate from 200/s, ×1.25
-# a step, so a ceiling is found within a quarter), rooms, conns, trace,
+# (50 and 200 updates/s), saturate (p99 bounds 500 ms and 100 ms; the rate from 50/s, ×1.5
+# a step, so a ceiling is placed within 1.5×), rooms, conns, trace,
 # and the Tandem-only activation, churn, stream (default: all).
 #
 # Output: bench/results/<UTC time>.jsonl and its table, bench/results/<UTC time>.md; a full
@@ -59,7 +59,7 @@ for server in $servers; do
       label=saturate; [ "$bound" != 500 ] && label="saturate-$bound"
       start "$server"
       run "$server" "$label" saturate --url "$base" --readers "$readers" --step-secs "$step_secs" --p99-ms "$bound" \
-        --start-rate 200 --step-factor 1.25 --max-steps 22 --pid "$pid" "${proto[@]}"
+        --start-rate 50 --step-factor 1.5 --max-steps 16 --pid "$pid" "${proto[@]}"
       stop
     done
   fi
