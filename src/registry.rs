@@ -62,8 +62,8 @@ pub struct RoomThreads(Arc<RwLock<Vec<RoomThread>>>);
 #[derive(Clone)]
 pub struct RoomThread {
     pub arbiter: ArbiterHandle,
-    /// Set for an HTTP worker (which adds itself from its own thread): sessions can run
-    /// there too.
+    /// Set for an HTTP worker (which adds itself from its own thread): sessions run there
+    /// too, and `session::placement` moves a small room's sessions to it.
     pub worker: Option<ThreadId>,
 }
 
@@ -84,11 +84,19 @@ impl RoomThreads {
         });
     }
 
+    /// Adds `thread` keeping every other thread at its place in the list, since a room's
+    /// thread is its hash modulo the list's length (and the sessions' placement works it
+    /// out the same way): a worker that restarts its service on the same thread replaces
+    /// its entry, and a replacement worker takes a stopped one's.
     fn push(&self, thread: RoomThread) {
-        self.0
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(thread);
+        let mut threads = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let same = thread
+            .worker
+            .and_then(|id| threads.iter().position(|t| t.worker == Some(id)));
+        match same.or_else(|| threads.iter().position(|t| !t.arbiter.alive())) {
+            Some(at) => threads[at] = thread,
+            None => threads.push(thread),
+        }
     }
 
     /// How many threads rooms run on.

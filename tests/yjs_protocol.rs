@@ -417,7 +417,7 @@ async fn sigterm_keeps_every_room(flags: &[&str]) {
 /// moved session reads what its client sent right behind the handshake.
 #[actix_rt::test]
 async fn sessions_run_on_their_rooms_thread_until_the_room_is_large() {
-    const SPREAD_AT: usize = 16; // session::placement::SPREAD_AT
+    const SPREAD_AT: usize = tandem::session::placement::SPREAD_AT as usize;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &["--http-threads", "2"]);
     let moved = || metric(&server, "tandem_sessions_moved_total");

@@ -5,7 +5,8 @@
 //! stream state.
 //!
 //! The HTTP edge checks the upgrade request and hands over the bare TCP stream
-//! ([`SessionPlan::start`]), which the session takes to the thread [`placement`] picks. A session is a plain task ([`task`]), not an actor: rooms are
+//! ([`SessionPlan::start`]), which the session takes to the thread [`placement`]
+//! picks. A session is a plain task ([`task`]), not an actor: rooms are
 //! the actors, and a session's only inbox is the channel its room sends to (an actor's
 //! context and mailbox would double what an idle connection costs). Its handlers here
 //! never wait; reading and writing frames is in [`socket`]. A y-websocket session joins
@@ -180,7 +181,8 @@ impl SessionPlan {
     /// Starts the session on `io`, the upgraded connection; `pending` holds bytes the
     /// client sent right behind its handshake request.
     pub fn start(mut self, io: TcpStream, pending: &[u8]) {
-        let Some(thread) = self.move_to.take() else {
+        let Some(thread) = self.move_to.take().filter(ArbiterHandle::alive) else {
+            // Nowhere to move (or the room's thread has just stopped): start here.
             return self.start_here(io, pending);
         };
         // Off this thread's poller, onto the room's: the socket stays open and

@@ -202,23 +202,69 @@ mod tests {
         }
     }
 
-    #[test]
-    fn counts_stay_exact_under_any_order_of_joins_and_leaves() {
-        // The count alone (no threads needed): seat and drop in an interleaved order.
-        let placement = SessionThreads::new(RoomThreads::default());
-        let hash = room_hash(&room("r"));
-        let join = |placement: &Arc<SessionThreads>| {
-            *placement.counts.lock().unwrap().entry(hash).or_insert(0) += 1;
-            Seat {
-                threads: Arc::clone(placement),
-                room: hash,
-            }
-        };
-        let mut seats: Vec<Seat> = (0..10).map(|_| join(&placement)).collect();
+    #[actix_rt::test]
+    async fn counts_stay_exact_under_any_order_of_joins_and_leaves() {
+        let (threads, arbiters) = two_workers().await;
+        let placement = SessionThreads::new(threads);
+        let (r, other) = (room("r"), room("other"));
+        let mut seats: Vec<Seat> = (0..10).map(|_| placement.seat(&r).0.unwrap()).collect();
+        let kept = placement.seat(&other).0.unwrap();
         seats.drain(2..7);
-        seats.push(join(&placement));
-        assert_eq!(placement.sessions(&room("r")), 6);
+        seats.push(placement.seat(&r).0.unwrap());
+        assert_eq!((placement.sessions(&r), placement.sessions(&other)), (6, 1));
         seats.clear();
+        assert_eq!((placement.sessions(&r), placement.sessions(&other)), (0, 1));
+        drop(kept);
         assert!(placement.counts.lock().unwrap().is_empty());
+        for arbiter in arbiters {
+            arbiter.stop();
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_restarted_or_replaced_worker_keeps_every_room_on_its_thread() {
+        let (threads, arbiters) = two_workers().await;
+        let before: Vec<_> = (0..32u64)
+            .map(|h| threads.pick(h).unwrap().worker)
+            .collect();
+        // The first worker's service restarts on the same thread: it adds itself again.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let again = threads.clone();
+        arbiters[0].spawn_fn(move || {
+            again.add_this_worker();
+            let _ = tx.send(());
+        });
+        rx.await.unwrap();
+        assert_eq!(threads.count(), 2);
+        let after: Vec<_> = (0..32u64)
+            .map(|h| threads.pick(h).unwrap().worker)
+            .collect();
+        assert_eq!(before, after);
+        // The second worker stops and a new one takes its place, not a third slot.
+        let mut arbiters = arbiters;
+        let stopped = arbiters.pop().unwrap();
+        stopped.stop();
+        stopped.join().unwrap();
+        let replacement = Arbiter::new();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let add = threads.clone();
+        replacement.spawn_fn(move || {
+            add.add_this_worker();
+            let _ = tx.send(std::thread::current().id());
+        });
+        let new_id = rx.await.unwrap();
+        assert_eq!(threads.count(), 2);
+        for h in 0..32u64 {
+            let now = threads.pick(h).unwrap().worker;
+            if before[h as usize] == before[1] {
+                assert_eq!(now, Some(new_id), "hash {h}");
+            } else {
+                assert_eq!(now, before[h as usize], "hash {h}");
+            }
+        }
+        arbiters.push(replacement);
+        for arbiter in arbiters {
+            arbiter.stop();
+        }
     }
 }
