@@ -126,15 +126,26 @@ mod tests {
         let threads = RoomThreads::default();
         let arbiters = vec![Arbiter::new(), Arbiter::new()];
         for arbiter in &arbiters {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let threads = threads.clone();
-            arbiter.spawn_fn(move || {
-                threads.add_this_worker();
-                let _ = tx.send(());
-            });
-            rx.await.unwrap();
+            add_worker(arbiter, &threads).await;
         }
         (threads, arbiters)
+    }
+
+    fn stop(arbiters: Vec<Arbiter>) {
+        for arbiter in arbiters {
+            arbiter.stop();
+        }
+    }
+
+    /// Adds `arbiter` to `threads` from its own thread, as a worker does; returns its id.
+    async fn add_worker(arbiter: &Arbiter, threads: &RoomThreads) -> std::thread::ThreadId {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let threads = threads.clone();
+        arbiter.spawn_fn(move || {
+            threads.add_this_worker();
+            let _ = tx.send(std::thread::current().id());
+        });
+        rx.await.unwrap()
     }
 
     #[actix_rt::test]
@@ -160,9 +171,7 @@ mod tests {
         drop(seats);
         assert_eq!(placement.sessions(&name), 0);
         assert!(placement.counts.lock().unwrap().is_empty());
-        for arbiter in arbiters {
-            arbiter.stop();
-        }
+        stop(arbiters);
     }
 
     #[actix_rt::test]
@@ -178,9 +187,7 @@ mod tests {
             let _ = tx.send((seat.is_some(), matches!(place, Place::Here)));
         });
         assert_eq!(rx.await.unwrap(), (true, true));
-        for arbiter in arbiters {
-            arbiter.stop();
-        }
+        stop(arbiters);
     }
 
     #[actix_rt::test]
@@ -197,9 +204,7 @@ mod tests {
         }
         let (seat, place) = SessionThreads::new(own).seat(&room("a"));
         assert!(seat.is_none() && matches!(place, Place::Here));
-        for arbiter in arbiters {
-            arbiter.stop();
-        }
+        stop(arbiters);
     }
 
     #[actix_rt::test]
@@ -216,9 +221,7 @@ mod tests {
         assert_eq!((placement.sessions(&r), placement.sessions(&other)), (0, 1));
         drop(kept);
         assert!(placement.counts.lock().unwrap().is_empty());
-        for arbiter in arbiters {
-            arbiter.stop();
-        }
+        stop(arbiters);
     }
 
     #[actix_rt::test]
@@ -228,13 +231,7 @@ mod tests {
             .map(|h| threads.pick(h).unwrap().worker)
             .collect();
         // The first worker's service restarts on the same thread: it adds itself again.
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let again = threads.clone();
-        arbiters[0].spawn_fn(move || {
-            again.add_this_worker();
-            let _ = tx.send(());
-        });
-        rx.await.unwrap();
+        add_worker(&arbiters[0], &threads).await;
         assert_eq!(threads.count(), 2);
         let after: Vec<_> = (0..32u64)
             .map(|h| threads.pick(h).unwrap().worker)
@@ -246,13 +243,7 @@ mod tests {
         stopped.stop();
         stopped.join().unwrap();
         let replacement = Arbiter::new();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let add = threads.clone();
-        replacement.spawn_fn(move || {
-            add.add_this_worker();
-            let _ = tx.send(std::thread::current().id());
-        });
-        let new_id = rx.await.unwrap();
+        let new_id = add_worker(&replacement, &threads).await;
         assert_eq!(threads.count(), 2);
         for h in 0..32u64 {
             let now = threads.pick(h).unwrap().worker;
@@ -263,8 +254,6 @@ mod tests {
             }
         }
         arbiters.push(replacement);
-        for arbiter in arbiters {
-            arbiter.stop();
-        }
+        stop(arbiters);
     }
 }
