@@ -53,8 +53,8 @@ pub struct ActiveRooms;
 /// The threads rooms run on: the HTTP workers themselves (`--room-threads 0`, the
 /// default), each of which adds itself as it starts, or arbiters of their own
 /// (`--room-threads N`). A room on its sessions' thread hands them its frames without
-/// waking another thread. A thread found stopped (a worker that died and was replaced) is
-/// dropped.
+/// waking another thread. A stopped thread's rooms go to the next live one until a
+/// replacement worker takes its place in the list.
 #[derive(Clone, Default)]
 pub struct RoomThreads(Arc<RwLock<Vec<RoomThread>>>);
 
@@ -104,18 +104,18 @@ impl RoomThreads {
         self.0.read().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// The thread for a room whose name hashes to `hash` ([`room_hash`]); none while no
-    /// thread was added.
+    /// The thread for a room whose name hashes to `hash` ([`room_hash`]): the entry at
+    /// `hash` modulo the list's length, or, while that one has stopped (until its
+    /// replacement takes its place), the next live one; none while no live thread was
+    /// added. The list is never reordered, so every other room keeps its thread.
     pub fn pick(&self, hash: u64) -> Option<RoomThread> {
         let threads = self.0.read().unwrap_or_else(|e| e.into_inner());
-        let n = threads.len() as u64;
-        (n > 0).then(|| threads[(hash % n) as usize].clone())
-    }
-
-    /// Forgets the threads that have stopped (an HTTP worker that died and was replaced).
-    fn remove_stopped(&self) {
-        let mut threads = self.0.write().unwrap_or_else(|e| e.into_inner());
-        threads.retain(|thread| thread.arbiter.alive());
+        let n = threads.len();
+        let first = (hash % n.max(1) as u64) as usize;
+        (0..n)
+            .map(|i| &threads[(first + i) % n])
+            .find(|thread| thread.arbiter.alive())
+            .cloned()
     }
 }
 
@@ -175,17 +175,8 @@ impl Registry {
     /// The thread a room is started on: the one its name hashes to, or, before any thread
     /// was added, the registry's own.
     fn arbiter_for(&self, name: &RoomName) -> ArbiterHandle {
-        let hash = room_hash(name);
-        match self.threads.pick(hash) {
-            Some(thread) if thread.arbiter.alive() => return thread.arbiter,
-            Some(_) => {
-                tracing::warn!("a room thread has stopped; its rooms go to the others");
-                self.threads.remove_stopped();
-            }
-            None => {}
-        }
         self.threads
-            .pick(hash)
+            .pick(room_hash(name))
             .map_or_else(Arbiter::current, |thread| thread.arbiter)
     }
 }

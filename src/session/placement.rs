@@ -242,6 +242,10 @@ mod tests {
         let stopped = arbiters.pop().unwrap();
         stopped.stop();
         stopped.join().unwrap();
+        // Until it is replaced, its rooms go to the live thread and the others stay.
+        for h in 0..32u64 {
+            assert_eq!(threads.pick(h).unwrap().worker, before[0], "hash {h}");
+        }
         let replacement = Arbiter::new();
         let new_id = add_worker(&replacement, &threads).await;
         assert_eq!(threads.count(), 2);
