@@ -84,10 +84,8 @@ impl SessionThreads {
             threads: Arc::clone(self),
             room: hash,
         };
-        let place = if before >= SPREAD_AT
-            || worker == std::thread::current().id()
-            || !thread.arbiter.alive()
-        {
+        // (`pick` returns a live thread; the session checks again as it moves.)
+        let place = if before >= SPREAD_AT || worker == std::thread::current().id() {
             Place::Here
         } else {
             Place::Move(thread.arbiter)
