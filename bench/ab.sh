@@ -36,7 +36,7 @@ bench_begin "ab-"
 serve() {
   local which=$1; shift
   port=$(free_port)
-  TANDEM_LOG=warn "${bins[$which]}" serve --listen "127.0.0.1:$port" \
+  TANDEM_LOG=warn "${server_on[@]}" "${bins[$which]}" serve --listen "127.0.0.1:$port" \
     --data-dir "$work/$which-$port" --max-messages-per-sec 0 --max-connections 100000 \
     --heartbeat-timeout-secs 600 "$@" >>"$work/$which.log" 2>&1 &
   pid=$!

@@ -6,6 +6,7 @@ servers ran back to back, so a ratio compares like with like on a noisy machine)
     python3 bench/targets.py bench/results/targets-<stamp>.jsonl
 """
 import json
+import re
 import statistics
 import sys
 
@@ -50,6 +51,11 @@ def main(path):
     ratio = lambda a, b: [x / y if x is not None and y else None for x, y in zip(a, b)]
     head = " | ".join(f"round {r}" for r in rounds)
     out = [f"| figure | {head} | median | target |", "|---" * (len(rounds) + 3) + "|"]
+    placed = re.search(r"-loadgen-cpu(\d+)", path)
+    if placed:
+        # bench/lib.sh's LOADGEN_CPU: not how the issue measures, so say so above the table.
+        out.insert(0, f"Load generator alone on CPU {placed.group(1)}, servers on the others "
+                      "(LOADGEN_CPU); the issue's targets are measured without it.\n")
     verdicts = []
 
     tandem_p99 = get("tandem", "fanout", "p99_ms")

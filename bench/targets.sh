@@ -4,6 +4,7 @@
 #
 #   bench/targets.sh            # ~12 minutes on 2 cores
 #   ROUNDS=1 QUICK=1 bench/targets.sh   # a smoke test of the script (~1 minute)
+#   LOADGEN_CPU=1 bench/targets.sh      # the load generator alone on CPU 1 (bench/lib.sh)
 #
 # Each round runs, one server after the other:
 # - fan-out 1 → 1000 at 50 updates/s for Tandem and the bare relay (target: Tandem's p99
