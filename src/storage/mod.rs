@@ -23,6 +23,7 @@
 //! Only this module's submodules know sled or PostgreSQL.
 
 pub mod copy;
+mod disk_sync;
 mod memory;
 mod postgres;
 mod sled_store;

@@ -20,11 +20,14 @@
 //! at once.
 //!
 //! sled makes writes durable only at `flush` (or its 500 ms background flush), which is
-//! why [`Store::flush`] exists and why the flusher thread is here. Reads run on the
+//! why [`Store::flush`] exists and why the flusher thread is here; and its flush leaves the
+//! log's metadata and its blob files unsynced, so the flusher follows each one with
+//! [`DiskSync::sync`](super::disk_sync). Reads run on the
 //! caller's thread (sled is in process and reads from its page cache) and return a
 //! resolved future.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, RwLock};
 use std::thread;
 use std::time::Instant;
@@ -34,6 +37,7 @@ use std::time::Instant;
 use futures_channel::oneshot;
 use tracing::warn;
 
+use super::disk_sync::DiskSync;
 use super::slow::SlowLog;
 use super::{
     encode_batch, split_batch, Durable, Epoch, FlushPolicy, Messages, Store, StoreError,
@@ -68,6 +72,8 @@ pub struct SledStore {
 struct Flusher {
     requests: Option<mpsc::Sender<Waiter>>,
     thread: Option<thread::JoinHandle<()>>,
+    /// Blob files synced after flushes so far.
+    blobs_synced: Arc<AtomicU64>,
 }
 
 impl Drop for Flusher {
@@ -112,7 +118,12 @@ impl SledStore {
         let streams = db.open_tree("streams").map_err(backend)?;
         let owners = db.open_tree("owners").map_err(backend)?;
         let flusher = match policy {
-            FlushPolicy::EveryBatch => Some(spawn_flusher(db.clone())?),
+            FlushPolicy::EveryBatch => {
+                let disk = DiskSync::open(dir).map_err(|e| {
+                    StoreError::backend(format!("watching {} for durability", dir.display()), e)
+                })?;
+                Some(spawn_flusher(db.clone(), disk)?)
+            }
             FlushPolicy::Interval(_) => None,
         };
         Ok(Self {
@@ -149,6 +160,14 @@ impl SledStore {
             return Err(StoreError::fenced(room, epoch));
         }
         write()
+    }
+
+    /// How many blob files (values too large for sled's log) the flushes have synced so
+    /// far; 0 under [`FlushPolicy::Interval`], which does not sync them.
+    pub fn blobs_synced(&self) -> u64 {
+        self.flusher
+            .as_ref()
+            .map_or(0, |f| f.blobs_synced.load(Ordering::Relaxed))
     }
 
     /// A future that resolves once everything written so far is durable.
@@ -278,9 +297,12 @@ fn check_format(db: &sled::Db, dir: &Path) -> Result<(), StoreError> {
 /// comes after a quiet spell is flushed at once, so light traffic pays no latency for it.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 
-/// Starts the thread that serves durability requests in batches.
-fn spawn_flusher(db: sled::Db) -> Result<Flusher, StoreError> {
+/// Starts the thread that serves durability requests in batches: sled's flush, then the
+/// syncs it leaves out (`disk`).
+fn spawn_flusher(db: sled::Db, mut disk: DiskSync) -> Result<Flusher, StoreError> {
     let (tx, rx) = mpsc::channel::<Waiter>();
+    let blobs_synced = Arc::new(AtomicU64::new(0));
+    let synced = Arc::clone(&blobs_synced);
     let thread = thread::Builder::new()
         .name("tandem-flusher".into())
         .spawn(move || {
@@ -296,7 +318,13 @@ fn spawn_flusher(db: sled::Db) -> Result<Flusher, StoreError> {
                 let mut batch = vec![first];
                 batch.extend(rx.try_iter());
                 let started = Instant::now();
-                let result = db.flush().map(drop).map_err(backend);
+                let result = db.flush().map_err(backend).and_then(|_| {
+                    let done = disk.sync().map_err(|e| {
+                        StoreError::backend("syncing the database's files after a flush", e)
+                    })?;
+                    synced.fetch_add(done.blobs as u64, Ordering::Relaxed);
+                    Ok(())
+                });
                 let ended = Instant::now();
                 last_end = Some(ended);
                 let took = ended - started;
@@ -318,6 +346,7 @@ fn spawn_flusher(db: sled::Db) -> Result<Flusher, StoreError> {
     Ok(Flusher {
         requests: Some(tx),
         thread: Some(thread),
+        blobs_synced,
     })
 }
 
@@ -647,6 +676,29 @@ mod tests {
             .build()
             .unwrap()
             .block_on(f)
+    }
+
+    #[test]
+    fn a_large_snapshot_goes_to_a_blob_file_that_its_flush_syncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), FlushPolicy::EveryBatch).unwrap();
+        let r = room("big");
+        let epoch = block(store.claim(&r)).unwrap();
+        let blobs = || std::fs::read_dir(dir.path().join("blobs")).unwrap().count();
+        let before = (blobs(), store.blobs_synced());
+        // Far over sled's inline limit (~128 KiB): sled writes it to a file of its own.
+        store
+            .write_snapshot(&r, epoch, 1, vec![1u8; 600 * 1024])
+            .unwrap();
+        block(store.flush(&r, epoch)).unwrap();
+        assert_eq!(blobs(), before.0 + 1, "the snapshot is a blob file");
+        assert_eq!(
+            store.blobs_synced(),
+            before.1 + 1,
+            "and the flush synced it"
+        );
+        let stored = store.read_doc(&r).unwrap();
+        assert_eq!(stored.snapshot.map(|s| s.len()), Some(600 * 1024));
     }
 
     #[test]
