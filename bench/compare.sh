@@ -43,6 +43,10 @@ echo "== installing the reference server and Hocuspocus" >&2
 
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
+if [ -n "${LOADGEN_CPU:-}" ]; then
+  echo "compare.sh writes BENCHMARKS.md's top table, measured as the issues measure: run it without LOADGEN_CPU (targets.sh and ab.sh take it)" >&2
+  exit 2
+fi
 bench_begin ""
 
 # Every load on a freshly started server.

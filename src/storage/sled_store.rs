@@ -678,12 +678,18 @@ mod tests {
             .block_on(f)
     }
 
-    #[test]
-    fn a_large_snapshot_goes_to_a_blob_file_that_its_flush_syncs() {
+    /// A new store in a temporary directory, and room `name` claimed in it.
+    fn store_with(name: &str) -> (tempfile::TempDir, SledStore, RoomName, Epoch) {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path(), FlushPolicy::EveryBatch).unwrap();
-        let r = room("big");
+        let r = room(name);
         let epoch = block(store.claim(&r)).unwrap();
+        (dir, store, r, epoch)
+    }
+
+    #[test]
+    fn a_large_snapshot_goes_to_a_blob_file_that_its_flush_syncs() {
+        let (dir, store, r, epoch) = store_with("big");
         let blobs = || std::fs::read_dir(dir.path().join("blobs")).unwrap().count();
         let before = (blobs(), store.blobs_synced());
         // Far over sled's inline limit (~128 KiB): sled writes it to a file of its own.
@@ -703,10 +709,7 @@ mod tests {
 
     #[test]
     fn legacy_single_records_and_batches_load_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path(), FlushPolicy::EveryBatch).unwrap();
-        let r = room("mixed");
-        let epoch = block(store.claim(&r)).unwrap();
+        let (_dir, store, r, epoch) = store_with("mixed");
         store
             .docs
             .insert(SledStore::log_key(&r, UPDATE_TAG, 1), &b"1"[..])
