@@ -40,13 +40,6 @@ struct Watch {
     buffer: Vec<std::mem::MaybeUninit<u8>>,
 }
 
-/// What one [`DiskSync::sync`] synced besides the log.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Synced {
-    /// Blob files (a blob deleted before its turn needs none).
-    pub blobs: usize,
-}
-
 impl DiskSync {
     /// Starts watching the sled database in `dir` (opened already, so its files exist) and
     /// makes its directory entries durable. Blob files that an earlier run wrote are
@@ -75,8 +68,9 @@ impl DiskSync {
     }
 
     /// Makes durable everything sled's last flush wrote: the blob files closed since the
-    /// last call (and their names), then the log's data and length.
-    pub fn sync(&mut self) -> io::Result<Synced> {
+    /// last call (and their names), then the log's data and length. Returns how many blob
+    /// files it synced (a blob deleted before its turn needs none).
+    pub fn sync(&mut self) -> io::Result<usize> {
         let blobs = match &mut self.written {
             Some(watch) => match watch.closed()? {
                 Some(names) => {
@@ -95,7 +89,7 @@ impl DiskSync {
             None => self.sync_every_blob()?,
         };
         self.log.sync_data()?;
-        Ok(Synced { blobs })
+        Ok(blobs)
     }
 
     /// Syncs every blob file there is, and the directory.
@@ -198,15 +192,15 @@ mod tests {
     fn each_new_blob_is_synced_once_and_a_deleted_one_is_skipped() {
         let dir = store_dir();
         let mut sync = DiskSync::open(dir.path()).unwrap();
-        assert_eq!(sync.sync().unwrap(), Synced { blobs: 0 });
+        assert_eq!(sync.sync().unwrap(), 0);
         blob(dir.path(), "100", 10);
         blob(dir.path(), "200", 10);
-        assert_eq!(sync.sync().unwrap(), Synced { blobs: 2 });
-        assert_eq!(sync.sync().unwrap(), Synced { blobs: 0 }, "nothing new");
+        assert_eq!(sync.sync().unwrap(), 2);
+        assert_eq!(sync.sync().unwrap(), 0, "nothing new");
         blob(dir.path(), "300", 10);
         std::fs::remove_file(dir.path().join("blobs/300")).unwrap();
         blob(dir.path(), "400", 10);
-        assert_eq!(sync.sync().unwrap(), Synced { blobs: 1 }, "300 is gone");
+        assert_eq!(sync.sync().unwrap(), 1, "300 is gone");
     }
 
     #[test]
@@ -214,13 +208,9 @@ mod tests {
         let dir = store_dir();
         blob(dir.path(), "1", 10);
         let mut sync = DiskSync::open(dir.path()).unwrap();
-        assert_eq!(sync.sync().unwrap(), Synced { blobs: 0 });
+        assert_eq!(sync.sync().unwrap(), 0);
         blob(dir.path(), "2", 10);
-        assert_eq!(
-            sync.sync().unwrap(),
-            Synced { blobs: 1 },
-            "only the new one"
-        );
+        assert_eq!(sync.sync().unwrap(), 1, "only the new one");
     }
 
     #[test]
@@ -230,9 +220,9 @@ mod tests {
         let mut sync = DiskSync::open(dir.path()).unwrap();
         let mut file = File::create(dir.path().join("blobs/5")).unwrap();
         file.write_all(b"half").unwrap();
-        assert_eq!(sync.sync().unwrap(), Synced { blobs: 0 }, "not closed yet");
+        assert_eq!(sync.sync().unwrap(), 0, "not closed yet");
         file.write_all(b" and the rest").unwrap();
         drop(file);
-        assert_eq!(sync.sync().unwrap(), Synced { blobs: 1 });
+        assert_eq!(sync.sync().unwrap(), 1);
     }
 }

@@ -319,10 +319,10 @@ fn spawn_flusher(db: sled::Db, mut disk: DiskSync) -> Result<Flusher, StoreError
                 batch.extend(rx.try_iter());
                 let started = Instant::now();
                 let result = db.flush().map_err(backend).and_then(|_| {
-                    let done = disk.sync().map_err(|e| {
+                    let blobs = disk.sync().map_err(|e| {
                         StoreError::backend("syncing the database's files after a flush", e)
                     })?;
-                    synced.fetch_add(done.blobs as u64, Ordering::Relaxed);
+                    synced.fetch_add(blobs as u64, Ordering::Relaxed);
                     Ok(())
                 });
                 let ended = Instant::now();
