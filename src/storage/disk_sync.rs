@@ -71,25 +71,29 @@ impl DiskSync {
     /// last call (and their names), then the log's data and length. Returns how many blob
     /// files it synced (a blob deleted before its turn needs none).
     pub fn sync(&mut self) -> io::Result<usize> {
-        let blobs = match &mut self.written {
-            Some(watch) => match watch.closed()? {
-                Some(names) => {
-                    let mut synced = 0;
-                    for name in &names {
-                        synced += usize::from(sync_file(&self.blobs.join(name))?);
-                    }
-                    if synced > 0 {
-                        sync_dir(&self.blobs)?;
-                    }
-                    synced
-                }
-                // The kernel dropped events: which blobs are new is unknown.
-                None => self.sync_every_blob()?,
-            },
+        let closed = match &mut self.written {
+            Some(watch) => watch.closed()?,
+            None => None,
+        };
+        let blobs = match closed {
+            Some(names) => self.sync_blobs(&names)?,
+            // No watch, or the kernel dropped events: which blobs are new is unknown.
             None => self.sync_every_blob()?,
         };
         self.log.sync_data()?;
         Ok(blobs)
+    }
+
+    /// Syncs the named blob files, then the directory if any of them was still there.
+    fn sync_blobs(&self, names: &[OsString]) -> io::Result<usize> {
+        let mut synced = 0;
+        for name in names {
+            synced += usize::from(sync_file(&self.blobs.join(name))?);
+        }
+        if synced > 0 {
+            sync_dir(&self.blobs)?;
+        }
+        Ok(synced)
     }
 
     /// Syncs every blob file there is, and the directory.
