@@ -9,24 +9,31 @@
 //! and log tail, as an actor future that holds the mailbox until it is done. A write or
 //! flush refused as fenced (a newer activation claimed the room) makes the room stop
 //! writing, close its sessions with "room moved" and step down. Deactivation after the idle
-//! timeout writes a final snapshot and tells the registry. Which writes must be durable
-//! before which action is the [`commit`] queue's business.
+//! timeout writes a final snapshot and tells the registry.
+//!
+//! This module holds the actor's state, its lifecycle and its handlers; the rest is split
+//! by concern: which writes must be durable before which action is the [`commit`] queue's
+//! business, starting flushes and performing what they release is `release`'s, handing
+//! frames to sessions and closing them is `delivery`'s, and the messages themselves are in
+//! `messages`. The chat stream's part of the room is `chat`.
 
 mod awareness;
 mod chat;
 pub mod commit;
+mod delivery;
 pub mod document;
 mod error;
 mod history;
 mod members;
+mod messages;
 mod outbox;
+mod release;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
-use futures_util::future::{FutureExt, Shared};
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
@@ -37,18 +44,21 @@ pub use chat::{
 };
 pub use document::{DocError, Document};
 pub use error::{RoomError, Unavailable, STORAGE_FAILED};
+pub use messages::{
+    ApplyUpdate, Deactivated, DurableReply, Join, Leave, Outbound, ReadState, Receive, Shutdown,
+};
 pub use outbox::{channel as outbox, Inbox, Outbox, HARD_FACTOR, SLOW_GRACE};
 
 use crate::auth::Access;
 use crate::id::Epoch;
 use crate::metrics;
-use crate::protocol::close::{self, Close};
+use crate::protocol::close;
 use crate::protocol::update_check::check_update_v1;
 use crate::protocol::ysync::{self, Message as SyncMessage};
-use crate::storage::{Durable, Store, StoreError, StoredDoc};
-use crate::stream::wire::Event;
+use crate::storage::{Store, StoreError, StoredDoc};
 use commit::CommitQueue;
 use members::{Connection, Members, Role};
+use release::{AfterFlush, InFlight};
 
 /// Queued updates applied at once, whatever is still in the mailbox: bounds the batch
 /// (and the delay of its first update) under a steady stream.
@@ -85,143 +95,11 @@ pub struct RoomConfig {
 /// A room's address as sessions hold it: one per room, shared.
 pub type RoomAddr = Arc<Addr<Room>>;
 
-/// Something for a session to do: send a frame or close.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "()")]
-pub enum Outbound {
-    /// Send this binary frame (y-websocket sessions).
-    Frame(Bytes),
-    /// Send this chat event (chat members).
-    Event(Event),
-    /// Send these chat events, in order: the messages one flush released, handed over in
-    /// one mailbox message and written together (shared by every member, not copied).
-    Events(Arc<[Event]>),
-    /// Close with this code; the string adds detail to the reason.
-    Close(Close, String),
-}
-
-/// A session joins the room; the room greets it with SyncStep1 and the awareness states,
-/// and answers with its own address for the session's later messages.
-#[derive(Message)]
-#[rtype(result = "Result<RoomAddr, RoomError>")]
-pub struct Join {
-    /// The joining session.
-    pub session: SessionId,
-    /// What the session may do; a read-only session's updates are refused.
-    pub access: Access,
-    /// Where the room sends the session's frames.
-    pub outbox: Outbox,
-}
-
-/// A session left; its awareness states are removed and the removal broadcast.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Leave {
-    /// The session that left.
-    pub session: SessionId,
-}
-
-/// A decoded message from a session, with the frame it came in (relayed as is when it is
-/// an awareness update).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Receive {
-    /// The sender.
-    pub session: SessionId,
-    /// The decoded message.
-    pub message: SyncMessage,
-    /// The frame it was decoded from.
-    pub frame: Bytes,
-}
-
-/// A reply that arrives once the room's state up to now is durable.
-pub type DurableReply = oneshot::Receiver<Result<Bytes, RoomError>>;
-
-/// Apply an update from HTTP; the reply resolves once it is durable.
-#[derive(Message)]
-#[rtype(result = "Result<DurableReply, RoomError>")]
-pub struct ApplyUpdate {
-    /// A v1 Yjs update.
-    pub update: Bytes,
-}
-
-/// Read the document: the whole state as one v1 update, or its root types as JSON.
-#[derive(Message)]
-#[rtype(result = "Result<DurableReply, RoomError>")]
-pub struct ReadState {
-    /// JSON instead of a binary update.
-    pub json: bool,
-}
-
-/// Close every session with "going away", write a final snapshot, flush, stop.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Shutdown {
-    /// What sessions are closed with: "going away" when the server stops, "room moved"
-    /// (with the new owner) when the ring gives the room to another node.
-    pub close: Close,
-    /// Detail after the close reason.
-    pub detail: String,
-}
-
-impl Shutdown {
-    /// The server is stopping.
-    pub fn server_stopping() -> Self {
-        Self {
-            close: close::GOING_AWAY,
-            detail: String::new(),
-        }
-    }
-
-    /// The room now belongs to the node at `url`.
-    pub fn moved_to(url: &str) -> Self {
-        Self {
-            close: close::ROOM_MOVED,
-            detail: format!("now served by {url}"),
-        }
-    }
-}
-
-/// Sent to the registry when a room actor stops, so it forgets the address.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Deactivated {
-    /// The room.
-    pub name: RoomName,
-    /// Which activation stopped (a newer one may already be registered).
-    pub activation: u64,
-}
-
 /// Sent by the room to itself: apply the queued updates (handled after the messages
 /// already in the mailbox).
 #[derive(Message)]
 #[rtype(result = "()")]
 struct ApplyInbox;
-
-/// What to do once the room's log is durable up to a sequence number.
-enum AfterFlush {
-    /// Send a logged update to every session but its sender. The broadcasts one flush
-    /// releases go out merged: one frame per recipient (see [`Room::broadcast_updates`]).
-    Broadcast {
-        update: Bytes,
-        except: Option<SessionId>,
-    },
-    Send {
-        to: SessionId,
-        frame: Bytes,
-    },
-    Reply {
-        tx: oneshot::Sender<Result<Bytes, RoomError>>,
-        body: Bytes,
-    },
-    Chat(chat::ChatAction),
-}
-
-/// A flush under way: its generation (the commit queue's) and its outcome.
-struct InFlight {
-    generation: u64,
-    done: Shared<Durable>,
-}
 
 /// The room actor.
 pub struct Room {
@@ -474,283 +352,6 @@ impl Room {
         }
     }
 
-    /// Runs `action` once everything logged so far is durable.
-    fn after_durable(&mut self, action: AfterFlush, ctx: &mut Context<Self>) {
-        self.poll_flush(ctx);
-        if let Some(action) = self.commits.defer(action, Instant::now()) {
-            self.perform(action);
-            return;
-        }
-        self.request_flush(ctx);
-    }
-
-    /// Starts a flush unless one is running or one waits for the commit gap; when it
-    /// ends, releases what it covered.
-    fn request_flush(&mut self, ctx: &mut Context<Self>) {
-        if !self.commits.wants_flush() || self.stopping || self.gap_wait {
-            return;
-        }
-        if let Err(e) = self.write_unwritten() {
-            self.fail(e, "appending to the log", ctx);
-            return;
-        }
-        let generation = self.commits.flush_started(Instant::now());
-        let done = self.store.flush(&self.name, self.epoch).shared();
-        self.in_flight = Some(InFlight {
-            generation,
-            done: done.clone(),
-        });
-        // Wakes the room when the flush ends while it is idle. Under a steady stream of
-        // messages actix drains the whole mailbox before it polls spawned futures, so the
-        // handlers also check the flush themselves (`poll_flush`).
-        ctx.spawn(
-            done.into_actor(self)
-                .map(move |result, room, ctx| room.flush_done(generation, result, ctx)),
-        );
-    }
-
-    /// Starts the flush after one that just ended. If something arrived while that one
-    /// ran, the stream outpaces the store: what arrives until the commit gap has passed
-    /// joins the next commit, and every recipient gets one frame for all of it. Light
-    /// traffic (nothing waiting) never waits for the gap.
-    fn request_next_flush(&mut self, ctx: &mut Context<Self>) {
-        if self.commits.wants_flush() && !self.stopping && !self.gap_wait {
-            let wait = self
-                .commits
-                .wait_before_flush(Instant::now(), self.config.commit_gap);
-            if !wait.is_zero() {
-                self.gap_wait = true;
-                // Wakes an idle room; a busy one starts the flush from its handlers
-                // (`poll_flush`), as actix polls timers only once the mailbox is empty.
-                let started = self.commits.flushes_started();
-                ctx.run_later(wait, move |room, ctx| {
-                    if room.gap_wait && room.commits.flushes_started() == started {
-                        room.gap_wait = false;
-                        room.request_flush(ctx);
-                    }
-                });
-                return;
-            }
-        }
-        self.request_flush(ctx);
-    }
-
-    /// Starts the flush that waited for the commit gap once it is due, and handles the end
-    /// of the in-flight flush if it has ended, without waiting.
-    fn poll_flush(&mut self, ctx: &mut Context<Self>) {
-        if self.gap_wait
-            && self
-                .commits
-                .wait_before_flush(Instant::now(), self.config.commit_gap)
-                .is_zero()
-        {
-            self.gap_wait = false;
-            self.request_flush(ctx);
-        }
-        let Some(in_flight) = &self.in_flight else {
-            return;
-        };
-        let generation = in_flight.generation;
-        if let Some(result) = in_flight.done.clone().now_or_never() {
-            self.flush_done(generation, result, ctx);
-        }
-    }
-
-    /// A flush ended: release what it made durable (once per flush), or fail the room.
-    fn flush_done(
-        &mut self,
-        generation: u64,
-        result: Result<(), StoreError>,
-        ctx: &mut Context<Self>,
-    ) {
-        if self.commits.in_flight() != Some(generation) {
-            return; // already handled
-        }
-        self.in_flight = None;
-        match result {
-            Ok(()) => {
-                let released = self.commits.flush_succeeded(generation);
-                self.perform_released(released);
-                self.request_next_flush(ctx);
-            }
-            Err(e) => {
-                let abandoned = self.commits.flush_failed(generation);
-                self.refuse_all(abandoned, &e);
-                self.fail(e, "flushing", ctx);
-            }
-        }
-    }
-
-    /// Answers the HTTP requests among `pending` with the room's failure; the rest
-    /// (broadcasts, acks) are simply never performed.
-    fn refuse_all(&mut self, pending: Vec<commit::Pending<AfterFlush>>, cause: &StoreError) {
-        for pending in pending {
-            if let AfterFlush::Reply { tx, .. } = pending.action {
-                let _ = tx.send(Err(failure_of(cause)));
-            }
-        }
-    }
-
-    /// Performs what a flush released, in order. Each run of consecutive broadcasts goes
-    /// out as one frame per recipient, not one per update: at high rates this divides the
-    /// per-recipient cost, which dominates fan-out.
-    ///
-    /// Chat messages likewise go to each member as one batch, and the acks of the run come
-    /// after it (each ack still follows the delivery of the message it acknowledges).
-    fn perform_released(&mut self, released: Vec<commit::Pending<AfterFlush>>) {
-        let mut run: Vec<(Bytes, Option<SessionId>)> = Vec::new();
-        let mut messages: Vec<(u64, Event)> = Vec::new();
-        let mut acks: Vec<chat::ChatAction> = Vec::new();
-        for pending in released {
-            metrics::get()
-                .persist_seconds
-                .observe(pending.since.elapsed().as_secs_f64());
-            match pending.action {
-                AfterFlush::Broadcast { update, except } => run.push((update, except)),
-                AfterFlush::Chat(chat::ChatAction::Deliver { seq, event }) => {
-                    messages.push((seq, event));
-                }
-                AfterFlush::Chat(ack @ chat::ChatAction::Send { .. }) => acks.push(ack),
-                other => {
-                    self.broadcast_updates(std::mem::take(&mut run));
-                    self.release_chat(std::mem::take(&mut messages), std::mem::take(&mut acks));
-                    self.perform(other);
-                }
-            }
-        }
-        self.broadcast_updates(run);
-        self.release_chat(messages, acks);
-    }
-
-    /// Delivers a run of released chat messages, then the acks that came with them. The
-    /// publishers get the messages first: their acks then go out at the head of the
-    /// sweep over the members instead of wherever each publisher falls in it.
-    fn release_chat(&mut self, messages: Vec<(u64, Event)>, acks: Vec<chat::ChatAction>) {
-        let mut publishers: Vec<SessionId> = acks.iter().filter_map(chat::ChatAction::to).collect();
-        publishers.sort_unstable();
-        publishers.dedup();
-        self.deliver_messages(messages, &publishers);
-        for ack in acks {
-            self.perform_chat(ack);
-        }
-    }
-
-    /// Sends updates to every session as one merged update each: senders get everything
-    /// but their own updates, everyone else all of them.
-    fn broadcast_updates(&mut self, run: Vec<(Bytes, Option<SessionId>)>) {
-        let frame_of = |update: Vec<u8>| SyncMessage::Update(update.into()).encode();
-        match run.len() {
-            0 => return,
-            1 => {
-                let (update, except) = &run[0];
-                let except: Vec<SessionId> = except.iter().copied().collect();
-                self.broadcast(&SyncMessage::Update(update.clone()).encode(), &except);
-                return;
-            }
-            _ => {}
-        }
-        let merge = |updates: &[&Bytes]| yrs::merge_updates_v1(updates.iter().map(|u| u.as_ref()));
-        let all: Vec<&Bytes> = run.iter().map(|(u, _)| u).collect();
-        let Ok(merged) = merge(&all) else {
-            // Our own records always decode; should one not, send them one by one.
-            error!(room = %self.name, "merging released updates failed; sending them singly");
-            for (update, except) in &run {
-                let except: Vec<SessionId> = except.iter().copied().collect();
-                self.broadcast(&SyncMessage::Update(update.clone()).encode(), &except);
-            }
-            return;
-        };
-        metrics::get().merged_updates.inc_by(run.len() as u64);
-        let mut senders: Vec<SessionId> = run.iter().filter_map(|(_, e)| *e).collect();
-        senders.sort_unstable_by_key(|s| s.0);
-        senders.dedup();
-        self.broadcast(&frame_of(merged), &senders);
-        for sender in senders {
-            let others: Vec<&Bytes> = run
-                .iter()
-                .filter(|(_, e)| *e != Some(sender))
-                .map(|(u, _)| u)
-                .collect();
-            let update = match others.as_slice() {
-                [] => continue,
-                [one] => (*one).clone(),
-                many => match merge(many) {
-                    Ok(merged) => merged.into(),
-                    Err(_) => continue,
-                },
-            };
-            self.send(sender, SyncMessage::Update(update).encode());
-        }
-    }
-
-    fn perform(&mut self, action: AfterFlush) {
-        match action {
-            AfterFlush::Broadcast { update, except } => {
-                self.broadcast_updates(vec![(update, except)])
-            }
-            AfterFlush::Send { to, frame } => self.send(to, frame),
-            AfterFlush::Reply { tx, body } => {
-                let _ = tx.send(Ok(body));
-            }
-            AfterFlush::Chat(action) => self.perform_chat(action),
-        }
-    }
-
-    /// Hands the same frame to every session but those in `except`.
-    fn broadcast(&mut self, frame: &Bytes, except: &[SessionId]) {
-        let started = Instant::now();
-        let (sent, slow) = self.members.send_frame_to_docs(frame, except);
-        let m = metrics::get();
-        m.updates_out.inc_by(sent);
-        m.bytes_out.inc_by(sent * frame.len() as u64);
-        m.broadcast_seconds.observe(started.elapsed().as_secs_f64());
-        self.close_slow_sessions(slow);
-    }
-
-    fn send(&mut self, to: SessionId, frame: Bytes) {
-        if let Some(session) = self.members.doc(&to) {
-            metrics::get().bytes_out.inc_by(frame.len() as u64);
-            if !session.outbox.send(Outbound::Frame(frame)) {
-                self.close_slow_sessions(vec![to]);
-            }
-        }
-    }
-
-    /// Closes sessions that stopped taking frames (their mailboxes stay full) with their limit
-    /// queued. Closing one broadcasts its awareness removal, which can find more: they join
-    /// the same work list, so a room full of stalled sessions is closed in a loop, not by
-    /// recursion as deep as their number.
-    fn close_slow_sessions(&mut self, ids: Vec<SessionId>) {
-        self.slow.extend(ids);
-        if self.closing_slow {
-            return; // an outer call is draining the list
-        }
-        self.closing_slow = true;
-        while let Some(id) = self.slow.pop() {
-            if self.chat_close_slow(id) {
-                continue;
-            }
-            let Some(session) = self.members.doc(&id) else {
-                continue; // already closed
-            };
-            let queued = session.outbox.queued();
-            info!(room = %self.name, session = id.0, queued, "closing session: client too slow");
-            metrics::get().slow_consumers.inc();
-            self.close_session(id, close::TOO_SLOW, format!("{queued} bytes queued"));
-        }
-        self.closing_slow = false;
-    }
-
-    /// Hands the logged updates not yet written to the store, as one record.
-    fn write_unwritten(&mut self) -> Result<(), StoreError> {
-        if self.unwritten.is_empty() {
-            return Ok(());
-        }
-        let records = std::mem::take(&mut self.unwritten);
-        self.store
-            .append_updates(&self.name, self.epoch, self.last_seq, records)
-    }
-
     /// Writes the whole state as a snapshot covering the log, which it replaces.
     fn snapshot(&mut self) {
         // While reloading, the document may be half-changed: never store it.
@@ -780,46 +381,6 @@ impl Room {
             // The log still holds everything; the next snapshot will try again.
             Err(e) => warn!(room = %self.name, error = %e, "snapshot failed"),
         }
-    }
-
-    /// Removes a session, announcing the removal of the awareness states it carried.
-    fn remove_session(&mut self, id: SessionId) {
-        if self.members.doc(&id).is_none() {
-            return;
-        }
-        let Some(Connection {
-            role: Role::Doc { clients },
-            ..
-        }) = self.members.remove(&id)
-        else {
-            return;
-        };
-        if self.members.is_empty() {
-            self.empty_since = Instant::now();
-        }
-        if let Some(removal) = self.document.remove_awareness(&clients) {
-            let frame = SyncMessage::Awareness(removal.into()).encode();
-            self.broadcast(&frame, &[]);
-        }
-    }
-
-    /// Closes one session with `close` and forgets it.
-    fn close_session(&mut self, id: SessionId, close: Close, detail: String) {
-        if let Some(session) = self.members.doc(&id) {
-            session.outbox.send(Outbound::Close(close, detail));
-        }
-        self.remove_session(id);
-    }
-
-    /// Closes every session and chat member with `close` and forgets them (shutdown,
-    /// failure, stepping down).
-    fn close_all(&mut self, close: Close, detail: &str) {
-        for (_, session) in self.members.drain_kind(false) {
-            session
-                .outbox
-                .send(Outbound::Close(close, detail.to_owned()));
-        }
-        self.chat_close_all(close, detail);
     }
 
     /// The store failed, or refused this activation's writes as fenced: nothing pending can
@@ -1147,14 +708,6 @@ impl Handler<ReadState> for Room {
         let (tx, rx) = oneshot::channel();
         self.after_durable(AfterFlush::Reply { tx, body }, ctx);
         Ok(rx)
-    }
-}
-
-/// What an HTTP waiter is told when the flush it waited for failed.
-fn failure_of(cause: &StoreError) -> RoomError {
-    match cause {
-        StoreError::Fenced { .. } => RoomError::Unavailable(Unavailable::Moved),
-        _ => RoomError::Unavailable(Unavailable::Failed),
     }
 }
 
