@@ -1,6 +1,6 @@
 //! The messages other layers send a room (sessions, the HTTP edge, the registry) and what
-//! a room sends its sessions. Types only: the room's handlers for them live beside the
-//! state they change.
+//! a room sends back (frames and closes to its sessions, its end to the registry). Types
+//! only: the room's handlers for them live beside the state they change.
 
 use std::sync::Arc;
 
