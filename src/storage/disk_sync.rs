@@ -1,19 +1,28 @@
-//! What sled 0.34's `flush` leaves out of durability, done after it. On Linux sled writes
-//! its log with `sync_file_range`, which neither flushes the drive's write cache nor
-//! commits the file's metadata (its length, the blocks a write allocated); only its
-//! background thread's `fsync`, every 500 ms, does. And it writes values too large for a
-//! log segment (over ~128 KiB: a large document's snapshot) to files under `blobs/`, which
-//! it never syncs at all. A process crash loses nothing either way (the kernel still holds
-//! the pages), but a power cut or a kernel crash could lose writes the server had
-//! acknowledged.
+//! What sled 0.34's `flush` leaves out of durability. On Linux sled writes its log with
+//! `sync_file_range`, which neither flushes the drive's write cache nor commits the file's
+//! metadata (its length, the blocks a write allocated); only its background thread's
+//! `fsync`, every 500 ms, does. And it writes pages too large for a log segment (over
+//! ~128 KiB: a large document's snapshot) to files under `blobs/`, which it never syncs
+//! at all. A process crash loses nothing either way (the kernel still holds the pages),
+//! but a power cut or a kernel crash could lose writes the server had acknowledged.
 //!
-//! [`DiskSync::sync`], called after each flush, closes both gaps: it `fsync`s every blob
-//! file written since the last call, then the `blobs` directory that names them, then
-//! `fdatasync`s the log. Which blobs are new it learns from inotify: sled writes a blob
-//! with one open, write and close before the log record that points to it can be written,
-//! so by the time a flush returns, every blob it covers has been closed and reported.
-//! Where inotify is unavailable (another OS, or the user's inotify instances used up), or
-//! its queue overflowed, it syncs every blob file there is instead: slower, as safe.
+//! Order matters as much as the syncs. The log record that points to a blob must not be
+//! durable before the blob: reopened without the blob, sled quietly resolves the record
+//! to the key's previous value, while the rest of its batch stands. A snapshot's batch
+//! also deletes the log the snapshot covers, so a snapshot whose blob was lost would take
+//! acknowledged updates with it (an experiment that deleted the newest blob file of a
+//! store showed exactly that). So the store's flusher calls [`DiskSync::before_flush`],
+//! which `fsync`s every blob file written since the last call and the `blobs` directory
+//! that names them, before sled's flush writes the log records that point to them; then
+//! [`DiskSync::after_flush`], which does the same for blobs written while the flush ran
+//! and `fdatasync`s the log.
+//!
+//! Which blobs are new it learns from inotify: sled writes a blob with one open, write and
+//! close, in the thread that writes the page, before the page's log record is queued, so
+//! a blob of any write made before a flush was requested is reported before the flush
+//! begins. Where inotify is unavailable (another OS, or the user's inotify instances used
+//! up), or its queue overflowed, it syncs every blob file there is instead: slower, as
+//! safe.
 //!
 //! It knows sled's file layout (`db`, `blobs/<n>`) and nothing else of sled; the store
 //! calls it from its flusher thread.
@@ -67,19 +76,26 @@ impl DiskSync {
         Ok(this)
     }
 
-    /// Makes durable everything sled's last flush wrote: the blob files closed since the
-    /// last call (and their names), then the log's data and length. Returns how many blob
-    /// files it synced (a blob deleted before its turn needs none).
-    pub fn sync(&mut self) -> io::Result<usize> {
+    /// Called before sled's flush: makes the blob files written since the last call (and
+    /// their names) durable, so that no log record the flush writes points to a blob the
+    /// disk may not have. Returns how many blob files it synced (a blob deleted before its
+    /// turn needs none).
+    pub fn before_flush(&mut self) -> io::Result<usize> {
         let closed = match &mut self.written {
             Some(watch) => watch.closed()?,
             None => None,
         };
-        let blobs = match closed {
-            Some(names) => self.sync_blobs(&names)?,
+        match closed {
+            Some(names) => self.sync_blobs(&names),
             // No watch, or the kernel dropped events: which blobs are new is unknown.
-            None => self.sync_every_blob()?,
-        };
+            None => self.sync_every_blob(),
+        }
+    }
+
+    /// Called after sled's flush: the blobs written while it ran, then the log's data and
+    /// length. Returns how many blob files it synced.
+    pub fn after_flush(&mut self) -> io::Result<usize> {
+        let blobs = self.before_flush()?;
         self.log.sync_data()?;
         Ok(blobs)
     }
@@ -196,15 +212,15 @@ mod tests {
     fn each_new_blob_is_synced_once_and_a_deleted_one_is_skipped() {
         let dir = store_dir();
         let mut sync = DiskSync::open(dir.path()).unwrap();
-        assert_eq!(sync.sync().unwrap(), 0);
+        assert_eq!(sync.after_flush().unwrap(), 0);
         blob(dir.path(), "100", 10);
         blob(dir.path(), "200", 10);
-        assert_eq!(sync.sync().unwrap(), 2);
-        assert_eq!(sync.sync().unwrap(), 0, "nothing new");
+        assert_eq!(sync.after_flush().unwrap(), 2);
+        assert_eq!(sync.after_flush().unwrap(), 0, "nothing new");
         blob(dir.path(), "300", 10);
         std::fs::remove_file(dir.path().join("blobs/300")).unwrap();
         blob(dir.path(), "400", 10);
-        assert_eq!(sync.sync().unwrap(), 1, "300 is gone");
+        assert_eq!(sync.after_flush().unwrap(), 1, "300 is gone");
     }
 
     #[test]
@@ -212,9 +228,9 @@ mod tests {
         let dir = store_dir();
         blob(dir.path(), "1", 10);
         let mut sync = DiskSync::open(dir.path()).unwrap();
-        assert_eq!(sync.sync().unwrap(), 0);
+        assert_eq!(sync.after_flush().unwrap(), 0);
         blob(dir.path(), "2", 10);
-        assert_eq!(sync.sync().unwrap(), 1, "only the new one");
+        assert_eq!(sync.after_flush().unwrap(), 1, "only the new one");
     }
 
     #[test]
@@ -224,9 +240,27 @@ mod tests {
         let mut sync = DiskSync::open(dir.path()).unwrap();
         let mut file = File::create(dir.path().join("blobs/5")).unwrap();
         file.write_all(b"half").unwrap();
-        assert_eq!(sync.sync().unwrap(), 0, "not closed yet");
+        assert_eq!(sync.after_flush().unwrap(), 0, "not closed yet");
         file.write_all(b" and the rest").unwrap();
         drop(file);
-        assert_eq!(sync.sync().unwrap(), 1);
+        assert_eq!(sync.after_flush().unwrap(), 1);
+    }
+
+    #[test]
+    fn blobs_written_before_a_flush_are_synced_before_it() {
+        let dir = store_dir();
+        let mut sync = DiskSync::open(dir.path()).unwrap();
+        blob(dir.path(), "7", 10);
+        assert_eq!(
+            sync.before_flush().unwrap(),
+            1,
+            "synced before the log is written"
+        );
+        blob(dir.path(), "8", 10); // written while the flush runs
+        assert_eq!(
+            sync.after_flush().unwrap(),
+            1,
+            "only the one written meanwhile"
+        );
     }
 }

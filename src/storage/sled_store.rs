@@ -21,10 +21,10 @@
 //!
 //! sled makes writes durable only at `flush` (or its 500 ms background flush), which is
 //! why [`Store::flush`] exists and why the flusher thread is here; and its flush leaves the
-//! log's metadata and its blob files unsynced, so the flusher follows each one with
-//! [`DiskSync::sync`](super::disk_sync). Reads run on the
-//! caller's thread (sled is in process and reads from its page cache) and return a
-//! resolved future.
+//! log's metadata and its blob files unsynced, so the flusher surrounds each one with
+//! [`DiskSync`](super::disk_sync)'s syncs (blob files before the log points to them). Reads
+//! run on the caller's thread (sled is in process and reads from its page cache) and return
+//! a resolved future.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -318,12 +318,8 @@ fn spawn_flusher(db: sled::Db, mut disk: DiskSync) -> Result<Flusher, StoreError
                 let mut batch = vec![first];
                 batch.extend(rx.try_iter());
                 let started = Instant::now();
-                let result = db.flush().map_err(backend).and_then(|_| {
-                    let blobs = disk.sync().map_err(|e| {
-                        StoreError::backend("syncing the database's files after a flush", e)
-                    })?;
+                let result = commit(&db, &mut disk).map(|blobs| {
                     synced.fetch_add(blobs as u64, Ordering::Relaxed);
-                    Ok(())
                 });
                 let ended = Instant::now();
                 last_end = Some(ended);
@@ -348,6 +344,16 @@ fn spawn_flusher(db: sled::Db, mut disk: DiskSync) -> Result<Flusher, StoreError
         thread: Some(thread),
         blobs_synced,
     })
+}
+
+/// One group commit: the blob files that sled's flush may write log records pointing to,
+/// sled's flush, then what it leaves unsynced. Returns how many blob files it synced.
+fn commit(db: &sled::Db, disk: &mut DiskSync) -> Result<usize, StoreError> {
+    let sync_failed = |e| StoreError::backend("syncing the database's files around a flush", e);
+    let before = disk.before_flush().map_err(sync_failed)?;
+    db.flush().map_err(backend)?;
+    let after = disk.after_flush().map_err(sync_failed)?;
+    Ok(before + after)
 }
 
 fn backend(e: sled::Error) -> StoreError {
@@ -397,7 +403,12 @@ impl Store for SledStore {
         upto: u64,
         state: Vec<u8>,
     ) -> Result<(), StoreError> {
-        self.fenced_write(room, epoch, || self.write_snap(room, upto, &state))
+        self.fenced_write(room, epoch, || self.write_snap(room, upto, &state))?;
+        // A large snapshot is a blob file, and sled's own flusher fsyncs the log that
+        // points to it within 500 ms without syncing the blob. Ours syncs the blob first:
+        // have it run now, not at the room's next commit (an idle room may make none).
+        drop(self.durable());
+        Ok(())
     }
 
     fn load_stream(&self, room: &RoomName) -> StoreFuture<Option<StoredStream>> {
@@ -705,6 +716,25 @@ mod tests {
         );
         let stored = store.read_doc(&r).unwrap();
         assert_eq!(stored.snapshot.map(|s| s.len()), Some(600 * 1024));
+    }
+
+    #[test]
+    fn a_large_snapshot_is_synced_without_waiting_for_the_next_commit() {
+        let (_dir, store, r, epoch) = store_with("idle");
+        let before = store.blobs_synced();
+        store
+            .write_snapshot(&r, epoch, 1, vec![3u8; 600 * 1024])
+            .unwrap();
+        // No flush asked for: the room that wrote it may be idle from now on.
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while store.blobs_synced() == before && Instant::now() < deadline {
+            thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(
+            store.blobs_synced(),
+            before + 1,
+            "the snapshot's blob was synced"
+        );
     }
 
     #[test]
