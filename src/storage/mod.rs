@@ -167,7 +167,8 @@ pub trait Store: Send + Sync + 'static {
         updates: Vec<Vec<u8>>,
     ) -> Result<(), StoreError>;
     /// Atomically stores `state` as the room's snapshot covering every log entry up to
-    /// `upto` and removes those entries.
+    /// `upto`, and removes covered entries: these at once, or (sled) those the previous
+    /// snapshot covered. Loading skips covered entries either way.
     fn write_snapshot(
         &self,
         room: &RoomName,
