@@ -521,12 +521,17 @@ impl SledStore {
             stored.snapshot = Some(state.to_vec());
             stored.last_seq = covered;
         }
-        // Every logged update with its seq, from single records and batches alike.
+        // Every logged update after the snapshot with its seq, from single records and
+        // batches alike. A record is keyed by its last seq, so starting after `covered`
+        // skips the records the snapshot covers whole (the store keeps those until the
+        // next snapshot) without reading them.
         let mut log: Vec<(u64, Vec<u8>)> = Vec::new();
         for tag in [UPDATE_TAG, BATCH_TAG] {
             let mut log_prefix = Self::prefix(room);
             log_prefix.push(tag);
-            for entry in self.docs.scan_prefix(&log_prefix) {
+            let first = Self::log_key(room, tag, covered.saturating_add(1));
+            let last = Self::log_key(room, tag, u64::MAX);
+            for entry in self.docs.range(first..=last) {
                 let (key, value) = entry.map_err(backend)?;
                 let seq_bytes: [u8; 8] = key[log_prefix.len()..]
                     .try_into()
