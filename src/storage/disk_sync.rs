@@ -9,13 +9,13 @@
 //! Order matters as much as the syncs. The log record that points to a blob must not be
 //! durable before the blob: reopened without the blob, sled quietly resolves the record
 //! to the key's previous value, while the rest of its batch stands. A snapshot's batch
-//! also deletes the log the snapshot covers, so a snapshot whose blob was lost would take
-//! acknowledged updates with it (an experiment that deleted the newest blob file of a
-//! store showed exactly that). So the store's flusher calls [`DiskSync::before_flush`],
-//! which `fsync`s every blob file written since the last call and the `blobs` directory
-//! that names them, before sled's flush writes the log records that point to them; then
-//! [`DiskSync::after_flush`], which does the same for blobs written while the flush ran
-//! and `fdatasync`s the log.
+//! deleted the log the snapshot covered, so a snapshot whose blob was lost took
+//! acknowledged updates with it (a store reopened without its newest blob file showed
+//! exactly that; the store now deletes one snapshot behind as well). So the store's
+//! flusher calls [`DiskSync::before_flush`], which `fsync`s every blob file written since
+//! the last call and the `blobs` directory that names them, before sled's flush writes
+//! the log records that point to them; then [`DiskSync::after_flush`], which does the
+//! same for blobs written while the flush ran and `fdatasync`s the log.
 //!
 //! Which blobs are new it learns from inotify: sled writes a blob with one open, write and
 //! close, in the thread that writes the page, before the page's log record is queued, so
